@@ -1,0 +1,81 @@
+"""In-memory examples with labels and metadata, and seeded stratified splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tlmulti.errors import DataError
+
+
+@dataclass
+class Examples:
+    """Inputs ``x`` (array, dict of arrays, or array of strings), labels ``y`` (class ids, masks,
+    or None for unlabelled data), ``classes`` (names by id) and ``meta`` (column -> list, e.g.
+    ``path``, ``domain``, ``speaker``)."""
+
+    x: Any
+    y: Any
+    classes: list[str]
+    meta: dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        if isinstance(self.x, dict):
+            return len(next(iter(self.x.values())))
+        return len(self.x)
+
+    def subset(self, idx) -> "Examples":
+        idx = np.asarray(idx, dtype=int)
+        take = (lambda a: {k: v[idx] for k, v in a.items()}) if isinstance(self.x, dict) else (lambda a: a[idx])
+        return Examples(
+            x=take(self.x),
+            y=None if self.y is None else self.y[idx],
+            classes=list(self.classes),
+            meta={k: [v[i] for i in idx] for k, v in self.meta.items()},
+        )
+
+
+def encode_labels(labels, classes: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
+    """Map label strings to ids. With ``classes`` given (evaluation), an unseen label is an error."""
+    labels = [str(l) for l in labels]
+    if classes is None:
+        classes = sorted(set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+    unseen = sorted(set(labels) - set(index))
+    if unseen:
+        raise DataError(
+            f"{source}: label(s) {', '.join(repr(u) for u in unseen[:5])} never appear in the training data "
+            f"(known classes: {', '.join(classes[:20])}); fix the labels or retrain with them."
+        )
+    return np.array([index[l] for l in labels], dtype="int32"), list(classes)
+
+
+def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): ``fraction`` of each class held out, at least one per class with
+    two or more examples. Seeded, so the same recipe always gets the same split."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for value in np.unique(labels):
+        idx = np.flatnonzero(labels == value)
+        rng.shuffle(idx)
+        n = int(round(len(idx) * fraction))
+        if fraction > 0 and len(idx) >= 2:
+            n = min(max(n, 1), len(idx) - 1)
+        held.extend(idx[:n])
+        keep.extend(idx[n:])
+    return np.sort(np.array(keep, dtype=int)), np.sort(np.array(held, dtype=int))
+
+
+def limit_per_class(labels, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``n`` examples per class (seeded): few-shot subsets of a larger set."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for value in np.unique(labels):
+        idx = np.flatnonzero(labels == value)
+        rng.shuffle(idx)
+        chosen.extend(idx[:n])
+    return np.sort(np.array(chosen, dtype=int))

@@ -1,0 +1,95 @@
+"""Reading image files into uint8 arrays at the backbone's size and channel count.
+
+PNG, JPEG, BMP, GIF (first frame) and TIFF through Pillow; 16-bit and float images are scaled to
+0..255 by their 0.5th and 99.5th percentiles (so a 12-bit microscope image uses the full range);
+palette and alpha images become RGB; grey images are repeated to three channels when the
+backbone wants colour, colour images averaged when it wants grey.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tlmulti.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale any numeric image to uint8: 8-bit passes, wider types by robust percentiles."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    a = array.astype(np.float32)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def load_image(path, size=None, channels: int = 3) -> np.ndarray:
+    """One image as ``(H, W, channels)`` uint8, resized to ``size=(H, W)`` when given."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            if img.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "HSV"):
+                img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
+            array = np.asarray(img)
+    except FileNotFoundError:
+        raise DataError(f"Image '{path}' does not exist; fix the path in the manifest.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"Cannot read image '{path}' ({type(exc).__name__}: {exc}); remove or replace the file."
+        ) from None
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    array = to_uint8(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    return convert(array, size, channels)
+
+
+def convert(array: np.ndarray, size=None, channels: int = 3) -> np.ndarray:
+    """Resize (bilinear) and convert the channel count of a ``(H, W, C)`` uint8 array."""
+    from PIL import Image
+
+    if array.shape[-1] != channels:
+        if channels == 3 and array.shape[-1] == 1:
+            array = np.repeat(array, 3, axis=-1)
+        elif channels == 1:
+            array = array.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    if size is not None and tuple(array.shape[:2]) != tuple(size):
+        mode = "L" if array.shape[-1] == 1 else "RGB"
+        img = Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode)
+        img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+        array = np.asarray(img)
+        if array.ndim == 2:
+            array = array[..., None]
+    return array
+
+
+def load_images(paths, size, channels: int = 3) -> np.ndarray:
+    """Stack of images ``(N, H, W, channels)`` uint8."""
+    out = np.empty((len(paths), int(size[0]), int(size[1]), channels), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_image(p, size, channels)
+    return out
+
+
+def image_files(path) -> list[Path]:
+    """A single image file, or every image in a folder (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"Folder '{path}' has no images ({', '.join(IMAGE_SUFFIXES)}).")
+        return files
+    raise DataError(f"'{path}' does not exist.")

@@ -1,0 +1,56 @@
+"""Classification head: pool, optional hidden layers with dropout, softmax over classes.
+
+Example::
+
+    import keras
+    from tlmulti.heads.classification import classification_head
+    from tlmulti.recipe import HeadConfig
+    features = keras.Input((4, 4, 512))
+    head = classification_head(features, num_classes=10, config=HeadConfig(hidden=[256]))
+"""
+
+from __future__ import annotations
+
+import keras
+
+POOLINGS = ("avg", "max", "flatten", "none")
+
+
+def pool(x, pooling: str):
+    """Reduce a feature map (B, H, W, C) or sequence (B, T, C) to a vector (B, C)."""
+    rank = len(x.shape)
+    if pooling == "none" or rank == 2:
+        return x
+    if pooling == "flatten":
+        return keras.layers.Flatten(name="flatten")(x)
+    if pooling == "avg":
+        layer = keras.layers.GlobalAveragePooling2D if rank == 4 else keras.layers.GlobalAveragePooling1D
+    elif pooling == "max":
+        layer = keras.layers.GlobalMaxPooling2D if rank == 4 else keras.layers.GlobalMaxPooling1D
+    else:
+        raise ValueError(f"head.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return layer(name=f"{pooling}_pool")(x)
+
+
+def dense_stack(x, config):
+    """Dropout and hidden Dense layers (``head.hidden``) before the output layer."""
+    for i, units in enumerate(config.hidden):
+        x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x) if config.dropout else x
+        x = keras.layers.Dense(units, activation=config.activation, name=f"hidden_{i}")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    return x
+
+
+def classification_head(features, num_classes: int, config, name: str = "head") -> keras.Model:
+    """A ``keras.Model`` from tensors shaped like ``features`` to class probabilities."""
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=None), features
+    )
+    x = inputs
+    if isinstance(x, dict) or isinstance(x, (list, tuple)):
+        raise ValueError("classification_head takes one feature tensor; use a task-specific head for dicts")
+    x = pool(x, config.pooling)
+    x = dense_stack(x, config)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classes")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,250 @@
+"""One registry for tasks, backbones and built-in datasets.
+
+Specs are plain data: registering one imports nothing heavy, so ``tlmulti --help`` and
+``tlmulti backbones list`` stay fast and never import TensorFlow. Built-in presets live in
+:mod:`tlmulti.presets` and are registered the first time the registry is read; backbones saved
+with :func:`tlmulti.save_backbone` are found in the user's backbone store.
+
+Example::
+
+    import tlmulti
+    tlmulti.register_backbone(
+        "my_cnn", source="builder", families=("vision",),
+        builder="my_package.models:build_cnn",
+        input={"size": [32, 32], "channels": 3, "normalization": "unit"},
+        layer_groups={"stem": ["conv1.*"], "top": ["conv2.*"]},
+    )
+    print(tlmulti.get_backbone("my_cnn").source)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tlmulti.errors import RegistryError
+
+SOURCES = ("keras_hub", "keras_applications", "tfhub", "local", "hed_vgg16", "builder")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where a pretrained feature extractor comes from and how to feed and unfreeze it.
+
+    Attributes:
+        name: registry name, ``arch.tag`` style (``vgg16.hed_bsds500``).
+        source: one of ``SOURCES``.
+        families: task families it serves (``vision``, ``segmentation``, ``text``, ``audio``).
+        handle: preset name or local preset dir (keras_hub), application class name
+            (keras_applications), TF-Hub handle or SavedModel dir (tfhub), file (local).
+        input: the data contract: e.g. ``{"size": [64, 64], "channels": 3,
+            "normalization": "caffe"}`` for images, ``{"sample_rate": 16000}`` for audio.
+        layer_groups: ordered bottom to top; group name -> layer-name regexes. Freezing and
+            unfreezing are done by these names, never by index.
+        output_layer: name of the layer whose output is the feature map ("" = model output).
+        feature_layers: skip-connection layers for segmentation decoders, shallow to deep.
+        weights_file: file name looked for in the weights store and the source's own cache.
+        builder: ``"module:function"`` or callable ``(spec, weights) -> keras.Model``
+            (source ``builder``).
+        options: source-specific keyword arguments.
+        description: one line for ``tlmulti backbones list``.
+    """
+
+    name: str
+    source: str
+    families: tuple[str, ...]
+    handle: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    layer_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    output_layer: str = ""
+    feature_layers: tuple[str, ...] = ()
+    weights_file: str = ""
+    builder: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def group_names(self) -> list[str]:
+        return list(self.layer_groups)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task needs: its family, defaults and the class that implements it.
+
+    ``implementation`` is ``"module:Class"`` and is imported only when the task runs, so the
+    registry itself never imports TensorFlow.
+    """
+
+    name: str
+    family: str
+    implementation: str
+    default_backbone: str
+    default_recipe: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset that ``dataset:NAME/SPLIT`` in a recipe resolves to, built on first use."""
+
+    name: str
+    builder: str  # "module:function", called as fn(root: Path, **options) -> None
+    splits: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""  # where the raw data comes from, and how to install it
+
+
+_BACKBONES: dict[str, BackboneSpec] = {}
+_TASKS: dict[str, TaskSpec] = {}
+_DATASETS: dict[str, DatasetSpec] = {}
+_loaded = False
+
+
+def _ensure_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("tlmulti.presets")
+    _load_saved_backbones()
+
+
+def _load_saved_backbones() -> None:
+    from tlmulti import paths
+
+    root = paths.backbone_store()
+    if not root.is_dir():
+        return
+    for meta in sorted(root.glob("*/backbone.json")):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        data["handle"] = str(meta.parent / "backbone.keras")
+        data["source"] = "local"
+        if data.get("name") not in _BACKBONES:
+            register_backbone(**data)
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _tupled(groups: dict) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for key, value in (groups or {}).items():
+        out[str(key)] = (value,) if isinstance(value, str) else tuple(value)
+    return out
+
+
+def register_backbone(name: str, *, source: str, families, replace: bool = False, **fields_) -> BackboneSpec:
+    """Register a backbone spec under ``name`` and return it.
+
+    ``families`` says which task families may use it. See :class:`BackboneSpec` for fields.
+    Registering an existing name raises unless ``replace=True``.
+    """
+    if source not in SOURCES:
+        raise RegistryError(
+            f"Backbone '{name}': unknown source '{source}'; use one of {', '.join(SOURCES)}."
+        )
+    if name in _BACKBONES and not replace:
+        raise RegistryError(f"Backbone '{name}' is already registered; pass replace=True to override it.")
+    known = {f.name for f in dataclasses.fields(BackboneSpec)}
+    unknown = set(fields_) - known
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RegistryError(f"Backbone '{name}': unknown field '{key}'.{_suggest(key, known)}")
+    fields_["layer_groups"] = _tupled(fields_.get("layer_groups", {}))
+    fields_["feature_layers"] = tuple(fields_.get("feature_layers", ()))
+    spec = BackboneSpec(name=name, source=source, families=tuple(families), **fields_)
+    _BACKBONES[name] = spec
+    return spec
+
+
+def register_task(name: str, *, family: str, implementation: str, default_backbone: str,
+                  replace: bool = False, **fields_) -> TaskSpec:
+    """Register a task: ``implementation`` is ``"module:Class"`` subclassing :class:`tlmulti.tasks.Task`."""
+    if name in _TASKS and not replace:
+        raise RegistryError(f"Task '{name}' is already registered; pass replace=True to override it.")
+    spec = TaskSpec(name=name, family=family, implementation=implementation,
+                    default_backbone=default_backbone, **fields_)
+    _TASKS[name] = spec
+    return spec
+
+
+def register_dataset(name: str, *, builder: str, splits, replace: bool = False, **fields_) -> DatasetSpec:
+    """Register a dataset that recipes can name as ``dataset:NAME/SPLIT``."""
+    if name in _DATASETS and not replace:
+        raise RegistryError(f"Dataset '{name}' is already registered; pass replace=True to override it.")
+    spec = DatasetSpec(name=name, builder=builder, splits=tuple(splits), **fields_)
+    _DATASETS[name] = spec
+    return spec
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    _ensure_builtins()
+    if name not in _BACKBONES:
+        raise RegistryError(
+            f"Unknown backbone '{name}'.{_suggest(name, _BACKBONES)} "
+            "See 'tlmulti backbones list' for the ones available."
+        )
+    return _BACKBONES[name]
+
+
+def get_task(name: str) -> TaskSpec:
+    _ensure_builtins()
+    if name not in _TASKS:
+        raise RegistryError(
+            f"Unknown task '{name}'.{_suggest(name, _TASKS)} Known tasks: {', '.join(sorted(_TASKS))}."
+        )
+    return _TASKS[name]
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    _ensure_builtins()
+    if name not in _DATASETS:
+        raise RegistryError(
+            f"Unknown dataset '{name}'.{_suggest(name, _DATASETS)} "
+            "See 'tlmulti datasets list' for the built-in ones."
+        )
+    return _DATASETS[name]
+
+
+def list_backbones(family: str | None = None) -> list[BackboneSpec]:
+    _ensure_builtins()
+    return [s for s in _BACKBONES.values() if family is None or family in s.families]
+
+
+def list_tasks(family: str | None = None) -> list[TaskSpec]:
+    _ensure_builtins()
+    return [s for s in _TASKS.values() if family is None or s.family == family]
+
+
+def list_datasets() -> list[DatasetSpec]:
+    _ensure_builtins()
+    return list(_DATASETS.values())
+
+
+def unregister_backbone(name: str) -> None:
+    _BACKBONES.pop(name, None)
+
+
+def unregister_task(name: str) -> None:
+    _TASKS.pop(name, None)
+
+
+def resolve(ref: str | Callable) -> Any:
+    """Import ``"module:attr"`` (or return a callable as it is)."""
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

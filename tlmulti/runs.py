@@ -1,0 +1,106 @@
+"""Run folders: created once, never overwritten, and everything needed to reuse a model.
+
+A run folder holds ``model.keras`` (the inference model, preprocessing included),
+``recipe.yaml`` (the resolved recipe: ``tlmulti run`` on it reproduces the run), ``run.json``
+(task, classes, versions), ``metrics.json``, ``history.csv`` and plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from tlmulti.errors import RunError
+
+_MARKER = ".tlmulti-run"
+
+
+def create_run_dir(out, name: str) -> Path:
+    """Create the run folder. An explicit ``out`` that exists and is not empty is an error; the
+    default ``runs/<name>`` gets a numbered suffix instead."""
+    if out:
+        path = Path(out).expanduser()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunError(
+                f"Run folder '{path}' already exists and is not empty; choose another --out "
+                "(runs are never overwritten) or remove it yourself."
+            )
+    else:
+        base = Path("runs") / name
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / _MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return path
+
+
+def discard(path: Path) -> None:
+    """Remove a run folder this process created, after a failure, so nothing half-written stays."""
+    if (path / _MARKER).exists() and not (path / "model.keras").exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def absolute_paths(recipe):
+    """A copy of the recipe with data paths absolute, so the saved recipe runs from anywhere."""
+    from tlmulti.recipe import resolve_path
+
+    data = replace(recipe.data)
+    for key in ("train", "val", "test"):
+        setattr(data, key, resolve_path(getattr(data, key)))
+    adaptation = replace(recipe.adaptation, target_data=resolve_path(recipe.adaptation.target_data))
+    return replace(recipe, data=data, adaptation=adaptation)
+
+
+def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, classes) -> None:
+    from tlmulti import __version__
+
+    model.save(run_dir / "model.keras")
+    recipe.save(run_dir / "recipe.yaml")
+    info = {"task": recipe.task, "backbone": recipe.backbone.name, "classes": list(classes),
+            "tlmulti": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_history(run_dir / "history.csv", history)
+    if recipe.output.plots and history:
+        from tlmulti.evaluation import plot_curves
+
+        plot_curves(history, run_dir / "curves.png")
+    (run_dir / _MARKER).unlink(missing_ok=True)
+
+
+def write_history(path: Path, history: list) -> None:
+    columns = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns or ["phase", "epoch"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def load_run(run_dir):
+    """(recipe, task, model) of a finished run; errors name the missing file."""
+    import keras
+
+    import tlmulti.layers  # noqa: F401  registers custom layers
+    from tlmulti.recipe import load_recipe, task_class
+
+    run_dir = Path(run_dir)
+    for name in ("model.keras", "recipe.yaml", "run.json"):
+        if not (run_dir / name).is_file():
+            raise RunError(
+                f"'{run_dir}' is not a finished run folder: {name} is missing "
+                "(give the --out folder of a 'train' command)."
+            )
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    info = json.loads((run_dir / "run.json").read_text())
+    task = task_class(recipe.task)(recipe)
+    task.classes = info["classes"]
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    return recipe, task, model

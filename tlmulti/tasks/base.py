@@ -1,0 +1,210 @@
+"""The Task interface: what a domain declares so the shared trainer can run it.
+
+A task reads data into :class:`~tlmulti.data.Examples`, builds :class:`ModelParts` (inputs,
+preprocessing, augmentation, backbone, head, named layer groups) and evaluates a trained model.
+It never trains: :func:`tlmulti.training.fine_tune` does that for every task.
+
+Module level code here and in task modules imports no TensorFlow, so reading a recipe and
+listing the registry stay light; Keras is imported inside the methods that build models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tlmulti import registry
+from tlmulti.data import Examples, limit_per_class, stratified_split
+from tlmulti.errors import TlmultiError
+from tlmulti.recipe import DataConfig, HeadConfig, Recipe
+
+
+@dataclass
+class ModelParts:
+    """The pieces of a transfer model, shared by every phase.
+
+    ``inputs``: Keras input(s) taking raw examples; ``augment``: random layers active only in
+    training (or None); ``preprocess``: layer from raw input to the backbone's contract (or None);
+    ``backbone``: the pretrained feature extractor; ``head``: a model from backbone features to
+    outputs; ``groups``: backbone layer groups, ordered bottom to top.
+    """
+
+    inputs: Any
+    backbone: Any
+    head: Any
+    preprocess: Any = None
+    augment: Any = None
+    groups: dict[str, list] = field(default_factory=dict)
+
+    def features(self, x, training=False, augment=False):
+        if augment and self.augment is not None:
+            x = self.augment(x)
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        return self.backbone(x, training=training)
+
+    def assemble(self, backbone_training: bool | None = False, augment: bool = True, name: str = "model"):
+        """The end-to-end model. ``backbone_training=False`` pins the backbone (and its BatchNorm)
+        to inference mode whatever ``fit`` says; ``None`` lets the training flag through, so
+        unfrozen layers train while BatchNorm layers marked non-trainable still run in inference
+        mode (Keras 3 semantics)."""
+        import keras
+
+        feats = self.features(self.inputs, training=backbone_training, augment=augment)
+        return keras.Model(self.inputs, self.head(feats), name=name)
+
+    def feature_model(self):
+        """Raw inputs to backbone features in inference mode: what the feature cache stores."""
+        import keras
+
+        return keras.Model(self.inputs, self.features(self.inputs, training=False), name="features")
+
+
+def resolve_groups(backbone, spec: registry.BackboneSpec) -> dict[str, list]:
+    """Map the spec's group regexes onto the backbone's top-level layers (bottom to top)."""
+    layers = [l for l in backbone.layers if l.__class__.__name__ != "InputLayer"]
+    if not spec.layer_groups:
+        return {"backbone": layers}
+    groups: dict[str, list] = {}
+    for name, patterns in spec.layer_groups.items():
+        regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+        groups[name] = [l for l in layers if regex.fullmatch(l.name)]
+    return {k: v for k, v in groups.items() if v}
+
+
+class Task:
+    """Base class: subclasses set ``name``, ``family``, configs, and implement ``read``/``build``."""
+
+    name = ""
+    family = ""
+    data_config = DataConfig
+    head_config = HeadConfig
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.spec = registry.get_backbone(recipe.backbone.name)
+        if self.family not in self.spec.families and self.name not in self.spec.families:
+            raise TlmultiError(
+                f"Backbone '{self.spec.name}' serves {', '.join(self.spec.families)}, not {self.family} "
+                f"(recipe key backbone.name); see 'tlmulti backbones list --family {self.family}'."
+            )
+
+    # -- data -----------------------------------------------------------------------------------
+    def read(self, ref: str, classes: list[str] | None = None, labelled: bool = True) -> Examples:
+        raise NotImplementedError
+
+    def read_inputs(self, items: list[str]) -> tuple[Any, list[str]]:
+        """Raw inputs for prediction (files, folders or strings) -> (x, names)."""
+        raise NotImplementedError
+
+    def load_splits(self) -> tuple[Examples, Examples, Examples | None]:
+        """Train, validation (given or a seeded stratified split of train) and optional test."""
+        data = self.recipe.data
+        if not data.train:
+            raise TlmultiError("No training data: pass --data or set data.train in the recipe.")
+        train = self.read(data.train)
+        if data.limit_per_class:
+            train = train.subset(limit_per_class(self.stratify_labels(train), data.limit_per_class, self.recipe.seed))
+        if data.val:
+            val = self.read(data.val, classes=train.classes)
+        else:
+            if not 0 < data.val_split < 1:
+                raise TlmultiError("data.val_split must be between 0 and 1 when no validation data is given.")
+            keep, held = stratified_split(self.stratify_labels(train), data.val_split, self.recipe.seed)
+            train, val = train.subset(keep), train.subset(held)
+        test = self.read(data.test, classes=train.classes) if data.test else None
+        return train, val, test
+
+    def stratify_labels(self, examples: Examples) -> np.ndarray:
+        return np.asarray(examples.y)
+
+    # -- model ----------------------------------------------------------------------------------
+    def build(self, classes: list[str]) -> ModelParts:
+        raise NotImplementedError
+
+    def load_backbone(self, input_shape=None):
+        from tlmulti.backbones import load_backbone
+
+        return load_backbone(self.spec, weights=self.recipe.backbone.weights, input_shape=input_shape,
+                             output_layer=self.recipe.backbone.output_layer)
+
+    def compile_args(self) -> dict:
+        raise NotImplementedError
+
+    def class_weight(self, examples: Examples) -> dict | None:
+        return None
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
+        raise NotImplementedError
+
+    def report(self, run_dir, model, examples: Examples, metrics: dict) -> list[str]:
+        """Write plots for a test set into ``run_dir``; return the file names written."""
+        return []
+
+    def predict(self, model, items: list[str], top_k: int = 3) -> list[dict]:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """Shared by image, text and speech classification: softmax head, accuracy, F1, top-k."""
+
+    def compile_args(self) -> dict:
+        import keras
+
+        return {"loss": keras.losses.SparseCategoricalCrossentropy(),
+                "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+
+    def class_weight(self, examples: Examples) -> dict | None:
+        if self.recipe.data.class_weight != "balanced":
+            return None
+        counts = np.bincount(examples.y, minlength=len(examples.classes)).astype(float)
+        weights = len(examples.y) / (len(counts) * np.maximum(counts, 1))
+        return {i: float(w) for i, w in enumerate(weights)}
+
+    def build_head(self, backbone, num_classes: int):
+        from tlmulti.heads.classification import classification_head
+
+        return classification_head(backbone.output, num_classes, self.recipe.head)
+
+    def probabilities(self, model, x) -> np.ndarray:
+        from tlmulti.training.data import make_dataset
+
+        ds = make_dataset(x, None, self.recipe.data.batch_size)
+        return np.asarray(model.predict(ds, verbose=0))
+
+    def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
+        from tlmulti.evaluation import classification_metrics
+
+        probs = self.probabilities(model, examples.x)
+        column = group_by or self.recipe.data.group_column
+        groups = None
+        if column:
+            if column not in examples.meta:
+                raise TlmultiError(
+                    f"Cannot group by '{column}': the data has no such column "
+                    f"(columns: {', '.join(sorted(examples.meta)) or 'none'})."
+                )
+            groups = (column, examples.meta[column])
+        return classification_metrics(examples.y, probs, examples.classes, groups)
+
+    def report(self, run_dir, model, examples, metrics) -> list[str]:
+        from tlmulti.evaluation import plot_confusion_matrix
+
+        plot_confusion_matrix(metrics["confusion_matrix"], examples.classes, run_dir / "confusion_matrix.png")
+        return ["confusion_matrix.png"]
+
+    def predict(self, model, items: list[str], top_k: int = 3) -> list[dict]:
+        x, names = self.read_inputs(items)
+        probs = self.probabilities(model, x)
+        classes = self.classes
+        out = []
+        for name, p in zip(names, probs):
+            order = np.argsort(-p)[:top_k]
+            out.append({"input": name, "top": [{"label": classes[i], "probability": float(p[i])} for i in order]})
+        return out
+
+    classes: list[str] = []

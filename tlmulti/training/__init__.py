@@ -1,0 +1,5 @@
+"""Training shared by every task: phases, freezing by named groups, feature cache, optimizers."""
+
+from tlmulti.training.trainer import fine_tune, train
+
+__all__ = ["fine_tune", "train"]

@@ -1,0 +1,55 @@
+"""Optimizers from the recipe, with per-variable learning-rate multipliers.
+
+Discriminative fine-tuning trains lower layer groups at a smaller learning rate than upper ones.
+Keras optimizers have one learning rate, so :func:`make_optimizer` subclasses the chosen one and
+scales the rate passed to ``update_step`` by a multiplier per variable (1.0 for the head).
+"""
+
+from __future__ import annotations
+
+import keras
+
+_CLASSES = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
+
+def _with_multipliers(base):
+    class Scaled(base):
+        def __init__(self, *args, multipliers=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._by_id = dict(multipliers or {})
+            self._scales = []
+
+        def build(self, variables):
+            super().build(variables)
+            self._scales = [self._by_id.get(id(v), 1.0) for v in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            scale = self._scales[self._get_variable_index(variable)] if self._scales else 1.0
+            if scale != 1.0:
+                learning_rate = learning_rate * scale
+            return super().update_step(gradient, variable, learning_rate)
+
+    Scaled.__name__ = f"Scaled{base.__name__}"
+    return Scaled
+
+
+def make_optimizer(config, learning_rate: float, multipliers: dict[int, float] | None = None):
+    """Optimizer named by ``config.name``; ``multipliers`` maps ``id(variable)`` to an LR scale."""
+    base = _CLASSES[config.name]
+    kwargs = {"learning_rate": learning_rate}
+    if config.clipnorm:
+        kwargs["clipnorm"] = config.clipnorm
+    if config.name == "adamw":
+        kwargs["weight_decay"] = config.weight_decay or 0.004
+    elif config.weight_decay:
+        kwargs["weight_decay"] = config.weight_decay
+    if config.name in ("sgd", "rmsprop"):
+        kwargs["momentum"] = config.momentum
+    if not multipliers or all(m == 1.0 for m in multipliers.values()):
+        return base(**kwargs)
+    return _with_multipliers(base)(multipliers=multipliers, **kwargs)

@@ -1,0 +1,207 @@
+"""The one trainer: phased freeze/unfreeze fine-tuning for every task.
+
+``train(recipe)`` reads the data through the recipe's task, builds the model inside the recipe's
+``tf.distribute`` strategy, runs :func:`fine_tune` and writes the run folder. ``fine_tune`` runs
+the phases in order:
+
+* a phase where no backbone group trains fits only the head, with the backbone called with
+  ``training=False``; its features are computed once and cached (``cache_features: auto``), so
+  each epoch costs a head update, not a backbone pass. Augmentation is not applied to cached
+  features; set ``cache_features: false`` to augment in a frozen phase;
+* a phase that unfreezes groups recompiles at its own learning rate (optionally lower for lower
+  groups) and trains end to end; BatchNorm follows the phase's policy (see
+  :mod:`tlmulti.training.freezing`).
+
+Each phase has early stopping with best-weight restore (recipe ``callbacks``), optional class
+weights and TensorBoard logs. What every phase used is returned and written to metrics.json.
+
+Example::
+
+    import tlmulti
+    recipe = tlmulti.load_recipe("recipes/vision/fashion_mnist.yaml", overrides=["phases.1.epochs=1"])
+    run = tlmulti.train(recipe, out="runs/quick")
+    print(run.metrics["test"]["accuracy"])
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tlmulti import runs
+from tlmulti.recipe import Recipe
+from tlmulti.training.freezing import group_multipliers, resolve_unfreeze, set_trainable
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, metrics, and the trained (inference) model."""
+
+    dir: Path
+    metrics: dict
+    model: object = None
+    history: list = field(default_factory=list)
+
+
+def get_strategy(name: str):
+    """``auto``: MirroredStrategy over all GPUs when there are several, else the default."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _verbosity(recipe: Recipe) -> int:
+    import sys
+
+    if recipe.callbacks.verbose is not None:
+        return recipe.callbacks.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def make_task(recipe: Recipe):
+    from tlmulti.recipe import task_class
+
+    return task_class(recipe.task)(recipe)
+
+
+def _callbacks(recipe: Recipe, run_dir: Path | None, phase_name: str, has_val: bool):
+    import keras
+
+    cbs = []
+    es = recipe.callbacks.early_stopping
+    if es.enabled and has_val:
+        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
+                                                 restore_best_weights=es.restore_best_weights))
+    if recipe.callbacks.tensorboard and run_dir is not None:
+        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase_name)))
+    return cbs
+
+
+def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, adapter=None):
+    """Run the recipe's phases on ``parts``; returns (history rows, phase records).
+
+    ``adapter`` (domain adaptation, see :mod:`tlmulti.training.adaptation`) may wrap the model
+    of phases that train end to end.
+    """
+    import keras
+
+    from tlmulti.training.data import make_dataset
+    from tlmulti.training.optimizers import make_optimizer
+
+    group_names = list(parts.groups)
+    batch = recipe.data.batch_size
+    class_weight = task.class_weight(train)
+    history, records = [], []
+    cache = None  # (train features, val features), valid while the backbone is unchanged
+    epoch0 = 0
+    for i, phase in enumerate(recipe.phases):
+        start = time.perf_counter()
+        unfrozen = resolve_unfreeze(phase.unfreeze, group_names, f"phases.{i}.unfreeze")
+        set_trainable(parts.backbone, parts.groups, unfrozen, phase.batchnorm)
+        use_cache = phase.cache_features is True or (phase.cache_features == "auto" and not unfrozen
+                                                     and (adapter is None or not adapter.needs_features))
+        mults = group_multipliers(parts.groups, unfrozen, phase.lr_decay, phase.group_lr)
+        by_var = {id(v): mults[g] for g in unfrozen for layer in parts.groups[g] for v in layer.trainable_weights}
+        optimizer = make_optimizer(recipe.optimizer, phase.learning_rate, by_var)
+        record = {
+            "name": phase.name, "epochs_planned": phase.epochs, "learning_rate": phase.learning_rate,
+            "unfrozen_groups": unfrozen, "group_lr": {g: phase.learning_rate * m for g, m in mults.items()},
+            "batchnorm": phase.batchnorm, "feature_cache": bool(use_cache),
+            "trainable_params": 0, "epochs_run": 0, "seconds": 0.0,
+        }
+        if phase.epochs == 0:
+            records.append(record)
+            continue
+        if use_cache:
+            if cache is None:
+                t0 = time.perf_counter()
+                fm = parts.feature_model()
+                cache = tuple(
+                    fm.predict(make_dataset(ex.x, None, batch), verbose=0) for ex in (train, val)
+                )
+                record["cache_seconds"] = time.perf_counter() - t0
+            model, x_train, x_val = parts.head, cache[0], cache[1]
+        else:
+            model = parts.assemble(backbone_training=None if unfrozen else False, augment=True)
+            x_train, x_val = train.x, val.x
+            if adapter is not None:
+                model = adapter.wrap(model, parts, train, recipe)
+        model.compile(optimizer=optimizer, **task.compile_args())
+        record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+        train_ds = make_dataset(x_train, train.y, batch, shuffle=True, seed=recipe.seed + i)
+        if adapter is not None and not use_cache:
+            train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
+        val_ds = make_dataset(x_val, val.y, batch) if len(val) else None
+        fit = model.fit(
+            train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=class_weight,
+            callbacks=_callbacks(recipe, run_dir, phase.name, val_ds is not None),
+            verbose=_verbosity(recipe),
+        )
+        n = len(fit.history.get("loss", []))
+        for e in range(n):
+            row = {"phase": phase.name, "epoch": epoch0 + e + 1}
+            row.update({k: float(v[e]) for k, v in fit.history.items()})
+            history.append(row)
+        epoch0 += n
+        record["epochs_run"] = n
+        if unfrozen:
+            cache = None  # the backbone changed: features must be recomputed
+        record["seconds"] = time.perf_counter() - start
+        records.append(record)
+    if adapter is not None:
+        adapter.finish(parts, recipe)
+    return history, records
+
+
+def train(recipe: Recipe, out=None) -> Run:
+    """Train ``recipe`` end to end and write the run folder (never overwriting one)."""
+    run_dir = runs.create_run_dir(out or recipe.output.dir, recipe.name)
+    try:
+        return _train_into(recipe, run_dir)
+    except BaseException:
+        runs.discard(run_dir)
+        raise
+
+
+def _train_into(recipe: Recipe, run_dir: Path) -> Run:
+    import keras
+
+    from tlmulti.training.adaptation import make_adapter
+
+    t_start = time.perf_counter()
+    keras.utils.set_random_seed(recipe.seed)
+    recipe = runs.absolute_paths(recipe)
+    task = make_task(recipe)
+    train_ex, val_ex, test_ex = task.load_splits()
+    task.classes = train_ex.classes
+    strategy = get_strategy(recipe.distribute)
+    with strategy.scope():
+        parts = task.build(train_ex.classes)
+        adapter = make_adapter(recipe, task, parts)
+        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, adapter)
+        model = parts.assemble(backbone_training=False, augment=True)
+    train_seconds = time.perf_counter() - t_start
+    metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
+    if test_ex is not None:
+        metrics["test"] = task.evaluate(model, test_ex)
+    metrics["timing"] = {
+        "phase_seconds": [round(r["seconds"], 3) for r in records],
+        "train_seconds": round(train_seconds, 3),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+    }
+    metrics["phases"] = records
+    metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
+                       "classes": len(train_ex.classes)}
+    runs.write_run(run_dir, recipe, task, model, metrics, history, train_ex.classes)
+    if test_ex is not None and recipe.output.plots:
+        task.report(run_dir, model, test_ex, metrics["test"])
+    return Run(dir=run_dir, metrics=metrics, model=model, history=history)
