@@ -145,7 +145,18 @@ class Task:
         """Write plots for a test set into ``run_dir``; return the file names written."""
         return []
 
-    def predict(self, model, items: list[str], top_k: int = 3) -> list[dict]:
+    def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
+        raise NotImplementedError
+
+    # -- printing -------------------------------------------------------------------------------
+    def headline(self, metrics: dict) -> str:
+        """One line for the end of training: the main test (or validation) metric."""
+        raise NotImplementedError
+
+    def format_metrics(self, metrics: dict) -> str:
+        raise NotImplementedError
+
+    def format_prediction(self, result: dict) -> str:
         raise NotImplementedError
 
 
@@ -197,7 +208,7 @@ class ClassificationTask(Task):
         plot_confusion_matrix(metrics["confusion_matrix"], examples.classes, run_dir / "confusion_matrix.png")
         return ["confusion_matrix.png"]
 
-    def predict(self, model, items: list[str], top_k: int = 3) -> list[dict]:
+    def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         x, names = self.read_inputs(items)
         probs = self.probabilities(model, x)
         classes = self.classes
@@ -208,3 +219,29 @@ class ClassificationTask(Task):
         return out
 
     classes: list[str] = []
+
+    def headline(self, metrics: dict) -> str:
+        section, m = ("test", metrics["test"]) if metrics.get("test") else ("val", metrics.get("val", {}))
+        line = f"{section} accuracy {m.get('accuracy', float('nan')):.4f}  macro F1 {m.get('macro_f1', float('nan')):.4f}"
+        if "worst_group" in m:
+            w = m["worst_group"]
+            line += f"  worst {m['group_by']} '{w['group']}' {w['accuracy']:.4f}"
+        return line
+
+    def format_metrics(self, metrics: dict) -> str:
+        lines = [f"accuracy  {metrics['accuracy']:.4f}", f"loss      {metrics['loss']:.4f}",
+                 f"macro F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['n']}", "",
+                 f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+        for name, c in metrics["per_class"].items():
+            lines.append(f"{name[:23]:<24}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{c['support']:>9}")
+        if "by_group" in metrics:
+            lines += ["", f"{metrics['group_by']:<24}{'accuracy':>10}{'n':>9}"]
+            for g, v in metrics["by_group"].items():
+                lines.append(f"{g[:23]:<24}{v['accuracy']:>10.3f}{v['n']:>9}")
+            w = metrics["worst_group"]
+            lines.append(f"worst group: {w['group']} ({w['accuracy']:.3f})")
+        return "\n".join(lines)
+
+    def format_prediction(self, result: dict) -> str:
+        tops = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
+        return f"{result['input']}: {tops}"

@@ -1,0 +1,187 @@
+"""Top-level commands: ``run``, ``recipes``, ``backbones``, ``weights``, ``datasets``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from tlmulti.cli.common import run_training, user_errors
+from tlmulti.errors import TlmultiError
+
+
+@click.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder to create (never overwritten).")
+@user_errors
+def run(recipe, overrides, out):
+    """Run RECIPE, whatever its task. A run folder's recipe.yaml reproduces that run."""
+    from tlmulti.recipe import load_recipe
+
+    run_training(load_recipe(recipe, overrides=overrides), out)
+
+
+@click.group()
+def recipes():
+    """The bundled recipes (copy one and edit it for your data)."""
+
+
+def _recipe_files():
+    from tlmulti.recipe import recipes_dir
+
+    root = recipes_dir()
+    return root, sorted(root.rglob("*.yaml"))
+
+
+@recipes.command("list")
+@user_errors
+def recipes_list():
+    """Recipe files with their task and first comment line."""
+    import yaml
+
+    root, files = _recipe_files()
+    for path in files:
+        text = path.read_text()
+        first = next((l.lstrip("# ").strip() for l in text.splitlines() if l.startswith("#")), "")
+        try:
+            task = (yaml.safe_load(text) or {}).get("task", "?")
+        except yaml.YAMLError:
+            task = "invalid YAML"
+        click.echo(f"{str(path.relative_to(root.parent)):<44} {task:<24} {first[:70]}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@user_errors
+def recipes_show(name):
+    """Print a bundled recipe (by file name, with or without .yaml)."""
+    root, files = _recipe_files()
+    for path in files:
+        if name in (path.name, path.stem, str(path.relative_to(root))):
+            click.echo(path.read_text(), nl=False)
+            return
+    raise TlmultiError(f"No bundled recipe named '{name}'; see 'tlmulti recipes list'.")
+
+
+@click.group()
+def backbones():
+    """Registered backbones and where their weights come from."""
+
+
+@backbones.command("list")
+@click.option("--family", help="Only backbones for this task family (vision, segmentation, text, audio).")
+@user_errors
+def backbones_list(family):
+    """Name, source, families, and whether the weights are available offline here."""
+    from tlmulti.backbones import weights_status
+    from tlmulti.registry import list_backbones
+
+    click.echo(f"{'name':<34} {'source':<19} {'families':<22} {'offline':<8} description")
+    for spec in sorted(list_backbones(family), key=lambda s: s.name):
+        ok, _ = weights_status(spec)
+        click.echo(f"{spec.name:<34} {spec.source:<19} {','.join(spec.families):<22} "
+                   f"{'yes' if ok else 'no':<8} {spec.description}")
+
+
+@backbones.command("save")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--overwrite", is_flag=True, help="Replace a saved backbone of the same name.")
+@user_errors
+def backbones_save(run_dir, name, overwrite):
+    """Save the fine-tuned backbone of RUN_DIR as a local backbone called NAME."""
+    from tlmulti.backbones.saved import save_run_backbone
+
+    folder = save_run_backbone(run_dir, name, overwrite=overwrite)
+    click.echo(f"Saved backbone '{name}' to {folder}; use it with --backbone {name}.")
+
+
+@click.group()
+def weights():
+    """Offline weight handling: what is here, where it is looked for, importing a copy."""
+
+
+@weights.command("list")
+@user_errors
+def weights_list():
+    """Each backbone with its weight status and location."""
+    from tlmulti.backbones import weights_status
+    from tlmulti.registry import list_backbones
+
+    for spec in sorted(list_backbones(), key=lambda s: s.name):
+        ok, where = weights_status(spec)
+        click.echo(f"{spec.name:<34} {'available' if ok else 'missing':<10} {where}")
+
+
+@weights.command("path")
+@click.argument("name")
+@user_errors
+def weights_path(name):
+    """Where the weights of backbone NAME are imported to (and looked for first)."""
+    from tlmulti.backbones import store_dir, weights_status
+    from tlmulti.registry import get_backbone
+
+    spec = get_backbone(name)
+    ok, where = weights_status(spec)
+    click.echo(f"store:  {store_dir(spec)}")
+    click.echo(f"status: {'available' if ok else 'missing'} ({where})")
+
+
+@weights.command("import")
+@click.argument("name")
+@click.argument("path", type=click.Path())
+@click.option("--force", is_flag=True, help="Replace weights imported before.")
+@user_errors
+def weights_import(name, path, force):
+    """Copy a weights file, preset folder or SavedModel at PATH into the store for backbone NAME.
+
+    Typical use on an air-gapped machine: download the weights elsewhere (Keras .h5, a keras-hub
+    or Hugging Face preset folder, a TF-Hub SavedModel), carry them over, import them once.
+    """
+    from tlmulti.backbones import store_dir
+    from tlmulti.registry import get_backbone
+
+    spec = get_backbone(name)
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise TlmultiError(f"'{src}' does not exist; give the downloaded weights file or folder.")
+    dest = store_dir(spec)
+    if dest.exists() and any(dest.iterdir()):
+        if not force:
+            raise TlmultiError(f"Weights for '{name}' were already imported to '{dest}'; pass --force to replace them.")
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dest / src.name)
+    click.echo(f"Imported {src} for backbone '{name}' into {dest}.")
+
+
+@click.group()
+def datasets():
+    """Datasets built from installed packages, usable in recipes as dataset:NAME/SPLIT."""
+
+
+@datasets.command("list")
+@user_errors
+def datasets_list():
+    from tlmulti import paths
+    from tlmulti.registry import list_datasets
+
+    for spec in list_datasets():
+        ready = (paths.dataset_root() / spec.name / ".complete").exists()
+        click.echo(f"{spec.name:<22} {'ready' if ready else 'not built':<10} {','.join(spec.splits):<16} {spec.description}")
+
+
+@datasets.command("prepare")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Build it again.")
+@user_errors
+def datasets_prepare(name, force):
+    """Build dataset NAME now (recipes also build it on first use)."""
+    from tlmulti.datasets import prepare
+
+    click.echo(f"{name}: {prepare(name, force=force)}")
