@@ -142,7 +142,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
         val_ds = make_dataset(x_val, val.y, batch) if len(val) else None
         fit = model.fit(
-            train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=class_weight,
+            train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=class_weight, shuffle=False,
             callbacks=_callbacks(recipe, run_dir, phase.name, val_ds is not None),
             verbose=_verbosity(recipe),
         )

@@ -1,0 +1,105 @@
+"""Registry and recipe validation: no TensorFlow needed."""
+
+import subprocess
+import sys
+
+import pytest
+
+import tlmulti
+from tlmulti import registry
+from tlmulti.errors import RecipeError, RegistryError
+from tlmulti.recipe import apply_overrides, from_dict, load_recipe, recipes_dir
+
+
+def test_builtin_presets_are_registered():
+    names = {s.name for s in registry.list_backbones("vision")}
+    assert {"vgg16.hed_bsds500", "resnet50.imagenet", "efficientnet_v2_b0.tfhub"} <= names
+    assert registry.get_task("image_classification").default_backbone == "vgg16.hed_bsds500"
+
+
+def test_unknown_backbone_suggests_nearest():
+    with pytest.raises(RegistryError, match="Did you mean 'vgg16.imagenet'"):
+        registry.get_backbone("vgg16.imagenett")
+
+
+def test_register_custom_backbone_and_task_roundtrip():
+    spec = tlmulti.register_backbone("custom.x", source="builder", families=("vision",),
+                                     builder="tests.conftest:build_tiny_cnn", layer_groups={"a": "conv.*"})
+    try:
+        assert registry.get_backbone("custom.x").layer_groups == {"a": ("conv.*",)}
+        with pytest.raises(RegistryError, match="already registered"):
+            tlmulti.register_backbone("custom.x", source="builder", families=("vision",))
+        with pytest.raises(RegistryError, match="unknown source"):
+            tlmulti.register_backbone("custom.y", source="ftp", families=("vision",))
+    finally:
+        registry.unregister_backbone(spec.name)
+
+
+def test_cli_help_does_not_import_tensorflow():
+    code = ("import sys; from click.testing import CliRunner; from tlmulti.cli import main; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(main, ['vision', 'train', '--help']); assert r.exit_code == 0; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_bundled_recipes_validate():
+    files = sorted(recipes_dir().rglob("*.yaml"))
+    assert files, "no bundled recipes"
+    for path in files:
+        recipe = load_recipe(path)
+        assert recipe.phases and recipe.backbone.name
+
+
+def test_default_recipe_has_frozen_then_unfreeze_phase():
+    recipe = load_recipe(task="image_classification")
+    assert recipe.phases[0].unfreeze == "none"
+    assert recipe.phases[-1].unfreeze not in ("none", [])
+    assert recipe.phases[-1].learning_rate < recipe.phases[0].learning_rate
+
+
+def test_unknown_key_names_key_and_suggests(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("task: image_classification\ndata:\n  batch_sise: 8\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert "data.batch_sise" in msg and "data.batch_size" in msg and str(path) in msg
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(RecipeError, match="phases.0.epochs' must be an integer"):
+        from_dict({"phases": [{"epochs": "many"}]})
+    with pytest.raises(RecipeError, match="optimizer.name' must be one of"):
+        from_dict({"optimizer": {"name": "adamm"}})
+    with pytest.raises(RecipeError, match="phases.0.batchnorm"):
+        from_dict({"phases": [{"batchnorm": "sometimes"}]})
+
+
+def test_overrides_apply_to_nested_keys_and_list_items():
+    data = {"phases": [{"epochs": 1}, {"epochs": 2}], "data": {"batch_size": 4}}
+    out = apply_overrides(data, ["phases.1.learning_rate=1e-5", "data.batch_size=16", "head.hidden=[64, 32]"])
+    assert out["phases"][1]["learning_rate"] == 1e-5 and out["data"]["batch_size"] == 16
+    assert out["head"]["hidden"] == [64, 32]
+    assert data["data"]["batch_size"] == 4  # the input is not modified
+    recipe = from_dict(out)
+    assert recipe.phases[1].learning_rate == 1e-5 and recipe.head.hidden == [64, 32]
+    with pytest.raises(RecipeError, match="must look like key.path=value"):
+        apply_overrides({}, ["nonsense"])
+    with pytest.raises(RecipeError, match="out of range"):
+        apply_overrides({"phases": [{}]}, ["phases.5.epochs=1"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: image_classification\ndata: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml' is not valid YAML at line"):
+        load_recipe(path)
+
+
+def test_recipe_roundtrips_through_yaml(tmp_path):
+    recipe = load_recipe(task="image_classification", overrides=["seed=7"])
+    recipe.save(tmp_path / "r.yaml")
+    again = load_recipe(tmp_path / "r.yaml")
+    assert again.to_dict() == recipe.to_dict()

@@ -1,0 +1,188 @@
+"""The shared trainer: freezing by groups, BatchNorm policy, feature cache, LR multipliers, runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tlmulti.errors import RecipeError, RunError
+from tlmulti.recipe import from_dict
+
+
+def _recipe(backbone, train_dir, **extra):
+    data = {
+        "task": "image_classification", "name": "t", "seed": 0,
+        "backbone": {"name": backbone},
+        "head": {"pooling": "avg", "hidden": [], "dropout": 0.0},
+        "data": {"train": str(train_dir), "val_split": 0.25, "batch_size": 4, "image_size": [16, 16]},
+        "phases": [{"name": "head", "epochs": 1, "learning_rate": 0.01}],
+        "callbacks": {"early_stopping": {"enabled": False}, "verbose": 0},
+        "output": {"plots": False},
+    }
+    for key, value in extra.items():
+        data[key] = value
+    return from_dict(data)
+
+
+def _build(recipe):
+    import keras
+
+    from tlmulti.training.trainer import make_task
+
+    keras.utils.set_random_seed(recipe.seed)
+    task = make_task(recipe)
+    train, val, test = task.load_splits()
+    parts = task.build(train.classes)
+    return task, parts, train, val
+
+
+def _weights(layers):
+    return [np.array(w) for l in layers for w in l.weights]
+
+
+def test_unfreeze_makes_exactly_named_groups_trainable(tiny_backbone, image_folder):
+    from tlmulti.training.freezing import resolve_unfreeze, set_trainable
+
+    task, parts, _, _ = _build(_recipe(tiny_backbone, image_folder))
+    names = list(parts.groups)
+    assert names == ["block1", "block2", "block3"]
+    assert resolve_unfreeze("top:2", names) == ["block2", "block3"]
+    assert resolve_unfreeze(["block3", "block1"], names) == ["block1", "block3"]
+    set_trainable(parts.backbone, parts.groups, ["block3"], "frozen")
+    trainable = {l.name for l in parts.backbone.layers if l.trainable_weights}
+    assert trainable == {"block3_conv"}  # BatchNorm stays frozen under the default policy
+    set_trainable(parts.backbone, parts.groups, ["block3"], "train")
+    trainable = {l.name for l in parts.backbone.layers if l.trainable_weights}
+    assert trainable == {"block3_conv", "block3_bn"}
+    set_trainable(parts.backbone, parts.groups, [], "frozen")
+    assert parts.backbone.trainable_weights == []
+    with pytest.raises(RecipeError, match="unknown layer group 'block4'.*Did you mean"):
+        resolve_unfreeze(["block4"], names)
+    with pytest.raises(RecipeError, match="top 5 groups"):
+        resolve_unfreeze("top:5", names)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_frozen_phase_leaves_backbone_and_batchnorm_statistics_unchanged(tiny_backbone, image_folder, cache):
+    from tlmulti.training.trainer import fine_tune
+
+    recipe = _recipe(tiny_backbone, image_folder,
+                     phases=[{"epochs": 2, "learning_rate": 0.05, "cache_features": cache}])
+    task, parts, train, val = _build(recipe)
+    before = _weights(parts.backbone.layers)
+    head_before = _weights(parts.head.layers)
+    history, records = fine_tune(parts, task, train, val, recipe)
+    after = _weights(parts.backbone.layers)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # incl. moving mean/variance
+    assert any(not np.array_equal(a, b) for a, b in zip(head_before, _weights(parts.head.layers)))
+    assert records[0]["feature_cache"] is cache and records[0]["unfrozen_groups"] == []
+    assert len(history) == 2
+
+
+def test_unfreeze_phase_trains_only_named_groups_and_keeps_bn_stats(tiny_backbone, image_folder):
+    from tlmulti.training.trainer import fine_tune
+
+    recipe = _recipe(tiny_backbone, image_folder,
+                     phases=[{"epochs": 1, "learning_rate": 0.05, "unfreeze": ["block3"]}])
+    task, parts, train, val = _build(recipe)
+    get = parts.backbone.get_layer
+    snap = {n: _weights([get(n)]) for n in ("block1_conv", "block1_bn", "block3_conv", "block3_bn")}
+    fine_tune(parts, task, train, val, recipe)
+    changed = {n: any(not np.array_equal(a, b) for a, b in zip(w, _weights([get(n)]))) for n, w in snap.items()}
+    assert changed == {"block1_conv": False, "block1_bn": False, "block3_conv": True, "block3_bn": False}
+
+
+def test_batchnorm_train_policy_updates_statistics(tiny_backbone, image_folder):
+    from tlmulti.training.trainer import fine_tune
+
+    recipe = _recipe(tiny_backbone, image_folder,
+                     phases=[{"epochs": 1, "learning_rate": 0.05, "unfreeze": ["block3"], "batchnorm": "train"}])
+    task, parts, train, val = _build(recipe)
+    bn = parts.backbone.get_layer("block3_bn")
+    mean_before = np.array(bn.moving_mean)
+    fine_tune(parts, task, train, val, recipe)
+    assert not np.allclose(mean_before, np.array(bn.moving_mean))
+
+
+def test_group_learning_rates_scale_updates(tiny_backbone, image_folder):
+    from tlmulti.training.trainer import fine_tune
+
+    recipe = _recipe(tiny_backbone, image_folder, phases=[
+        {"epochs": 1, "learning_rate": 0.05, "unfreeze": "top:2", "group_lr": {"block2": 0.0}}])
+    task, parts, train, val = _build(recipe)
+    get = parts.backbone.get_layer
+    b2, b3 = _weights([get("block2_conv")]), _weights([get("block3_conv")])
+    _, records = fine_tune(parts, task, train, val, recipe)
+    assert all(np.array_equal(a, b) for a, b in zip(b2, _weights([get("block2_conv")])))
+    assert any(not np.array_equal(a, b) for a, b in zip(b3, _weights([get("block3_conv")])))
+    assert records[0]["group_lr"] == {"block3": 0.05, "block2": 0.0}
+
+
+def test_lr_decay_gives_lower_groups_smaller_rates():
+    from tlmulti.training.freezing import group_multipliers
+
+    groups = {"a": [1], "b": [2], "c": [3]}
+    assert group_multipliers(groups, ["a", "b", "c"], lr_decay=0.5) == {"c": 1.0, "b": 0.5, "a": 0.25}
+
+
+def test_feature_cache_equals_uncached_training(tiny_backbone, image_folder):
+    import keras
+
+    from tlmulti.training.trainer import fine_tune
+
+    heads = []
+    for cache in (True, False):
+        recipe = _recipe(tiny_backbone, image_folder,
+                         phases=[{"epochs": 3, "learning_rate": 0.05, "cache_features": cache}])
+        task, parts, train, val = _build(recipe)
+        keras.utils.set_random_seed(1)
+        fine_tune(parts, task, train, val, recipe)
+        heads.append(_weights(parts.head.layers))
+    for a, b in zip(*heads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_train_writes_complete_run_folder_and_never_overwrites(tiny_backbone, image_folder, tmp_path):
+    import keras
+
+    import tlmulti
+
+    recipe = _recipe(tiny_backbone, image_folder, phases=[
+        {"name": "head", "epochs": 1, "learning_rate": 0.01},
+        {"name": "ft", "epochs": 1, "learning_rate": 0.001, "unfreeze": "top:1"}])
+    recipe.data.test = str(image_folder)
+    recipe.output.plots = True
+    out = tmp_path / "run"
+    run = tlmulti.train(recipe, out=out)
+    for name in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "run.json",
+                 "confusion_matrix.png", "curves.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "loss"} and len(metrics["timing"]["phase_seconds"]) == 2
+    assert metrics["phases"][1]["unfrozen_groups"] == ["block3"] and metrics["phases"][1]["batchnorm"] == "frozen"
+    lines = (out / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("phase,epoch") and len(lines) == 3
+    # the saved model includes preprocessing: raw uint8 images of another size work
+    import tlmulti.layers  # noqa: F401
+
+    model = keras.saving.load_model(out / "model.keras")
+    raw = np.random.default_rng(0).integers(0, 255, (2, 20, 20, 3)).astype("uint8")
+    np.testing.assert_allclose(model.predict(raw, verbose=0), run.model.predict(raw, verbose=0), atol=1e-5)
+    # the saved recipe reproduces the run
+    from tlmulti.runs import absolute_paths
+
+    again = tlmulti.load_recipe(out / "recipe.yaml")
+    assert again.to_dict() == absolute_paths(recipe).to_dict()
+    with pytest.raises(RunError, match="already exists"):
+        tlmulti.train(recipe, out=out)
+    assert (out / "model.keras").is_file()
+
+
+def test_failed_run_leaves_no_half_written_folder(tiny_backbone, tmp_path):
+    import tlmulti
+    from tlmulti.errors import DataError
+
+    recipe = _recipe(tiny_backbone, tmp_path / "missing")
+    with pytest.raises(DataError, match="does not exist"):
+        tlmulti.train(recipe, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
