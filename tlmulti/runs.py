@@ -62,7 +62,11 @@ def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, 
 
     model.save(run_dir / "model.keras")
     recipe.save(run_dir / "recipe.yaml")
+    spec = task.spec
     info = {"task": recipe.task, "backbone": recipe.backbone.name, "classes": list(classes),
+            "backbone_spec": {"source": spec.source, "families": list(spec.families), "input": spec.input,
+                              "layer_groups": {k: list(v) for k, v in spec.layer_groups.items()},
+                              "feature_layers": list(spec.feature_layers), "options": spec.options},
             "tlmulti": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -84,6 +88,24 @@ def write_history(path: Path, history: list) -> None:
         writer.writerows(history)
 
 
+def _run_spec(name: str, info: dict):
+    """The backbone spec a run was trained with: the registry's, or the copy kept in run.json
+    (a custom backbone registered in the training script need not be registered to predict)."""
+    from tlmulti import registry
+    from tlmulti.errors import RegistryError
+
+    try:
+        return registry.get_backbone(name)
+    except RegistryError:
+        saved = info.get("backbone_spec")
+        if not saved:
+            raise
+        return registry.BackboneSpec(
+            name=name, source=saved["source"], families=tuple(saved["families"]), input=saved["input"],
+            layer_groups={k: tuple(v) for k, v in saved["layer_groups"].items()},
+            feature_layers=tuple(saved["feature_layers"]), options=saved.get("options", {}))
+
+
 def load_run(run_dir):
     """(recipe, task, model) of a finished run; errors name the missing file."""
     import keras
@@ -100,7 +122,7 @@ def load_run(run_dir):
             )
     recipe = load_recipe(run_dir / "recipe.yaml")
     info = json.loads((run_dir / "run.json").read_text())
-    task = task_class(recipe.task)(recipe)
+    task = task_class(recipe.task)(recipe, spec=_run_spec(recipe.backbone.name, info))
     task.classes = info["classes"]
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     return recipe, task, model

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tlmulti import registry
-from tlmulti.data import Examples, limit_per_class, stratified_split
+from tlmulti.data import Examples, concat, limit_per_class, split_holdout, stratified_split
 from tlmulti.errors import TlmultiError
 from tlmulti.recipe import DataConfig, HeadConfig, Recipe
 
@@ -83,9 +83,9 @@ class Task:
     data_config = DataConfig
     head_config = HeadConfig
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, spec: registry.BackboneSpec | None = None):
         self.recipe = recipe
-        self.spec = registry.get_backbone(recipe.backbone.name)
+        self.spec = spec or registry.get_backbone(recipe.backbone.name)
         if self.family not in self.spec.families and self.name not in self.spec.families:
             raise TlmultiError(
                 f"Backbone '{self.spec.name}' serves {', '.join(self.spec.families)}, not {self.family} "
@@ -101,11 +101,17 @@ class Task:
         raise NotImplementedError
 
     def load_splits(self) -> tuple[Examples, Examples, Examples | None]:
-        """Train, validation (given or a seeded stratified split of train) and optional test."""
+        """Train, validation (given or a seeded stratified split of train) and optional test.
+
+        Training examples matching ``data.holdout`` rules are removed before the split and added
+        to the test set (which they form alone when there is no test data)."""
         data = self.recipe.data
         if not data.train:
             raise TlmultiError("No training data: pass --data or set data.train in the recipe.")
         train = self.read(data.train)
+        held = None
+        if data.holdout:
+            train, held = split_holdout(train, data.holdout, f"'{data.train}'")
         if data.limit_per_class:
             train = train.subset(limit_per_class(self.stratify_labels(train), data.limit_per_class, self.recipe.seed))
         if data.val:
@@ -116,6 +122,8 @@ class Task:
             keep, held = stratified_split(self.stratify_labels(train), data.val_split, self.recipe.seed)
             train, val = train.subset(keep), train.subset(held)
         test = self.read(data.test, classes=train.classes) if data.test else None
+        if held is not None:  # held-out groups are evaluated with the test set, never trained on
+            test = held if test is None else concat(test, held)
         return train, val, test
 
     def stratify_labels(self, examples: Examples) -> np.ndarray:

@@ -89,8 +89,9 @@ def _callbacks(recipe: Recipe, run_dir: Path | None, phase_name: str, has_val: b
 def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, adapter=None):
     """Run the recipe's phases on ``parts``; returns (history rows, phase records).
 
-    ``adapter`` (domain adaptation, see :mod:`tlmulti.training.adaptation`) may wrap the model
-    of phases that train end to end.
+    ``adapter`` (domain adaptation, see :mod:`tlmulti.training.adaptation`) builds the model of
+    phases that train end to end, adds target batches to their data, and runs after the last
+    phase.
     """
     import keras
 
@@ -131,19 +132,24 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                 record["cache_seconds"] = time.perf_counter() - t0
             model, x_train, x_val = parts.head, cache[0], cache[1]
         else:
-            model = parts.assemble(backbone_training=None if unfrozen else False, augment=True)
-            x_train, x_val = train.x, val.x
+            backbone_training = None if unfrozen else False
             if adapter is not None:
-                model = adapter.wrap(model, parts, train, recipe)
+                model = adapter.wrap(parts, backbone_training, recipe)
+            else:
+                model = parts.assemble(backbone_training=backbone_training, augment=True)
+            x_train, x_val = train.x, val.x
         model.compile(optimizer=optimizer, **task.compile_args())
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
         train_ds = make_dataset(x_train, train.y, batch, shuffle=True, seed=recipe.seed + i)
         if adapter is not None and not use_cache:
             train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
         val_ds = make_dataset(x_val, val.y, batch) if len(val) else None
+        extra_callbacks = []
+        if adapter is not None and not use_cache:
+            extra_callbacks = adapter.callbacks(-(-len(train) // batch), phase.epochs)
         fit = model.fit(
             train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=class_weight, shuffle=False,
-            callbacks=_callbacks(recipe, run_dir, phase.name, val_ds is not None),
+            callbacks=_callbacks(recipe, run_dir, phase.name, val_ds is not None) + extra_callbacks,
             verbose=_verbosity(recipe),
         )
         n = len(fit.history.get("loss", []))
@@ -199,6 +205,9 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
         "total_seconds": round(time.perf_counter() - t_start, 3),
     }
     metrics["phases"] = records
+    if adapter is not None:
+        metrics["adaptation"] = {"method": adapter.method, "weight": adapter.weight,
+                                 "target_examples": len(adapter.target)}
     metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
                        "classes": len(train_ex.classes)}
     runs.write_run(run_dir, recipe, task, model, metrics, history, train_ex.classes)
