@@ -2,7 +2,7 @@
 
 A backbone is any Keras model that maps images to a feature map. Register a builder with its
 input contract and named layer groups, then use it in a recipe by name: the shared trainer
-trains the head on the frozen backbone, then unfreezes the top group.
+trains the head on the frozen backbone, then unfreezes the named groups.
 
     python examples/custom_backbone.py [--out runs/custom]
 """
@@ -44,8 +44,12 @@ def main():
         "data.image_size=[28, 28]",
         "data.limit_per_class=60",          # a small labelled set
         "phases.0.epochs=3",
-        "phases.1.epochs=2",
-        "phases.1.unfreeze=top:1",
+        "phases.0.learning_rate=1e-2",
+        # this CNN starts from random weights, so the second phase trains every group;
+        # a builder that loads pretrained weights would unfreeze only the top, e.g. top:1
+        "phases.1.epochs=6",
+        "phases.1.unfreeze=all",
+        "phases.1.learning_rate=2e-3",
         "head.hidden=[]",
     ])
     run = tlmulti.train(recipe, out=args.out)
