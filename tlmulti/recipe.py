@@ -58,7 +58,11 @@ class HeadConfig:
 @dataclass
 class DataConfig:
     """Where the data is and how it is split. Paths are folders, manifests, or
-    ``dataset:NAME/SPLIT`` for a built-in dataset prepared on first use."""
+    ``dataset:NAME/SPLIT`` for a built-in dataset prepared on first use.
+
+    ``holdout``: ``column=value`` rules (e.g. ``accent=en-029``); training examples matching any
+    rule are kept out of training and validation and evaluated with the test set instead, for
+    leave-one-group-out scores (``--holdout`` on the command line)."""
 
     train: Optional[str] = None
     val: Optional[str] = None
@@ -69,6 +73,7 @@ class DataConfig:
     group_column: Optional[str] = None
     limit_per_class: Optional[int] = None
     class_weight: Optional[str] = None
+    holdout: list[str] = field(default_factory=list)
 
 
 @dataclass

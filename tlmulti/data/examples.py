@@ -79,3 +79,60 @@ def limit_per_class(labels, n: int, seed: int = 0) -> np.ndarray:
         rng.shuffle(idx)
         chosen.extend(idx[:n])
     return np.sort(np.array(chosen, dtype=int))
+
+
+def concat(first: Examples, second: Examples) -> Examples:
+    """``first`` followed by ``second`` (same classes); meta columns missing on one side are None."""
+    if isinstance(first.x, dict):
+        x = {k: np.concatenate([first.x[k], second.x[k]]) for k in first.x}
+    else:
+        x = np.concatenate([np.asarray(first.x), np.asarray(second.x)])
+    y = None if first.y is None or second.y is None else np.concatenate([first.y, second.y])
+    columns = list(first.meta) + [c for c in second.meta if c not in first.meta]
+    meta = {c: list(first.meta.get(c, [None] * len(first))) + list(second.meta.get(c, [None] * len(second)))
+            for c in columns}
+    return Examples(x=x, y=y, classes=list(first.classes), meta=meta)
+
+
+def parse_holdout(rules, key: str = "data.holdout") -> list[tuple[str, str]]:
+    """``["accent=en-029", ...]`` -> ``[("accent", "en-029"), ...]``; a malformed rule is an error."""
+    from tlmulti.errors import RecipeError
+
+    parsed = []
+    for rule in rules or ():
+        column, sep, value = str(rule).partition("=")
+        if not sep or not column.strip() or not value.strip():
+            raise RecipeError(
+                f"Key '{key}' entries must look like COLUMN=VALUE (e.g. accent=en-029), got {rule!r}."
+            )
+        parsed.append((column.strip(), value.strip()))
+    return parsed
+
+
+def split_holdout(examples: Examples, rules, source: str = "the training data") -> tuple[Examples, Examples]:
+    """(kept, held out): examples whose meta ``column`` equals ``value`` for any rule are held out.
+
+    Example::
+
+        train, unseen = split_holdout(train, ["accent=en-029"])
+    """
+    parsed = parse_holdout(rules)
+    held = np.zeros(len(examples), dtype=bool)
+    for column, value in parsed:
+        if column not in examples.meta:
+            raise DataError(
+                f"Cannot hold out '{column}={value}': {source} has no '{column}' column "
+                f"(columns: {', '.join(sorted(examples.meta)) or 'none'}); use a manifest with that column."
+            )
+        values = np.asarray([str(v) for v in examples.meta[column]])
+        match = values == value
+        if not match.any():
+            known = sorted(set(values.tolist()))
+            raise DataError(
+                f"Holdout '{column}={value}' matches no example of {source}; "
+                f"'{column}' values are: {', '.join(known[:20])}."
+            )
+        held |= match
+    if held.all():
+        raise DataError(f"Holdout {', '.join(map(str, rules))} leaves no training examples in {source}.")
+    return examples.subset(np.flatnonzero(~held)), examples.subset(np.flatnonzero(held))

@@ -8,6 +8,7 @@ manifest are relative to the manifest's folder.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def read_manifest(path: Path, required=("label",), encoding: str = "utf-8") -> l
         raise DataError(f"Manifest '{path}' cannot be read: {exc.strerror}.") from None
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside strings
             if not line.strip():
                 continue
             try:
@@ -53,7 +54,8 @@ def read_manifest(path: Path, required=("label",), encoding: str = "utf-8") -> l
             rows.append(row)
     else:
         delimiter = "\t" if path.suffix == ".tsv" else ","
-        reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+        # a file-like object keeps newlines inside quoted fields (free text spans lines)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         rows = [dict(r) for r in reader]
     if not rows:
         raise DataError(f"Manifest '{path}' has no rows.")

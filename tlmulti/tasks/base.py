@@ -29,7 +29,10 @@ class ModelParts:
     ``inputs``: Keras input(s) taking raw examples; ``augment``: random layers active only in
     training (or None); ``preprocess``: layer from raw input to the backbone's contract (or None);
     ``backbone``: the pretrained feature extractor; ``head``: a model from backbone features to
-    outputs; ``groups``: backbone layer groups, ordered bottom to top.
+    outputs; ``groups``: backbone layer groups, ordered bottom to top; ``augment_pairs``: a
+    function ``(x, y) -> (x, y)`` the trainer maps over training examples in phases that do not
+    use the feature cache, for augmentation that must move input and label together (an image
+    and its segmentation mask), or None.
     """
 
     inputs: Any
@@ -38,6 +41,7 @@ class ModelParts:
     preprocess: Any = None
     augment: Any = None
     groups: dict[str, list] = field(default_factory=dict)
+    augment_pairs: Any = None
 
     def features(self, x, training=False, augment=False):
         if augment and self.augment is not None:
@@ -119,8 +123,8 @@ class Task:
         else:
             if not 0 < data.val_split < 1:
                 raise TlmultiError("data.val_split must be between 0 and 1 when no validation data is given.")
-            keep, held = stratified_split(self.stratify_labels(train), data.val_split, self.recipe.seed)
-            train, val = train.subset(keep), train.subset(held)
+            keep, val_idx = stratified_split(self.stratify_labels(train), data.val_split, self.recipe.seed)
+            train, val = train.subset(keep), train.subset(val_idx)
         test = self.read(data.test, classes=train.classes) if data.test else None
         if held is not None:  # held-out groups are evaluated with the test set, never trained on
             test = held if test is None else concat(test, held)

@@ -140,7 +140,8 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             x_train, x_val = train.x, val.x
         model.compile(optimizer=optimizer, **task.compile_args())
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
-        train_ds = make_dataset(x_train, train.y, batch, shuffle=True, seed=recipe.seed + i)
+        train_ds = make_dataset(x_train, train.y, batch, shuffle=True, seed=recipe.seed + i,
+                                augment=None if use_cache else parts.augment_pairs)
         if adapter is not None and not use_cache:
             train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
         val_ds = make_dataset(x_val, val.y, batch) if len(val) else None

@@ -1,0 +1,138 @@
+"""Accent and voice robustness of the default speech recipe: transfer vs random init, +/- augmentation.
+
+Trains the ten-command recipe (recipes/audio/speech_commands.yaml: 7 espeak-ng accents for
+training; the held-out espeak accent en-029 and the 5 flite voices as unseen test groups) in
+five configurations, over several seeds, and prints accuracy per accent/voice and the worst
+group:
+
+* ``transfer, frozen only``: source-pretrained CNN (audio_cnn.synth_words), head phase only;
+* ``transfer + aug``: the default recipe (frozen head phase, then all blocks unfrozen) with
+  waveform augmentation and SpecAugment in the unfrozen phase;
+* ``transfer, no aug``: the same without augmentation;
+* ``scratch + aug`` / ``scratch, no aug``: the same architecture from random initialisation,
+  trained end to end (one phase, all layers, BatchNorm training, up to 40 epochs, early
+  stopping), since a frozen random backbone would not be a fair baseline.
+
+The source backbone and the datasets are built first when missing (their time is reported).
+Usage::
+
+    .venv/bin/python benchmarks/audio_accent_transfer.py --seeds 0 1 2 --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "audio" / "speech_commands.yaml"
+NO_AUG = ["data.augment=null"]
+SCRATCH = ["backbone.weights=random",
+           "phases=[{name: scratch, epochs: 40, learning_rate: 0.002, unfreeze: all, batchnorm: train}]",
+           "callbacks.early_stopping.patience=6"]
+CONFIGS = {
+    "transfer, frozen only": ["phases.1.epochs=0"],
+    "transfer + aug": [],
+    "transfer, no aug": NO_AUG,
+    "scratch + aug": SCRATCH,
+    "scratch, no aug": SCRATCH + NO_AUG,
+}
+GROUPS = ["en-029", "flite-awb", "flite-kal", "flite-kal16", "flite-rms", "flite-slt"]
+
+
+def prepare() -> dict:
+    """Build the datasets and the source backbone if needed; seconds spent on each."""
+    from tlmulti.backbones.audio import ensure_pretrained, saved_path
+    from tlmulti.datasets import prepare as prepare_dataset
+
+    spent = {}
+    t = time.perf_counter()
+    prepare_dataset("speech-commands-synth")
+    spent["synth_commands_s"] = round(time.perf_counter() - t, 1)
+    if not saved_path("audio_cnn.synth_words").is_file():
+        t = time.perf_counter()
+        prepare_dataset("speech-words-synth")
+        spent["synth_source_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        ensure_pretrained("audio_cnn.synth_words")
+        spent["pretrain_s"] = round(time.perf_counter() - t, 1)
+    return spent
+
+
+def run_one(overrides: list[str], seed: int) -> dict:
+    import keras
+
+    import tlmulti
+
+    keras.backend.clear_session()
+    recipe = tlmulti.load_recipe(RECIPE, overrides=overrides + [f"seed={seed}", "callbacks.verbose=0",
+                                                                "output.plots=false"])
+    with tempfile.TemporaryDirectory() as tmp:
+        run = tlmulti.train(recipe, out=Path(tmp) / "run")
+    test = run.metrics["test"]
+    return {
+        "val": run.metrics["val"]["accuracy"], "test": test["accuracy"],
+        "groups": {g: v["accuracy"] for g, v in test["by_group"].items()},
+        "worst": test["worst_group"], "worst_speaker": test["groups"]["speaker"]["worst_group"],
+        "seconds": run.metrics["timing"]["train_seconds"],
+        "epochs": [p["epochs_run"] for p in run.metrics["phases"]],
+    }
+
+
+def table(results: dict) -> str:
+    head = ["config", "seed", "val", "test"] + GROUPS + ["worst group", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in results.items():
+        for seed, r in runs.items():
+            cells = [name, str(seed), f"{r['val']:.3f}", f"{r['test']:.3f}"]
+            cells += [f"{r['groups'].get(g, float('nan')):.3f}" for g in GROUPS]
+            cells += [f"{r['worst']['group']} {r['worst']['accuracy']:.3f}", f"{r['seconds']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Mean over seeds:", "", "| config | val | test | " + " | ".join(GROUPS) + " | worst group |",
+              "|" + "---|" * (len(GROUPS) + 4)]
+    for name, runs in results.items():
+        rs = list(runs.values())
+        mean = lambda f: sum(f(r) for r in rs) / len(rs)  # noqa: E731
+        cells = [name, f"{mean(lambda r: r['val']):.3f}", f"{mean(lambda r: r['test']):.3f}"]
+        cells += [f"{mean(lambda r, g=g: r['groups'].get(g, 0.0)):.3f}" for g in GROUPS]
+        cells.append(f"{mean(lambda r: r['worst']['accuracy']):.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="Subset of: " + ", ".join(CONFIGS))
+    parser.add_argument("--json", type=Path, help="Write all numbers here.")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    spent = prepare()
+    print(f"prepared: {spent}", flush=True)
+    results = {}
+    for name in args.configs:
+        results[name] = {}
+        for seed in args.seeds:
+            r = run_one(CONFIGS[name], seed)
+            results[name][seed] = r
+            print(f"{name:<24} seed {seed}: test {r['test']:.3f}  worst {r['worst']['group']} "
+                  f"{r['worst']['accuracy']:.3f}  ({r['seconds']:.0f} s)", flush=True)
+    print()
+    print(table(results))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"\n{os.cpu_count()} CPUs, load average at the end {load}; total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"prepare": spent, "results": results, "cpus": os.cpu_count(),
+                                         "loadavg": load}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Speech classification: short utterances (commands, keywords) from class folders of audio files
+or a ``path,label[,speaker][,accent]`` manifest, with a pooled softmax head.
+
+The exported model takes mono waveforms at the backbone's sample rate, cut to the recipe's clip
+length: ``(batch, samples)`` float32. Log-mel features (when the backbone wants them) and the
+per-utterance normalisation are a layer inside the model, and the resolved recipe saved with
+the run holds the sample rate, clip length and trimming, so ``predict`` takes raw audio files
+of any format, rate and channel count.
+
+Robustness to unseen accents and speakers: waveform augmentation (speed, shift, gain, noise)
+and SpecAugment act only while training; evaluation reports accuracy per accent and per speaker
+and the worst group; ``data.holdout`` (``--holdout accent=VALUE``) keeps a group out of training.
+
+Example::
+
+    import tlmulti
+    recipe = tlmulti.load_recipe(task="speech_classification",
+                                 overrides=["data.train=my_commands/", "phases.1.epochs=2"])
+    run = tlmulti.train(recipe, out="runs/commands")
+    print(tlmulti.predict("runs/commands", ["clip.wav"])[0]["top"][0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from tlmulti.data import Examples, encode_labels, resolve_source
+from tlmulti.data.manifest import rows_from
+from tlmulti.errors import DataError, RecipeError, TlmultiError
+from tlmulti.recipe import DataConfig
+from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
+
+
+@dataclass
+class FeatureConfig:
+    """Log-mel parameters. Empty values come from the backbone's input contract; a pretrained
+    backbone fixes ``n_mels`` (changing it is an error)."""
+
+    n_mels: Optional[int] = None
+    n_fft: Optional[int] = None
+    win_length: Optional[int] = None
+    hop_length: Optional[int] = None
+    fmin: Optional[float] = None
+    fmax: Optional[float] = None
+    scale: Optional[str] = None  # db | whisper | log
+    normalize: Optional[str] = None  # utterance | global | none
+
+
+@dataclass
+class AudioAugmentConfig:
+    """Training-only augmentation. Waveform: ``speed`` (max relative speed change), ``shift``
+    (max fraction of the clip), ``gain_db``, ``noise_prob`` with ``snr_db`` [low, high].
+    SpecAugment on log-mel features: ``time_masks`` of up to ``time_width`` frames and
+    ``freq_masks`` of up to ``freq_width`` mel bands. All zero: no augmentation."""
+
+    speed: float = 0.0
+    shift: float = 0.0
+    gain_db: float = 0.0
+    noise_prob: float = 0.0
+    snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
+    time_masks: int = 0
+    time_width: int = 10
+    freq_masks: int = 0
+    freq_width: int = 6
+
+    def waveform_enabled(self) -> bool:
+        return bool(self.speed or self.shift or self.gain_db or self.noise_prob)
+
+    def spec_enabled(self) -> bool:
+        return bool((self.time_masks and self.time_width) or (self.freq_masks and self.freq_width))
+
+
+@dataclass
+class AudioDataConfig(DataConfig):
+    """``sample_rate`` / ``clip_seconds`` (empty: the backbone's contract, else 16 kHz and 1 s);
+    ``trim_silence`` with ``trim_db`` before centring; ``path_column`` of manifests;
+    ``report_groups``: extra manifest columns reported per group (accuracy and worst group)."""
+
+    sample_rate: Optional[int] = None
+    clip_seconds: Optional[float] = None
+    trim_silence: bool = True
+    trim_db: float = 30.0
+    path_column: str = "path"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
+    report_groups: list[str] = field(default_factory=lambda: ["accent", "speaker"])
+
+
+class SpeechClassification(ClassificationTask):
+    name = "speech_classification"
+    family = "audio"
+    data_config = AudioDataConfig
+
+    # -- contract -------------------------------------------------------------------------------
+    def contract(self):
+        """The resolved :class:`~tlmulti.data.audio.AudioContract`: recipe values over the backbone's."""
+        from tlmulti.data.audio import FRONTENDS, NORMALIZATIONS, SCALES, AudioContract
+
+        c = AudioContract.from_dict(self.spec.input)
+        data = self.recipe.data
+        if data.sample_rate is not None:
+            c.sample_rate = data.sample_rate
+        if data.clip_seconds is not None:
+            c.clip_seconds = data.clip_seconds
+        c.trim_silence, c.trim_db = data.trim_silence, data.trim_db
+        for key, value in vars(data.features).items():
+            if value is not None:
+                setattr(c, key, value)
+        for key, value, choices in (("data.features.scale", c.scale, SCALES),
+                                    ("data.features.normalize", c.normalize, NORMALIZATIONS)):
+            if value not in choices:
+                raise RecipeError(f"Key '{key}' must be one of {', '.join(choices)}, got {value!r}.")
+        if c.frontend not in FRONTENDS:
+            raise RecipeError(f"Backbone '{self.spec.name}' has an unknown audio frontend {c.frontend!r}.")
+        if c.sample_rate <= 0 or c.clip_seconds <= 0:
+            raise RecipeError("Keys 'data.sample_rate' and 'data.clip_seconds' must be positive.")
+        limit = self.spec.input.get("max_seconds")
+        if limit and c.clip_seconds > limit:
+            raise RecipeError(f"Key 'data.clip_seconds' is {c.clip_seconds} but backbone '{self.spec.name}' "
+                              f"takes at most {limit} s; shorten the clips.")
+        return c
+
+    def pin_contract(self, c) -> None:
+        """Write the resolved contract into the recipe, so the recipe saved with the run states the
+        sample rate, clip length and log-mel parameters explicitly (whatever the backbone's
+        preset says later) and ``evaluate`` / ``predict`` read audio exactly as training did."""
+        from dataclasses import replace
+
+        data = self.recipe.data
+        data.sample_rate, data.clip_seconds = c.sample_rate, c.clip_seconds
+        if c.frontend == "log_mel":
+            data.features = replace(data.features, **{k: getattr(c, k) for k in vars(data.features)})
+
+    # -- data -----------------------------------------------------------------------------------
+    def read(self, ref, classes=None, labelled=True) -> Examples:
+        from tlmulti.data.audio import AUDIO_SUFFIXES, audio_files, load_clips
+
+        source = resolve_source(ref)
+        data = self.recipe.data
+        if not labelled and source.is_dir() and not any(p.is_dir() for p in source.iterdir()):
+            rows = [{"path": str(p)} for p in audio_files(source)]
+        else:
+            rows = rows_from(source, AUDIO_SUFFIXES, required=("path", "label") if labelled else ("path",),
+                             label_column=data.label_column, path_column=data.path_column)
+        paths = [r["path"] for r in rows]
+        if labelled:
+            known = classes
+            y, classes = encode_labels([r["label"] for r in rows], classes, str(source))
+            if known is None and len(classes) < 2:
+                raise DataError(f"Data '{source}' has a single class; classification needs at least two.")
+        else:
+            y, classes = None, list(classes or [])
+        x = load_clips(paths, self.contract())
+        meta = {"path": paths}
+        for key in rows[0]:
+            if key not in ("path", "label"):
+                meta[key] = [r.get(key) for r in rows]
+        return Examples(x=x, y=y, classes=classes, meta=meta)
+
+    def read_inputs(self, items):
+        from tlmulti.data.audio import audio_files, load_clips
+
+        files = [f for item in items for f in audio_files(item)]
+        return load_clips(files, self.contract()), [str(f) for f in files]
+
+    # -- model ----------------------------------------------------------------------------------
+    def load_backbone(self, input_shape=None):
+        from tlmulti.backbones.audio import encoder_only
+
+        model = super().load_backbone(input_shape=input_shape)
+        limit = getattr(model, "max_encoder_sequence_length", None)
+        c = self.contract()
+        if limit and c.frames > limit:
+            raise RecipeError(f"Key 'data.clip_seconds' gives {c.frames} log-mel frames but backbone "
+                              f"'{self.spec.name}' takes at most {limit}; shorten the clips.")
+        return encoder_only(model)
+
+    def build(self, classes) -> ModelParts:
+        import keras
+
+        from tlmulti.layers.audio import LogMelSpectrogram, SpecAugment, WaveformAugment
+
+        c = self.contract()
+        self.pin_contract(c)
+        aug = self.recipe.data.augment
+        seed = self.recipe.seed
+        inputs = keras.Input(shape=(c.clip_samples,), name="waveform")
+        preprocess = None
+        if c.frontend == "log_mel":
+            backbone = self.load_backbone(input_shape=(c.frames, c.n_mels))
+            expected = backbone.input_shape[-1] if not isinstance(backbone.input_shape, list) else None
+            if expected is not None and expected != c.n_mels:
+                raise RecipeError(
+                    f"Backbone '{self.spec.name}' takes {expected} mel bands but the recipe asks for {c.n_mels} "
+                    f"(key data.features.n_mels); remove the key or set it to {expected}."
+                )
+            frontend = LogMelSpectrogram(**c.frontend_config(), name="log_mel")
+            if aug.spec_enabled():
+                preprocess = keras.Sequential(
+                    [frontend, SpecAugment(aug.time_masks, aug.time_width, aug.freq_masks, aug.freq_width,
+                                           seed=seed, name="spec_augment")], name="preprocess")
+            else:
+                preprocess = frontend
+        else:
+            backbone = self.load_backbone(input_shape=(c.clip_samples,))
+        augment = None
+        if aug.waveform_enabled():
+            augment = WaveformAugment(aug.speed, aug.shift, aug.gain_db, aug.noise_prob, aug.snr_db,
+                                      seed=seed, name="augment")
+        head = self.build_head(backbone, len(classes))
+        return ModelParts(inputs=inputs, backbone=backbone, head=head, preprocess=preprocess, augment=augment,
+                          groups=resolve_groups(backbone, self.spec))
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
+        """Classification metrics; grouped by ``group_by`` (or ``data.group_column`` when the data
+        has that column), plus
+        ``groups``: accuracy per value and the worst group of every ``data.report_groups``
+        column the data has (accent, speaker)."""
+        from tlmulti.evaluation import classification_metrics, grouped_accuracy
+
+        probs = self.probabilities(model, examples.x)
+        column = group_by or self.recipe.data.group_column
+        if not group_by and column not in examples.meta:
+            column = None  # the recipe's group column is reported only for data that has it
+        groups = None
+        if column:
+            if column not in examples.meta:
+                raise TlmultiError(
+                    f"Cannot group by '{column}': the data has no such column "
+                    f"(columns: {', '.join(sorted(examples.meta)) or 'none'})."
+                )
+            groups = (column, examples.meta[column])
+        metrics = classification_metrics(examples.y, probs, examples.classes, groups)
+        pred = probs.argmax(axis=1)
+        extra = {}
+        for name in dict.fromkeys(([column] if column else []) + list(self.recipe.data.report_groups)):
+            values = examples.meta.get(name)
+            if values is None or any(v in (None, "") for v in values):
+                continue
+            extra[name] = grouped_accuracy(np.asarray(examples.y), pred, values, name)
+        if extra:
+            metrics["groups"] = {k: {"by_group": v["by_group"], "worst_group": v["worst_group"]}
+                                 for k, v in extra.items()}
+        return metrics
+
+    def format_metrics(self, metrics: dict) -> str:
+        text = super().format_metrics(metrics)
+        lines = []
+        for name, g in (metrics.get("groups") or {}).items():
+            if name == metrics.get("group_by"):
+                continue
+            ranked = sorted(g["by_group"].items(), key=lambda kv: kv[1]["accuracy"])
+            lines += ["", f"{name} ({len(ranked)} groups, worst {min(5, len(ranked))})"
+                          f"{'':<4}{'accuracy':>10}{'n':>9}"]
+            for value, v in ranked[:5]:
+                lines.append(f"{str(value)[:23]:<24}{v['accuracy']:>10.3f}{v['n']:>9}")
+            w = g["worst_group"]
+            lines.append(f"worst {name}: {w['group']} ({w['accuracy']:.3f})")
+        return text + ("\n" + "\n".join(lines) if lines else "")
