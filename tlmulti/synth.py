@@ -113,7 +113,9 @@ def plan(words, out_dir, accents=ESPEAK_ACCENTS, variants=ESPEAK_VARIANTS, flite
     for word in words:
         folder = out_dir / _slug(word)
         for accent in accents:
-            chosen = variants if not sample_variants else [str(v) for v in rng.choice(variants, per_accent, replace=False)]
+            chosen = variants
+            if sample_variants:
+                chosen = [str(v) for v in rng.choice(variants, per_accent, replace=False)]
             for variant in chosen:
                 for k in range(repeats):
                     name = f"espeak_{_slug(accent)}_{_slug(variant or 'default')}_{k}.wav"

@@ -6,6 +6,7 @@ and for ``log_mel`` frontends the log-mel parameters (see
 length and, for backbones trained from scratch, the mel parameters.
 """
 
+from tlmulti.backbones.audio import whisper_groups  # plain data: group names per encoder layer
 from tlmulti.registry import register_backbone, register_dataset, register_task
 
 _CNN_CONTRACT = {"sample_rate": 16000, "frontend": "log_mel", "n_mels": 40, "n_fft": 512, "hop_length": 160,
@@ -36,13 +37,9 @@ for _preset, _layers, _what in (
     ("whisper_small_en", 12, "small, English"), ("whisper_tiny_multi", 4, "tiny, multilingual"),
     ("whisper_base_multi", 6, "base, multilingual"),
 ):
-    _groups = {"embed": ["encoder_token_embedding_conv_layer_.*", "encoder_padder",
-                         "encoder_position_embedding", "encoder_embeddings_.*"]}
-    _groups.update({f"layer{i}": [f"transformer_encoder_layer_{i}"] + (["encoder_layer_norm"] if i == _layers - 1 else [])
-                    for i in range(_layers)})
     register_backbone(
         f"{_preset}.keras_hub", source="keras_hub", families=("audio",), handle=_preset,
-        input=_WHISPER_CONTRACT, layer_groups=_groups, options={"class": "WhisperBackbone"},
+        input=_WHISPER_CONTRACT, layer_groups=whisper_groups(_layers), options={"class": "WhisperBackbone"},
         description=f"Whisper {_what} encoder (keras-hub preset; 680k h of accent-diverse speech; download)",
     )
 
