@@ -188,6 +188,37 @@ class ClassificationTask(Task):
         weights = len(examples.y) / (len(counts) * np.maximum(counts, 1))
         return {i: float(w) for i, w in enumerate(weights)}
 
+    def read_files(self, ref, classes, labelled, suffixes, list_files, load) -> Examples:
+        """Examples from class folders or a ``path,label`` manifest of files (images, audio).
+
+        ``list_files(folder)`` lists an unlabelled folder without class sub-folders and
+        ``load(paths)`` turns paths into the input array. Extra manifest columns become metadata.
+        """
+        from tlmulti.data import encode_labels, resolve_source
+        from tlmulti.data.manifest import rows_from
+        from tlmulti.errors import DataError
+
+        source = resolve_source(ref)
+        data = self.recipe.data
+        if not labelled and source.is_dir() and not any(p.is_dir() for p in source.iterdir()):
+            rows = [{"path": str(p)} for p in list_files(source)]
+        else:
+            rows = rows_from(source, suffixes, required=("path", "label") if labelled else ("path",),
+                             label_column=data.label_column, path_column=data.path_column)
+        paths = [r["path"] for r in rows]
+        if labelled:
+            known = classes
+            y, classes = encode_labels([r["label"] for r in rows], classes, str(source))
+            if known is None and len(classes) < 2:
+                raise DataError(f"Data '{source}' has a single class; classification needs at least two.")
+        else:
+            y, classes = None, list(classes or [])
+        meta = {"path": paths}
+        for key in rows[0]:
+            if key not in ("path", "label"):
+                meta[key] = [r.get(key) for r in rows]
+        return Examples(x=load(paths), y=y, classes=classes, meta=meta)
+
     def build_head(self, backbone, num_classes: int):
         from tlmulti.heads.classification import classification_head
 

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from tlmulti.data import Examples, encode_labels, resolve_source
-from tlmulti.data.manifest import rows_from
-from tlmulti.errors import DataError
+from tlmulti.data import Examples
 from tlmulti.recipe import DataConfig
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
@@ -72,27 +68,8 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
     def read(self, ref, classes=None, labelled=True) -> Examples:
         from tlmulti.data.images import IMAGE_SUFFIXES, image_files, load_images
 
-        source = resolve_source(ref)
-        data = self.recipe.data
-        if not labelled and source.is_dir() and not any(p.is_dir() for p in source.iterdir()):
-            rows = [{"path": str(p)} for p in image_files(source)]
-        else:
-            rows = rows_from(source, IMAGE_SUFFIXES, required=("path", "label") if labelled else ("path",),
-                             label_column=data.label_column, path_column=data.path_column)
-        paths = [r["path"] for r in rows]
-        if labelled:
-            known = classes
-            y, classes = encode_labels([r["label"] for r in rows], classes, str(source))
-            if known is None and len(classes) < 2:
-                raise DataError(f"Data '{source}' has a single class; classification needs at least two.")
-        else:
-            y, classes = None, list(classes or [])
-        x = load_images(paths, self.image_size(), self.channels())
-        meta = {"path": paths}
-        for key in rows[0]:
-            if key not in ("path", "label"):
-                meta[key] = [r.get(key) for r in rows]
-        return Examples(x=x, y=y, classes=classes, meta=meta)
+        return self.read_files(ref, classes, labelled, IMAGE_SUFFIXES, image_files,
+                               lambda paths: load_images(paths, self.image_size(), self.channels()))
 
     def build(self, classes) -> ModelParts:
         import keras

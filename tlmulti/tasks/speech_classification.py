@@ -27,9 +27,8 @@ from typing import Optional
 
 import numpy as np
 
-from tlmulti.data import Examples, encode_labels, resolve_source
-from tlmulti.data.manifest import rows_from
-from tlmulti.errors import DataError, RecipeError, TlmultiError
+from tlmulti.data import Examples
+from tlmulti.errors import RecipeError, TlmultiError
 from tlmulti.recipe import DataConfig
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
@@ -138,27 +137,8 @@ class SpeechClassification(ClassificationTask):
     def read(self, ref, classes=None, labelled=True) -> Examples:
         from tlmulti.data.audio import AUDIO_SUFFIXES, audio_files, load_clips
 
-        source = resolve_source(ref)
-        data = self.recipe.data
-        if not labelled and source.is_dir() and not any(p.is_dir() for p in source.iterdir()):
-            rows = [{"path": str(p)} for p in audio_files(source)]
-        else:
-            rows = rows_from(source, AUDIO_SUFFIXES, required=("path", "label") if labelled else ("path",),
-                             label_column=data.label_column, path_column=data.path_column)
-        paths = [r["path"] for r in rows]
-        if labelled:
-            known = classes
-            y, classes = encode_labels([r["label"] for r in rows], classes, str(source))
-            if known is None and len(classes) < 2:
-                raise DataError(f"Data '{source}' has a single class; classification needs at least two.")
-        else:
-            y, classes = None, list(classes or [])
-        x = load_clips(paths, self.contract())
-        meta = {"path": paths}
-        for key in rows[0]:
-            if key not in ("path", "label"):
-                meta[key] = [r.get(key) for r in rows]
-        return Examples(x=x, y=y, classes=classes, meta=meta)
+        return self.read_files(ref, classes, labelled, AUDIO_SUFFIXES, audio_files,
+                               lambda paths: load_clips(paths, self.contract()))
 
     def read_inputs(self, items):
         from tlmulti.data.audio import audio_files, load_clips

@@ -93,7 +93,6 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     phases that train end to end, adds target batches to their data, and runs after the last
     phase.
     """
-    import keras
 
     from tlmulti.training.data import make_dataset
     from tlmulti.training.optimizers import make_optimizer
