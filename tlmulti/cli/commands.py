@@ -78,10 +78,10 @@ def backbones_list(family):
     from tlmulti.backbones import weights_status
     from tlmulti.registry import list_backbones
 
-    click.echo(f"{'name':<34} {'source':<19} {'families':<22} {'offline':<8} description")
+    click.echo(f"{'name':<40} {'source':<19} {'families':<22} {'offline':<8} description")
     for spec in sorted(list_backbones(family), key=lambda s: s.name):
         ok, _ = weights_status(spec)
-        click.echo(f"{spec.name:<34} {spec.source:<19} {','.join(spec.families):<22} "
+        click.echo(f"{spec.name:<40} {spec.source:<19} {','.join(spec.families):<22} "
                    f"{'yes' if ok else 'no':<8} {spec.description}")
 
 
@@ -112,7 +112,7 @@ def weights_list():
 
     for spec in sorted(list_backbones(), key=lambda s: s.name):
         ok, where = weights_status(spec)
-        click.echo(f"{spec.name:<34} {'available' if ok else 'missing':<10} {where}")
+        click.echo(f"{spec.name:<40} {'available' if ok else 'missing':<10} {where}")
 
 
 @weights.command("path")
