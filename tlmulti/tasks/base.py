@@ -230,20 +230,28 @@ class ClassificationTask(Task):
         ds = make_dataset(x, None, self.recipe.data.batch_size)
         return np.asarray(model.predict(ds, verbose=0))
 
-    def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
-        from tlmulti.evaluation import classification_metrics
-
-        probs = self.probabilities(model, examples.x)
-        column = group_by or self.recipe.data.group_column
-        groups = None
-        if column:
-            if column not in examples.meta:
+    def group_column(self, examples: Examples, group_by: str | None = None) -> str | None:
+        """The column to report groups of: ``group_by`` (an error when the data lacks it), else
+        the recipe's ``data.group_column`` when the data has it."""
+        if group_by:
+            if group_by not in examples.meta:
                 raise TlmultiError(
-                    f"Cannot group by '{column}': the data has no such column "
+                    f"Cannot group by '{group_by}': the data has no such column "
                     f"(columns: {', '.join(sorted(examples.meta)) or 'none'})."
                 )
-            groups = (column, examples.meta[column])
+            return group_by
+        column = self.recipe.data.group_column
+        return column if column and column in examples.meta else None
+
+    def metrics_from(self, probs, examples: Examples, group_by: str | None = None) -> dict:
+        from tlmulti.evaluation import classification_metrics
+
+        column = self.group_column(examples, group_by)
+        groups = (column, examples.meta[column]) if column else None
         return classification_metrics(examples.y, probs, examples.classes, groups)
+
+    def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
+        return self.metrics_from(self.probabilities(model, examples.x), examples, group_by)
 
     def report(self, run_dir, model, examples, metrics) -> list[str]:
         from tlmulti.evaluation import plot_confusion_matrix

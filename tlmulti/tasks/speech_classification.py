@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from tlmulti.data import Examples
-from tlmulti.errors import RecipeError, TlmultiError
+from tlmulti.errors import RecipeError
 from tlmulti.recipe import DataConfig
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
@@ -200,21 +200,11 @@ class SpeechClassification(ClassificationTask):
         has that column), plus
         ``groups``: accuracy per value and the worst group of every ``data.report_groups``
         column the data has (accent, speaker)."""
-        from tlmulti.evaluation import classification_metrics, grouped_accuracy
+        from tlmulti.evaluation import grouped_accuracy
 
         probs = self.probabilities(model, examples.x)
-        column = group_by or self.recipe.data.group_column
-        if not group_by and column not in examples.meta:
-            column = None  # the recipe's group column is reported only for data that has it
-        groups = None
-        if column:
-            if column not in examples.meta:
-                raise TlmultiError(
-                    f"Cannot group by '{column}': the data has no such column "
-                    f"(columns: {', '.join(sorted(examples.meta)) or 'none'})."
-                )
-            groups = (column, examples.meta[column])
-        metrics = classification_metrics(examples.y, probs, examples.classes, groups)
+        metrics = self.metrics_from(probs, examples, group_by)
+        column = self.group_column(examples, group_by)
         pred = probs.argmax(axis=1)
         extra = {}
         for name in dict.fromkeys(([column] if column else []) + list(self.recipe.data.report_groups)):
