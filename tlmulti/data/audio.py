@@ -86,15 +86,9 @@ class AudioContract:
 
 def audio_files(path) -> list[Path]:
     """A single audio file, or every audio file in a folder (recursively, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            raise DataError(f"Folder '{path}' has no audio files ({', '.join(AUDIO_SUFFIXES)}).")
-        return files
-    raise DataError(f"'{path}' does not exist.")
+    from tlmulti.data.manifest import files_in
+
+    return files_in(path, AUDIO_SUFFIXES, "audio files")
 
 
 def load_audio(path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

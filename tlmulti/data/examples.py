@@ -52,6 +52,18 @@ def encode_labels(labels, classes: list[str] | None, source: str) -> tuple[np.nd
     return np.array([index[l] for l in labels], dtype="int32"), list(classes)
 
 
+def reader_labels(labels, classes: list[str] | None, labelled: bool, source: str):
+    """(y, classes) for a reader: unlabelled data gets ``y=None``; training data (``classes``
+    None) must have at least two classes; evaluation data may only use known classes."""
+    if not labelled:
+        return None, list(classes or [])
+    known = classes
+    y, classes = encode_labels(labels, classes, source)
+    if known is None and len(classes) < 2:
+        raise DataError(f"Data '{source}' has a single class ('{classes[0]}'); classification needs at least two.")
+    return y, classes
+
+
 def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): ``fraction`` of each class held out, at least one per class with
     two or more examples. Seeded, so the same recipe always gets the same split."""

@@ -83,13 +83,7 @@ def load_images(paths, size, channels: int = 3) -> np.ndarray:
 
 
 def image_files(path) -> list[Path]:
-    """A single image file, or every image in a folder (recursively, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"Folder '{path}' has no images ({', '.join(IMAGE_SUFFIXES)}).")
-        return files
-    raise DataError(f"'{path}' does not exist.")
+    """A single image, or every image in a folder (recursively, sorted)."""
+    from tlmulti.data.manifest import files_in
+
+    return files_in(path, IMAGE_SUFFIXES, "images")

@@ -73,6 +73,19 @@ def read_manifest(path: Path, required=("label",), encoding: str = "utf-8") -> l
     return rows
 
 
+def files_in(path, suffixes, kind: str = "files") -> list[Path]:
+    """A single file, or every file with one of ``suffixes`` in a folder (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise DataError(f"Folder '{path}' has no {kind} ({', '.join(suffixes)}).")
+        return files
+    raise DataError(f"'{path}' does not exist.")
+
+
 def list_class_folders(root: Path, suffixes) -> list[dict]:
     """Rows ``{"path", "label"}`` for ``root/<class>/<file>`` with one of ``suffixes``."""
     root = Path(root)

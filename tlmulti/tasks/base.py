@@ -194,9 +194,9 @@ class ClassificationTask(Task):
         ``list_files(folder)`` lists an unlabelled folder without class sub-folders and
         ``load(paths)`` turns paths into the input array. Extra manifest columns become metadata.
         """
-        from tlmulti.data import encode_labels, resolve_source
+        from tlmulti.data import resolve_source
+        from tlmulti.data.examples import reader_labels
         from tlmulti.data.manifest import rows_from
-        from tlmulti.errors import DataError
 
         source = resolve_source(ref)
         data = self.recipe.data
@@ -206,13 +206,7 @@ class ClassificationTask(Task):
             rows = rows_from(source, suffixes, required=("path", "label") if labelled else ("path",),
                              label_column=data.label_column, path_column=data.path_column)
         paths = [r["path"] for r in rows]
-        if labelled:
-            known = classes
-            y, classes = encode_labels([r["label"] for r in rows], classes, str(source))
-            if known is None and len(classes) < 2:
-                raise DataError(f"Data '{source}' has a single class; classification needs at least two.")
-        else:
-            y, classes = None, list(classes or [])
+        y, classes = reader_labels([r.get("label") for r in rows], classes, labelled, str(source))
         meta = {"path": paths}
         for key in rows[0]:
             if key not in ("path", "label"):

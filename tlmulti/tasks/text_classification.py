@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tlmulti import registry
-from tlmulti.data import Examples, encode_labels, resolve_source
+from tlmulti.data import Examples, resolve_source
 from tlmulti.errors import DataError, MissingWeightsError, RecipeError, TlmultiError
 from tlmulti.recipe import DataConfig, HeadConfig
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
@@ -186,18 +186,13 @@ class TextClassification(ClassificationTask):
 
     # -- data -----------------------------------------------------------------------------------
     def read(self, ref, classes=None, labelled=True) -> Examples:
+        from tlmulti.data.examples import reader_labels
         from tlmulti.data.text import read_text_rows
 
         source = resolve_source(ref)
         data = self.recipe.data
         rows = read_text_rows(source, data.text_column, data.label_column, labelled, data.encoding, data.separator)
-        if labelled:
-            known = classes
-            y, classes = encode_labels([r["label"] for r in rows], classes, str(source))
-            if known is None and len(classes) < 2:
-                raise DataError(f"Data '{source}' has a single class ('{classes[0]}'); classification needs at least two.")
-        else:
-            y, classes = None, list(classes or [])
+        y, classes = reader_labels([r.get("label") for r in rows], classes, labelled, str(source))
         x = np.empty(len(rows), dtype=object)
         x[:] = [r["text"] for r in rows]
         keys = []
