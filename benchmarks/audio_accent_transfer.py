@@ -51,19 +51,22 @@ GROUPS = ["en-029", "flite-awb", "flite-kal", "flite-kal16", "flite-rms", "flite
 
 def prepare() -> dict:
     """Build the datasets and the source backbone if needed; seconds spent on each."""
-    from tlmulti.backbones.audio import ensure_pretrained, saved_path
+    from tlmulti import registry
+    from tlmulti.backbones import weights_status
     from tlmulti.datasets import prepare as prepare_dataset
+    from tlmulti.training.pretrain import ensure_source_backbone
 
     spent = {}
     t = time.perf_counter()
     prepare_dataset("speech-commands-synth")
     spent["synth_commands_s"] = round(time.perf_counter() - t, 1)
-    if not saved_path("audio_cnn.synth_words").is_file():
+    spec = registry.get_backbone("audio_cnn.synth_words")
+    if not weights_status(spec)[0]:
         t = time.perf_counter()
         prepare_dataset("speech-words-synth")
         spent["synth_source_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        ensure_pretrained("audio_cnn.synth_words")
+        ensure_source_backbone(spec)
         spent["pretrain_s"] = round(time.perf_counter() - t, 1)
     return spent
 

@@ -31,7 +31,7 @@ def main() -> None:
     import keras
 
     from tlmulti.recipe import from_dict
-    from tlmulti.training.data import make_dataset
+    from tlmulti.data.pipeline import make_dataset
     from tlmulti.training.trainer import fine_tune, make_task
 
     recipe = from_dict({

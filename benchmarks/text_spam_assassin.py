@@ -59,7 +59,7 @@ def transfer(recipe, train, val, test) -> tuple[dict, dict]:
     """(a), (b), throughput and the cache speed-up on one MiniLM model."""
     import keras
 
-    from tlmulti.training.data import make_dataset
+    from tlmulti.data.pipeline import make_dataset
     from tlmulti.training.freezing import resolve_unfreeze, set_trainable
     from tlmulti.training.trainer import fine_tune, make_task
     from tlmulti.training.optimizers import make_optimizer

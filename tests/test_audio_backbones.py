@@ -30,7 +30,7 @@ def whisper_preset(tmp_path_factory):
     import keras_hub
 
     from tlmulti import registry
-    from tlmulti.backbones.audio import whisper_groups
+    from tlmulti.presets.audio import whisper_groups
 
     path = tmp_path_factory.mktemp("whisper") / "tiny"
     model = keras_hub.models.WhisperBackbone(vocabulary_size=16, num_layers=2, num_heads=2, hidden_dim=8,

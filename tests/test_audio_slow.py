@@ -18,7 +18,7 @@ pytestmark = [
 
 def test_source_pretraining_transfers_to_unseen_accent_and_voice(tmp_path):
     import tlmulti
-    from tlmulti.backbones.audio import pretrain
+    from tlmulti.training.pretrain import pretrain
     from tlmulti.datasets.speech import SOURCE_WORDS
     from tlmulti.synth import synthesize
 

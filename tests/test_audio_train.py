@@ -130,36 +130,44 @@ def test_pretrain_saves_named_backbone_the_registry_offers(tones, tmp_path, tlmu
     registry.unregister_backbone("tones_cnn.test")
 
 
-def test_source_backbone_is_built_once_on_first_use(tones, tlmulti_home, monkeypatch):
+def test_source_backbone_is_built_once_before_the_run_and_loaded_after(tones, tlmulti_home, monkeypatch):
     from tlmulti import registry
-    from tlmulti.backbones import audio as ab
-    from tlmulti.backbones import load_backbone
+    from tlmulti.architectures.audio_cnn import audio_cnn
+    from tlmulti.backbones import load_backbone, weights_status
+    from tlmulti.backbones.source_pretrained import saved_path
+    from tlmulti.errors import MissingWeightsError
+    from tlmulti.training import pretrain as pt
 
+    spec = registry.register_backbone(
+        "first_use.test", source="source_pretrained", families=("audio",), input={"n_mels": 40},
+        layer_groups={"block1": ["block1_.*"]}, replace=True,
+        options={"recipe": "audio/source_pretrain.yaml",
+                 "architecture": "tlmulti.architectures.audio_cnn:build_audio_cnn"})
+    with pytest.raises(MissingWeightsError, match="tlmulti audio pretrain --name first_use.test"):
+        load_backbone(spec, input_shape=(51, 40))  # a loader only loads: it never trains
     calls = []
 
     def fake_pretrain(recipe, name, **kw):  # what pretrain leaves behind, without the training
-        from tlmulti.backbones.saved import save_backbone
+        from tlmulti.backbones.local import save_backbone
 
         calls.append((name, recipe.backbone.name, recipe.data.train))
-        save_backbone(ab.audio_cnn(40), name, families=("audio",), overwrite=True)
+        save_backbone(audio_cnn(40), name, families=("audio",), overwrite=True)
 
-    monkeypatch.setattr(ab, "pretrain", fake_pretrain)
-    path = ab.ensure_pretrained("first_use.test")
-    assert path.is_file()
+    monkeypatch.setattr(pt, "pretrain", fake_pretrain)
+    pt.ensure_source_backbone(spec)
     assert calls == [("first_use.test", "audio_cnn.scratch", "dataset:speech-words-synth/train")]
-    assert ab.ensure_pretrained("first_use.test") == path and len(calls) == 1
-    spec = registry.register_backbone("first_use.test", source="builder", families=("audio",),
-                                      builder="tlmulti.backbones.audio:source_cnn", input={"n_mels": 40},
-                                      layer_groups={"block1": ["block1_.*"]}, replace=True)
+    assert weights_status(spec)[0] and saved_path(spec).is_file()
+    pt.ensure_source_backbone(spec)
+    assert len(calls) == 1  # built once
+    assert registry.get_backbone("first_use.test").source == "source_pretrained"
     loaded = load_backbone(spec, input_shape=(51, 40))
     fresh = load_backbone(spec, weights="random", input_shape=(51, 40))
     import keras
 
     w_loaded = loaded.get_layer("block1_conv").get_weights()[0]
-    w_saved = keras.saving.load_model(path, compile=False).get_layer("block1_conv").get_weights()[0]
+    w_saved = keras.saving.load_model(saved_path(spec), compile=False).get_layer("block1_conv").get_weights()[0]
     np.testing.assert_array_equal(w_loaded, w_saved)  # loaded from the saved file, not retrained
     assert not np.allclose(w_loaded, fresh.get_layer("block1_conv").get_weights()[0])
-    assert len(calls) == 1
     registry.unregister_backbone("first_use.test")
 
 

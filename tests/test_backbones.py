@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from tlmulti import registry
-from tlmulti.backbones import hed_weights_path, load_backbone, weights_status
+from tlmulti.backbones import load_backbone, weights_status
+from tlmulti.backbones.hed_vgg16 import weights_path as hed_weights_path
 from tlmulti.cli import main
 from tlmulti.errors import MissingWeightsError
 

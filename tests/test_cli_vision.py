@@ -5,7 +5,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import write_image_folder
 from tlmulti.cli import main
 
 

@@ -1,5 +1,6 @@
 """Registry and recipe validation: no TensorFlow needed."""
 
+import re
 import subprocess
 import sys
 
@@ -103,3 +104,53 @@ def test_recipe_roundtrips_through_yaml(tmp_path):
     recipe.save(tmp_path / "r.yaml")
     again = load_recipe(tmp_path / "r.yaml")
     assert again.to_dict() == recipe.to_dict()
+
+
+def test_choices_are_checked_at_any_depth_with_key_and_values():
+    with pytest.raises(RecipeError, match=r"'data.augment.flip'.* must be one of none, horizontal, vertical, both, got 'sideways'"):
+        from_dict({"data": {"augment": {"flip": "sideways"}}})
+    with pytest.raises(RecipeError, match=r"'head.pooling'.* must be one of avg, max, flatten, none"):
+        from_dict({"head": {"pooling": "bogus"}})
+    with pytest.raises(RecipeError, match=r"'data.features.scale'.* must be one of"):
+        from_dict({"task": "speech_classification", "data": {"features": {"scale": "loud"}}})
+    with pytest.raises(RecipeError, match=r"'adaptation.method'.* must be one of none, adabn, dann, coral"):
+        from_dict({"adaptation": {"method": "magic"}})
+    with pytest.raises(RecipeError, match=r"'phases.0.epochs'.* must be 0 or more, got -1"):
+        from_dict({"phases": [{"epochs": -1}]})
+    with pytest.raises(RecipeError, match=r"'data.batch_size'.* must be 1 or more"):
+        from_dict({"data": {"batch_size": 0}})
+
+
+def test_wildcard_override_sets_every_phase_and_the_default_phase():
+    recipe = from_dict({"phases": [{"epochs": 1}, {"epochs": 2}]}, overrides=["phases.*.epochs=7"])
+    assert [p.epochs for p in recipe.phases] == [7, 7]
+    assert [p.epochs for p in from_dict({}, overrides=["phases.*.epochs=3"]).phases] == [3]
+    with pytest.raises(RecipeError, match="'seed' is not a list"):
+        apply_overrides({"seed": 1}, ["seed.*=2"])
+
+
+def test_flags_become_overrides_and_data_resets_the_recipes_own_splits(tmp_path):
+    from tlmulti.recipe import TRAIN_FLAGS, overrides_from_flags
+
+    out = overrides_from_flags({"data": "x", "epochs": 2, "holdout": ("accent=a",), "val_data": None,
+                                "test_data": None}, TRAIN_FLAGS)
+    assert "data.val=null" in out and "data.test=null" in out and "data.holdout=[]" not in out
+    assert "phases.*.epochs=2" in out and 'data.holdout=["accent=a"]' in out
+    recipe = from_dict({"data": {"val": "v", "test": "t", "holdout": ["a=b"]}}, overrides=out)
+    assert recipe.data.val is None and recipe.data.test is None and recipe.data.holdout == ["accent=a"]
+    assert recipe.data.train.endswith("/x") and [p.epochs for p in recipe.phases] == [2]
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--set", "data.augment.flip=sideways"], "data.augment.flip'.* must be one of"),
+    (["--set", "head.pooling=bogus"], "head.pooling'.* must be one of"),
+    (["--epochs", "-1"], "phases.0.epochs'.* must be 0 or more"),
+])
+def test_cli_bad_values_are_one_line_errors(args, text, tmp_path):
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+
+    result = CliRunner().invoke(main, ["vision", "train", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and re.search(text, result.output) and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()

@@ -66,7 +66,7 @@ def test_size_mismatch_names_both_files(tmp_path, tiny_backbone):
     _pair(tmp_path, "a", size=(12, 10), mask_size=(6, 10))
     task = Segmentation(tlmulti.recipe.from_dict({"task": "segmentation", "backbone": {"name": tiny_backbone}}))
     with pytest.raises(DataError) as err:
-        task.read_slides(str(tmp_path))
+        task.read_split(str(tmp_path))
     text = str(err.value)
     assert "a.png" in text and "masks" in text and "10x12" in text and "10x6" in text
 
@@ -122,7 +122,7 @@ def test_class_id_beyond_classes_is_reported(tmp_path, tiny_backbone):
     recipe = tlmulti.recipe.from_dict({"task": "segmentation", "backbone": {"name": tiny_backbone},
                                        "data": {"classes": ["background", "cell"]}})
     with pytest.raises(DataError, match=r"a\.png.*class id\(s\) 5.*binarize_masks"):
-        Segmentation(recipe).read_slides(str(tmp_path))
+        Segmentation(recipe).read_split(str(tmp_path))
 
 
 # -- medical readers on the real files pydicom and nibabel ship ---------------------------------
@@ -193,7 +193,7 @@ def test_nifti_pairs_with_skipped_empty_slices(tmp_path, tiny_backbone):
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / folder / "case1.nii.gz"))
     recipe = tlmulti.recipe.from_dict({"task": "segmentation", "backbone": {"name": tiny_backbone},
                                        "data": {"skip_empty_slices": True, "tile": [8, 8]}})
-    slides, classes = Segmentation(recipe).read_slides(str(tmp_path))
+    slides, classes = Segmentation(recipe).read_split(str(tmp_path))
     assert [s.name for s in slides] == ["case1_s001", "case1_s003"]
     assert classes == ["background", "class_1", "class_2"]
     assert slides[0].image.shape == (8, 9, 3) and slides[0].mask.sum() == 9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlmulti.tasks.segmentation import confusion, segmentation_metrics
+from tlmulti.evaluation import confusion, segmentation_metrics
 
 
 def test_dice_and_iou_by_hand():

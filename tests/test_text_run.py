@@ -68,7 +68,7 @@ def test_fine_tuned_backbone_saved_by_name_is_reused(tiny_run):
     import tensorflow as tf
 
     from tlmulti import registry
-    from tlmulti.backbones.saved import save_run_backbone
+    from tlmulti.runs import save_run_backbone
     from tlmulti.tasks.text_classification import TextClassification
 
     save_run_backbone(tiny_run["run"].dir, "tiny_text.tuned")

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tlmulti.backbones.tfhub import HubLayer, build_tfhub_backbone  # noqa: E402
+from tlmulti.layers.hub import HubLayer, build_tfhub_backbone  # noqa: E402
 from tlmulti.errors import MissingWeightsError  # noqa: E402
 
 IN_DIM, OUT_DIM = 3, 4
@@ -128,7 +128,7 @@ def test_save_load_roundtrip_keeps_finetuned_values(saved, tmp_path):
 
     file = tmp_path / "x.keras"
     model.save(file)
-    import tlmulti.backbones.tfhub  # noqa: F401  (registers HubLayer)
+    import tlmulti.layers.hub  # noqa: F401  (registers HubLayer)
 
     loaded = keras.saving.load_model(file)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)

@@ -62,36 +62,6 @@ def test_unfreeze_makes_exactly_named_groups_trainable(tiny_backbone, image_fold
         resolve_unfreeze("top:5", names)
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_frozen_phase_leaves_backbone_and_batchnorm_statistics_unchanged(tiny_backbone, image_folder, cache):
-    from tlmulti.training.trainer import fine_tune
-
-    recipe = _recipe(tiny_backbone, image_folder,
-                     phases=[{"epochs": 2, "learning_rate": 0.05, "cache_features": cache}])
-    task, parts, train, val = _build(recipe)
-    before = _weights(parts.backbone.layers)
-    head_before = _weights(parts.head.layers)
-    history, records = fine_tune(parts, task, train, val, recipe)
-    after = _weights(parts.backbone.layers)
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # incl. moving mean/variance
-    assert any(not np.array_equal(a, b) for a, b in zip(head_before, _weights(parts.head.layers)))
-    assert records[0]["feature_cache"] is cache and records[0]["unfrozen_groups"] == []
-    assert len(history) == 2
-
-
-def test_unfreeze_phase_trains_only_named_groups_and_keeps_bn_stats(tiny_backbone, image_folder):
-    from tlmulti.training.trainer import fine_tune
-
-    recipe = _recipe(tiny_backbone, image_folder,
-                     phases=[{"epochs": 1, "learning_rate": 0.05, "unfreeze": ["block3"]}])
-    task, parts, train, val = _build(recipe)
-    get = parts.backbone.get_layer
-    snap = {n: _weights([get(n)]) for n in ("block1_conv", "block1_bn", "block3_conv", "block3_bn")}
-    fine_tune(parts, task, train, val, recipe)
-    changed = {n: any(not np.array_equal(a, b) for a, b in zip(w, _weights([get(n)]))) for n, w in snap.items()}
-    assert changed == {"block1_conv": False, "block1_bn": False, "block3_conv": True, "block3_bn": False}
-
-
 def test_batchnorm_train_policy_updates_statistics(tiny_backbone, image_folder):
     from tlmulti.training.trainer import fine_tune
 

@@ -76,7 +76,7 @@ def predict(run_dir, items, top_k: int = 3) -> list[dict]:
 
 def save_backbone(model, name: str, **spec) -> str:
     """Save a trained Keras backbone as a named local backbone the registry offers from now on."""
-    from tlmulti.backbones.saved import save_backbone as _save
+    from tlmulti.backbones.local import save_backbone as _save
 
     return _save(model, name, **spec)
 

@@ -1,13 +1,12 @@
-"""Metrics and plots shared by every task.
+"""Metrics shared by every task (plots and other reports: :mod:`tlmulti.reports`).
 
 ``classification_metrics`` gives accuracy, loss, macro F1, per-class precision/recall/F1, the
 confusion matrix and, when a group column is given (domain, accent, speaker), the accuracy of
-each group and the worst one.
+each group and the worst one. ``segmentation_metrics`` gives IoU, Dice, precision and recall per
+class from a pixel confusion matrix (``confusion``), and their means over the foreground.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -61,54 +60,42 @@ def grouped_accuracy(y_true, pred, values, column: str) -> dict:
             "worst_group": {"group": worst, "accuracy": by_group[worst]["accuracy"]}}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Pixel confusion matrix ``cm[true, predicted]``."""
+    t = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def plot_confusion_matrix(cm, classes, path: Path) -> None:
-    plt = _plt()
-    cm = np.asarray(cm)
-    size = max(4, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(classes) <= 20:
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                        color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
-    ax.set_title("Confusion matrix (test)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and the first other metric per epoch, with phase boundaries marked."""
-    plt = _plt()
-    keys = [k for k in history[0] if k not in ("phase", "epoch") and not k.startswith("val_")]
-    keys = ["loss"] + [k for k in keys if k != "loss"][:1]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
-    axes = np.atleast_1d(axes)
-    epochs = [r["epoch"] for r in history]
-    for ax, key in zip(axes, keys):
-        ax.plot(epochs, [r.get(key, np.nan) for r in history], "o-", label=f"train {key}")
-        if any(f"val_{key}" in r for r in history):
-            ax.plot(epochs, [r.get(f"val_{key}", np.nan) for r in history], "o-", label=f"val {key}")
-        for prev, row in zip(history, history[1:]):
-            if row["phase"] != prev["phase"]:
-                ax.axvline(prev["epoch"] + 0.5, color="grey", ls="--", lw=1)
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def segmentation_metrics(cm, classes: list[str]) -> dict:
+    """IoU, Dice, precision and recall per class from a pixel confusion matrix, and their means
+    over the foreground classes (all but class 0) where they are defined."""
+    cm = np.asarray(cm, dtype=np.float64)
+    per_class, ious, dices = {}, [], []
+    for i, name in enumerate(classes):
+        tp = cm[i, i]
+        fp = cm[:, i].sum() - tp
+        fn = cm[i, :].sum() - tp
+        union = tp + fp + fn
+        iou = tp / union if union else None
+        dice = 2 * tp / (2 * tp + fp + fn) if union else None
+        per_class[name] = {
+            "iou": None if iou is None else float(iou), "dice": None if dice is None else float(dice),
+            "precision": float(tp / (tp + fp)) if tp + fp else None,
+            "recall": float(tp / (tp + fn)) if tp + fn else None,
+            "pixels": int(cm[i, :].sum()), "predicted_pixels": int(cm[:, i].sum()),
+        }
+        if i > 0 or len(classes) == 1:
+            if iou is not None:
+                ious.append(iou)
+                dices.append(dice)
+    all_iou = [c["iou"] for c in per_class.values() if c["iou"] is not None]
+    total = cm.sum()
+    return {
+        "mean_iou": float(np.mean(ious)) if ious else 0.0,
+        "mean_dice": float(np.mean(dices)) if dices else 0.0,
+        "mean_iou_with_background": float(np.mean(all_iou)) if all_iou else 0.0,
+        "pixel_accuracy": float(np.trace(cm) / total) if total else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": cm.astype(np.int64).tolist(),
+    }

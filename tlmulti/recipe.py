@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
+import json
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
-from tlmulti import registry
+from tlmulti import choices, registry
 from tlmulti.errors import RecipeError, TlmultiError
+from tlmulti.schema import at_least, build, choice, field_choices, located  # noqa: F401  (the recipe API)
+
 
 # --------------------------------------------------------------------------------------------
 # Sections shared by every task. Tasks extend DataConfig and HeadConfig with their own fields.
@@ -49,7 +50,7 @@ class BackboneConfig:
 class HeadConfig:
     """Classification head: pooling, optional hidden layers, dropout, then the class layer."""
 
-    pooling: str = "avg"
+    pooling: str = choice("avg", choices.POOLINGS)
     hidden: list[int] = field(default_factory=list)
     dropout: float = 0.2
     activation: str = "relu"
@@ -68,11 +69,11 @@ class DataConfig:
     val: Optional[str] = None
     test: Optional[str] = None
     val_split: float = 0.2
-    batch_size: int = 32
+    batch_size: int = at_least(32, 1)
     label_column: str = "label"
     group_column: Optional[str] = None
     limit_per_class: Optional[int] = None
-    class_weight: Optional[str] = None
+    class_weight: Optional[str] = choice(None, choices.CLASS_WEIGHTS)
     holdout: list[str] = field(default_factory=list)
 
 
@@ -93,19 +94,19 @@ class PhaseConfig:
     """
 
     name: str = ""
-    epochs: int = 5
-    learning_rate: float = 1e-3
+    epochs: int = at_least(5, 0)
+    learning_rate: float = at_least(1e-3, 0.0)
     unfreeze: Union[str, list[str]] = "none"
-    batchnorm: str = "frozen"
-    lr_decay: float = 1.0
+    batchnorm: str = choice("frozen", choices.BATCHNORM_POLICIES)
+    lr_decay: float = at_least(1.0, 0.0)
     group_lr: dict[str, float] = field(default_factory=dict)
-    cache_features: Union[bool, str] = "auto"
+    cache_features: Union[bool, str] = choice("auto", choices.CACHE_FEATURES)
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"
-    weight_decay: float = 0.0
+    name: str = choice("adam", choices.OPTIMIZERS)
+    weight_decay: float = at_least(0.0, 0.0)
     momentum: float = 0.9
     clipnorm: Optional[float] = None
 
@@ -114,7 +115,7 @@ class OptimizerConfig:
 class EarlyStoppingConfig:
     enabled: bool = True
     monitor: str = "val_loss"
-    patience: int = 3
+    patience: int = at_least(3, 0)
     restore_best_weights: bool = True
 
 
@@ -129,10 +130,10 @@ class CallbacksConfig:
 class AdaptationConfig:
     """Unsupervised domain adaptation to unlabelled ``target_data`` (see the trainer)."""
 
-    method: str = "none"
+    method: str = choice("none", registry.adaptation_methods)
     target_data: Optional[str] = None
-    weight: float = 1.0
-    schedule: str = "ramp"
+    weight: float = at_least(1.0, 0.0)
+    schedule: str = choice("ramp", choices.ADAPTATION_SCHEDULES)
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Recipe:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
-    distribute: str = "auto"
+    distribute: str = choice("auto", choices.DISTRIBUTE)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe
 
@@ -169,131 +170,6 @@ class Recipe:
     def save(self, path) -> None:
         Path(path).write_text(self.to_yaml())
 
-
-CHOICES = {
-    "phases.batchnorm": ("frozen", "train"),
-    "optimizer.name": ("adam", "adamw", "sgd", "rmsprop"),
-    "distribute": ("auto", "default", "mirrored", "multi_worker"),
-    "adaptation.method": ("none", "adabn", "dann", "coral"),
-    "adaptation.schedule": ("ramp", "constant"),
-    "data.class_weight": (None, "balanced"),
-}
-
-# --------------------------------------------------------------------------------------------
-# Building dataclasses from plain data with errors that name the key.
-
-
-def _where(source: str | None) -> str:
-    return f" in {source}" if source else ""
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args)
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
-
-
-def _convert(value, tp, key: str, source: str | None):
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key, source)
-            except RecipeError as exc:
-                errors.append(exc)
-        raise RecipeError(f"Key '{key}'{_where(source)} must be {_type_name(tp)}, got {value!r}.")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, (str, int, float)) and item in (str, int, float):
-            value = [value]
-        if not isinstance(value, list):
-            raise RecipeError(f"Key '{key}'{_where(source)} must be {_type_name(tp)}, got {value!r}.")
-        return [_convert(v, item, f"{key}.{i}", source) for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise RecipeError(f"Key '{key}'{_where(source)} must be a mapping, got {value!r}.")
-        return {str(k): _convert(v, item, f"{key}.{k}", source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads 1e-3 as a string
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise RecipeError(f"Key '{key}'{_where(source)} must be {_type_name(tp)}, got {value!r}.")
-
-
-def build(cls, data, prefix: str = "", source: str | None = None):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    if data is None:
-        data = {}
-    if dataclasses.is_dataclass(data):
-        data = dataclasses.asdict(data)
-    label = prefix or "recipe"
-    if not isinstance(data, dict):
-        raise RecipeError(f"Key '{label}'{_where(source)} must be a mapping, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" Did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
-            raise RecipeError(
-                f"Unknown key '{full}'{_where(source)}.{hint} Valid keys here: {', '.join(names)}."
-            )
-        kwargs[key] = _convert(value, hints[key], full, source)
-    obj = cls(**kwargs)
-    _check_choices(obj, prefix, source)
-    return obj
-
-
-def _check_choices(obj, prefix: str, source: str | None) -> None:
-    section = prefix.split(".")[0] if prefix else ""
-    if section == "phases":
-        section = "phases"
-    for f in dataclasses.fields(obj):
-        rule = f"{section}.{f.name}" if section else f.name
-        if rule in CHOICES:
-            value = getattr(obj, f.name)
-            if value not in CHOICES[rule]:
-                choices = ", ".join(str(c) for c in CHOICES[rule])
-                full = f"{prefix}.{f.name}" if prefix else f.name
-                raise RecipeError(f"Key '{full}'{_where(source)} must be one of {choices}, got {value!r}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,10 +196,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides) -> dict:
-    """Return a copy of ``data`` with each ``a.b.c=value`` applied; list items by index."""
+    """Return a copy of ``data`` with each ``a.b.c=value`` applied; list items by index, or
+    ``*`` for every item of a list (``phases.*.epochs=3``)."""
     data = copy.deepcopy(data)
     for text in overrides or ():
         parts, value = parse_override(text)
+        if "*" in parts:
+            star = parts.index("*")
+            items = _node_at(data, parts[:star], text)
+            if not isinstance(items, list):
+                raise RecipeError(f"Override '{text}': '{'.'.join(parts[:star])}' is not a list, so '*' does not apply.")
+            head = ".".join(parts[:star])
+            rest = ".".join(parts[star + 1:])
+            raw = text.partition("=")[2]
+            data = apply_overrides(data, [f"{head}.{k}{'.' + rest if rest else ''}={raw}" for k in range(len(items))])
+            continue
         node = data
         for i, part in enumerate(parts[:-1]):
             where = ".".join(parts[: i + 1])
@@ -345,6 +232,20 @@ def apply_overrides(data: dict, overrides) -> dict:
         else:
             node[last] = value
     return data
+
+
+def _node_at(data, parts, text):
+    """The value at ``parts`` of plain recipe data (None where a key is missing)."""
+    node = data
+    for part in parts:
+        if isinstance(node, list):
+            idx = _index(part, node, text)
+            node = node[idx] if idx < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
 
 
 def _index(part: str, node: list, text: str) -> int:
@@ -381,31 +282,26 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"Recipe{_where(source)} must be a YAML mapping of sections (task, backbone, data, ...).")
+        raise RecipeError(f"Recipe{located(source)} must be a YAML mapping of sections (task, backbone, data, ...).")
+    if data.get("phases") is None:  # the default phase, spelt out so 'phases.*' overrides reach it
+        data = {**data, "phases": [{"name": "head"}]}
     data = apply_overrides(data, overrides)
     task_name = data.get("task", Recipe.task)
     if not isinstance(task_name, str):
-        raise RecipeError(f"Key 'task'{_where(source)} must be a string, got {task_name!r}.")
+        raise RecipeError(f"Key 'task'{located(source)} must be a string, got {task_name!r}.")
     try:
         cls = task_class(task_name)
     except TlmultiError as exc:
-        raise RecipeError(f"Key 'task'{_where(source)}: {exc}") from None
+        raise RecipeError(f"Key 'task'{located(source)}: {exc}") from None
     body = {k: v for k, v in data.items() if k not in ("head", "data")}
     recipe = build(Recipe, body, "", source)
     recipe.head = build(cls.head_config, data.get("head"), "head", source)
     recipe.data = build(cls.data_config, data.get("data"), "data", source)
     if not recipe.phases:
-        raise RecipeError(f"Key 'phases'{_where(source)} must list at least one phase.")
+        raise RecipeError(f"Key 'phases'{located(source)} must list at least one phase.")
     for i, phase in enumerate(recipe.phases):
         if not phase.name:
             phase.name = f"phase{i + 1}"
-        if phase.epochs < 0:
-            raise RecipeError(f"Key 'phases.{i}.epochs'{_where(source)} must be 0 or more, got {phase.epochs}.")
-        if isinstance(phase.cache_features, str) and phase.cache_features != "auto":
-            raise RecipeError(
-                f"Key 'phases.{i}.cache_features'{_where(source)} must be auto, true or false, "
-                f"got {phase.cache_features!r}."
-            )
     if not recipe.backbone.name:
         recipe.backbone.name = registry.get_task(task_name).default_backbone
     recipe.source = source
@@ -456,3 +352,71 @@ def resolve_path(value: str | None) -> str | None:
     if value is None or value.startswith("dataset:") or "://" in value:
         return value
     return str(Path(os.path.expandvars(value)).expanduser().resolve())
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line flags: each one is an override of a recipe key, declared once here.
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option that sets the recipe key ``key``.
+
+    ``kind``: ``str``, ``int`` or ``float``; ``multiple``: repeatable, giving a list; ``path``: made
+    absolute against the working directory; ``resets``: keys set to null (or ``[]``) when this
+    flag is given and their own flag is not (``--data`` drops the recipe's own validation and
+    test sets, which belong to the recipe's data); ``choices``: a tuple or a function returning
+    one. ``key`` may use ``*`` for every list item (``phases.*.epochs``).
+    """
+
+    option: str
+    key: str
+    help: str
+    kind: type = str
+    multiple: bool = False
+    path: bool = False
+    resets: tuple[tuple[str, Any], ...] = ()
+    choices: Any = None
+    metavar: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.option.lstrip("-").replace("-", "_")
+
+
+TRAIN_FLAGS = (
+    Flag("--data", "data.train", "Training data: a class-folder tree, a manifest, or dataset:NAME/SPLIT.",
+         path=True, resets=(("data.val", None), ("data.test", None), ("data.holdout", []))),
+    Flag("--val-data", "data.val", "Validation data (default: a seeded stratified split of --data).", path=True),
+    Flag("--test-data", "data.test", "Test data, evaluated once after training.", path=True),
+    Flag("--backbone", "backbone.name", "Registered backbone name (see 'tlmulti backbones list')."),
+    Flag("--weights", "backbone.weights", "Local weights file or preset folder for the backbone.", path=True),
+    Flag("--epochs", "phases.*.epochs", "Epochs of every phase (per phase: --set phases.N.epochs=E).", kind=int),
+    Flag("--batch-size", "data.batch_size", "Batch size.", kind=int),
+    Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method.",
+         choices=registry.adaptation_methods),
+    Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
+    Flag("--holdout", "data.holdout", "Keep training examples with this manifest value out of training and score "
+         "them with the test set, e.g. --holdout accent=en-029 (repeatable).", multiple=True,
+         metavar="COLUMN=VALUE"),
+)
+
+
+def overrides_from_flags(values: dict, flags=TRAIN_FLAGS) -> list[str]:
+    """``--set``-style overrides for the flags given in ``values`` (option dest -> value; None or
+    an empty tuple means not given). Resets come first, so an explicit flag always wins."""
+    given = [f for f in flags if values.get(f.dest) not in (None, ())]
+    given_keys = {f.key for f in given}
+    out = []
+    for f in given:
+        for key, empty in f.resets:
+            if key not in given_keys:
+                out.append(f"{key}={json.dumps(empty)}")
+    for f in given:
+        value = values[f.dest]
+        if f.multiple:
+            value = [resolve_path(v) for v in value] if f.path else list(value)
+        elif f.path:
+            value = resolve_path(value)
+        out.append(f"{f.key}={json.dumps(value) if isinstance(value, (str, list)) else value}")
+    return out

@@ -22,13 +22,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import json
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tlmulti.errors import RegistryError
 
-SOURCES = ("keras_hub", "keras_applications", "tfhub", "local", "hed_vgg16", "builder")
+
+def sources() -> tuple[str, ...]:
+    """The weight sources: one module each in :mod:`tlmulti.backbones` (``keras_hub``,
+    ``keras_applications``, ``tfhub``, ``local``, ...), listed without importing them."""
+    found = importlib.util.find_spec("tlmulti.backbones")
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(found.submodule_search_locations)
+                        if not m.name.startswith("_")))
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class BackboneSpec:
 
     Attributes:
         name: registry name, ``arch.tag`` style (``vgg16.hed_bsds500``).
-        source: one of ``SOURCES``.
+        source: one of :func:`sources` (a module of :mod:`tlmulti.backbones`).
         families: task families it serves (``vision``, ``segmentation``, ``text``, ``audio``).
         handle: preset name or local preset dir (keras_hub), application class name
             (keras_applications), TF-Hub handle or SavedModel dir (tfhub), file (local).
@@ -99,9 +107,20 @@ class DatasetSpec:
     source: str = ""  # where the raw data comes from, and how to install it
 
 
+@dataclass(frozen=True)
+class AdaptationSpec:
+    """A domain-adaptation method the trainer can run: ``implementation`` is ``"module:Class"``
+    (a :class:`tlmulti.training.adaptation.Adapter` subclass), empty for ``none``."""
+
+    name: str
+    implementation: str
+    description: str = ""
+
+
 _BACKBONES: dict[str, BackboneSpec] = {}
 _TASKS: dict[str, TaskSpec] = {}
 _DATASETS: dict[str, DatasetSpec] = {}
+_ADAPTATIONS: dict[str, AdaptationSpec] = {}
 _loaded = False
 
 
@@ -149,9 +168,9 @@ def register_backbone(name: str, *, source: str, families, replace: bool = False
     ``families`` says which task families may use it. See :class:`BackboneSpec` for fields.
     Registering an existing name raises unless ``replace=True``.
     """
-    if source not in SOURCES:
+    if source not in sources():
         raise RegistryError(
-            f"Backbone '{name}': unknown source '{source}'; use one of {', '.join(SOURCES)}."
+            f"Backbone '{name}': unknown source '{source}'; use one of {', '.join(sources())}."
         )
     if name in _BACKBONES and not replace:
         raise RegistryError(f"Backbone '{name}' is already registered; pass replace=True to override it.")
@@ -187,33 +206,43 @@ def register_dataset(name: str, *, builder: str, splits, replace: bool = False, 
     return spec
 
 
-def get_backbone(name: str) -> BackboneSpec:
+def register_adaptation(name: str, *, implementation: str, description: str = "",
+                        replace: bool = False) -> AdaptationSpec:
+    """Register a domain-adaptation method that recipes name as ``adaptation.method``."""
+    if name in _ADAPTATIONS and not replace:
+        raise RegistryError(f"Adaptation method '{name}' is already registered; pass replace=True to override it.")
+    spec = AdaptationSpec(name=name, implementation=implementation, description=description)
+    _ADAPTATIONS[name] = spec
+    return spec
+
+
+def adaptation_methods() -> tuple[str, ...]:
+    """Names of the registered adaptation methods (``none`` first)."""
     _ensure_builtins()
-    if name not in _BACKBONES:
-        raise RegistryError(
-            f"Unknown backbone '{name}'.{_suggest(name, _BACKBONES)} "
-            "See 'tlmulti backbones list' for the ones available."
-        )
-    return _BACKBONES[name]
+    return tuple(_ADAPTATIONS)
+
+
+def _get(table: dict, kind: str, name: str, where: str):
+    _ensure_builtins()
+    if name not in table:
+        raise RegistryError(f"Unknown {kind} '{name}'.{_suggest(name, table)} {where}")
+    return table[name]
+
+
+def get_adaptation(name: str) -> AdaptationSpec:
+    return _get(_ADAPTATIONS, "adaptation method", name, f"Use one of {', '.join(_ADAPTATIONS)}.")
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    return _get(_BACKBONES, "backbone", name, "See 'tlmulti backbones list' for the ones available.")
 
 
 def get_task(name: str) -> TaskSpec:
-    _ensure_builtins()
-    if name not in _TASKS:
-        raise RegistryError(
-            f"Unknown task '{name}'.{_suggest(name, _TASKS)} Known tasks: {', '.join(sorted(_TASKS))}."
-        )
-    return _TASKS[name]
+    return _get(_TASKS, "task", name, f"Known tasks: {', '.join(sorted(_TASKS))}.")
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    _ensure_builtins()
-    if name not in _DATASETS:
-        raise RegistryError(
-            f"Unknown dataset '{name}'.{_suggest(name, _DATASETS)} "
-            "See 'tlmulti datasets list' for the built-in ones."
-        )
-    return _DATASETS[name]
+    return _get(_DATASETS, "dataset", name, "See 'tlmulti datasets list' for the built-in ones.")
 
 
 def list_backbones(family: str | None = None) -> list[BackboneSpec]:

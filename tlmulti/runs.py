@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -72,7 +73,7 @@ def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, 
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_history(run_dir / "history.csv", history)
     if recipe.output.plots and history:
-        from tlmulti.evaluation import plot_curves
+        from tlmulti.reports.plots import plot_curves
 
         plot_curves(history, run_dir / "curves.png")
     (run_dir / _MARKER).unlink(missing_ok=True)
@@ -126,3 +127,23 @@ def load_run(run_dir):
     task.classes = info["classes"]
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     return recipe, task, model
+
+
+def save_run_backbone(run_dir, name: str, overwrite: bool = False) -> str:
+    """Save the (fine-tuned) backbone of a run folder as local backbone ``name``, with the
+    contract, layer groups and skip layers of the spec it was trained with."""
+    from tlmulti.backbones.local import save_backbone
+
+    recipe, task, model = load_run(run_dir)
+    layer = next((l for l in model.layers if l.name == "backbone" or (
+        hasattr(l, "layers") and l.name not in ("head", "augment")
+        and l.__class__.__name__ in ("Functional", "Model"))), None)
+    if layer is None:
+        raise RunError(f"Run '{run_dir}' has no backbone layer to save.")
+    spec = task.spec
+    names = [l.name for l in layer.layers]
+    groups = {k: list(v) for k, v in spec.layer_groups.items()  # only groups the saved model still has
+              if any(re.fullmatch("|".join(f"(?:{p})" for p in v), n) for n in names)}
+    return save_backbone(layer, name, families=spec.families, input=dict(spec.input), layer_groups=groups,
+                         feature_layers=spec.feature_layers, output_layer="",
+                         description=f"fine-tuned from {spec.name} in {Path(run_dir).name}", overwrite=overwrite)

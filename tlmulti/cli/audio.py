@@ -85,11 +85,18 @@ def pretrain(recipe, name, data, epochs, overrides, out, overwrite):
     synthetic words by 7 espeak-ng accents. Afterwards '--backbone NAME' (or the default
     recipe, for audio_cnn.synth_words) transfers it.
     """
-    from tlmulti.backbones.audio import SOURCE_RECIPE, pretrain as run_pretrain
     from tlmulti.cli.common import recipe_from_cli
     from tlmulti.recipe import recipes_dir
+    from tlmulti.registry import RegistryError, get_backbone
+    from tlmulti.training.pretrain import pretrain as run_pretrain
 
-    path = recipe or str(recipes_dir() / SOURCE_RECIPE)
+    try:  # a source-pretrained backbone names its own recipe; any other name gets the default's
+        spec = get_backbone(name)
+    except RegistryError:
+        spec = None
+    if spec is None or spec.source != "source_pretrained":
+        spec = get_backbone("audio_cnn.synth_words")
+    path = recipe or str(recipes_dir() / spec.options["recipe"])
     r = recipe_from_cli(path, None, overrides, data=data, epochs=epochs)
     run, folder = run_pretrain(r, name, out=out, overwrite=overwrite)
     val = (run.metrics.get("val") or {}).get("accuracy", float("nan"))

@@ -92,7 +92,7 @@ def backbones_list(family):
 @user_errors
 def backbones_save(run_dir, name, overwrite):
     """Save the fine-tuned backbone of RUN_DIR as a local backbone called NAME."""
-    from tlmulti.backbones.saved import save_run_backbone
+    from tlmulti.runs import save_run_backbone
 
     folder = save_run_backbone(run_dir, name, overwrite=overwrite)
     click.echo(f"Saved backbone '{name}' to {folder}; use it with --backbone {name}.")

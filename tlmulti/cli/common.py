@@ -11,6 +11,7 @@ import sys
 import click
 
 from tlmulti.errors import TlmultiError
+from tlmulti.recipe import TRAIN_FLAGS
 
 
 def quiet_tensorflow() -> None:
@@ -35,76 +36,51 @@ def user_errors(fn):
     return wrapper
 
 
-def recipe_from_cli(recipe_path, task, overrides, **flags):
-    """Load ``recipe_path`` (or the task's default recipe) with flags turned into overrides."""
-    from tlmulti.recipe import load_recipe, resolve_path
+def recipe_from_cli(recipe_path, task, overrides, flags=TRAIN_FLAGS, **values):
+    """Load ``recipe_path`` (or the default recipe of ``task``) with the given flag ``values``
+    turned into overrides (:func:`tlmulti.recipe.overrides_from_flags`), then ``--set`` ones.
+    ``task`` given with a recipe file switches that recipe's task."""
+    from tlmulti.recipe import load_recipe, overrides_from_flags
 
-    sets = list(overrides or ())
-    mapping = {
-        "data": "data.train", "val_data": "data.val", "test_data": "data.test",
-        "backbone": "backbone.name", "weights": "backbone.weights", "batch_size": "data.batch_size",
-        "adapt": "adaptation.method", "target_data": "adaptation.target_data",
-    }
-    pre = []
-    if task and not recipe_path:
-        pre.append(f"task={task}")
-    for key, dotted in mapping.items():
-        value = flags.get(key)
-        if value is None:
-            continue
-        if key in ("data", "val_data", "test_data", "weights", "target_data"):
-            value = resolve_path(value)
-        pre.append(f"{dotted}={json.dumps(value) if isinstance(value, str) else value}")
-    if flags.get("holdout"):
-        pre.append(f"data.holdout={json.dumps(list(flags['holdout']))}")
-    elif flags.get("data") is not None:
-        pre.append("data.holdout=[]")  # the recipe's holdout rules name groups of its own data
-    if flags.get("data") is not None and flags.get("val_data") is None:
-        pre.append("data.val=null")  # the recipe's own validation set belongs to its own data
-    if flags.get("data") is not None and flags.get("test_data") is None:
-        pre.append("data.test=null")
-    recipe = load_recipe(recipe_path, overrides=pre + sets, task=task if not recipe_path else None)
-    if task and recipe_path and recipe.task != task:
-        recipe = load_recipe(recipe_path, overrides=pre + sets + [f"task={task}"])
-    if flags.get("epochs") is not None:
-        for phase in recipe.phases:
-            phase.epochs = flags["epochs"]
-    return recipe
+    sets = overrides_from_flags(values, flags)
+    if task and recipe_path:
+        sets.insert(0, f"task={task}")
+    return load_recipe(recipe_path, overrides=sets + list(overrides or ()), task=None if recipe_path else task)
 
 
-def train_options(fn):
-    opts = [
-        click.argument("recipe", required=False, type=click.Path(dir_okay=False)),
-        click.option("--data", help="Training data: a class-folder tree, a manifest, or dataset:NAME/SPLIT."),
-        click.option("--val-data", help="Validation data (default: a seeded stratified split of --data)."),
-        click.option("--test-data", help="Test data, evaluated once after training."),
-        click.option("--backbone", help="Registered backbone name (see 'tlmulti backbones list')."),
-        click.option("--weights", help="Local weights file or preset folder for the backbone."),
-        click.option("--epochs", type=int, help="Epochs of every phase (per phase: --set phases.N.epochs=E)."),
-        click.option("--batch-size", type=int, help="Batch size."),
-        click.option("--adapt", type=click.Choice(["none", "adabn", "dann", "coral"]),
-                     help="Unsupervised domain adaptation method."),
-        click.option("--target-data", help="Unlabelled target-domain data for --adapt."),
-        click.option("--holdout", multiple=True, metavar="COLUMN=VALUE",
-                     help="Keep training examples with this manifest value out of training and score them "
-                          "with the test set, e.g. --holdout accent=en-029 (repeatable)."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Override a recipe value, e.g. --set phases.1.learning_rate=1e-5 (repeatable)."),
-        click.option("--out", type=click.Path(file_okay=False), help="Run folder to create (never overwritten)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+def flag_option(flag):
+    """The Click option of a recipe :class:`~tlmulti.recipe.Flag`."""
+    values = flag.choices() if callable(flag.choices) else flag.choices
+    kind = click.Choice(list(values)) if values else flag.kind
+    return click.option(flag.option, flag.dest, type=kind, multiple=flag.multiple, metavar=flag.metavar,
+                        help=flag.help)
+
+
+def train_options(flags):
+    """Decorator: the RECIPE argument, one option per flag, ``--set`` and ``--out``."""
+
+    def decorate(fn):
+        opts = [click.argument("recipe", required=False, type=click.Path(dir_okay=False))]
+        opts += [flag_option(f) for f in flags]
+        opts += [
+            click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                         help="Override a recipe value, e.g. --set phases.1.learning_rate=1e-5 (repeatable)."),
+            click.option("--out", type=click.Path(file_okay=False), help="Run folder to create (never overwritten)."),
+        ]
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return decorate
 
 
 def run_training(recipe, out):
-    """Train and print the run folder and the headline test metric."""
+    """Train and print the run folder and the run's headline metric."""
     from tlmulti.training import train
-    from tlmulti.training.trainer import make_task
 
     run = train(recipe, out=out)
     click.echo(f"Run folder: {run.dir}")
-    click.echo(make_task(recipe).headline(run.metrics))
+    click.echo(run.headline)
     return run
 
 
@@ -118,32 +94,40 @@ def print_metrics(metrics: dict, as_json: bool, task=None) -> None:
         click.echo(json.dumps(metrics, indent=2))
 
 
-def domain_group(name: str, help_text: str, default_task: str, task_choices=None, text_inputs: bool = False):
-    """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain."""
+def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False):
+    """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
+
+    ``flags``: the domain's own train options (:class:`~tlmulti.recipe.Flag`: option, recipe
+    key, help), added to the shared ones. Domains with several tasks (vision) get ``--task``
+    with the registered tasks of the family.
+    """
+    from tlmulti import registry
 
     @click.group(name=name, help=help_text)
     def group():
         pass
 
+    family = registry.get_task(default_task).family
+    task_names = [t.name for t in registry.list_tasks(family)]
     task_option = (
-        click.option("--task", type=click.Choice(task_choices), default=None,
+        click.option("--task", type=click.Choice(task_names), default=None,
                      help=f"Task (default: the recipe's, or {default_task}).")
-        if task_choices else (lambda f: f)
+        if len(task_names) > 1 else (lambda f: f)
     )
+    all_flags = TRAIN_FLAGS + tuple(flags)
 
     @group.command("train")
-    @train_options
+    @train_options(all_flags)
     @task_option
     @user_errors
-    def train_cmd(recipe, task=None, overrides=(), out=None, **flags):
+    def train_cmd(recipe, task=None, overrides=(), out=None, **values):
         """Train on your data: frozen-backbone phase, then unfreeze phases, per the recipe.
 
         RECIPE is a YAML recipe; without it the task's default recipe is used and flags
         override its values.
         """
         chosen = task or (None if recipe else default_task)
-        r = recipe_from_cli(recipe, chosen, overrides, **flags)
-        run_training(r, out)
+        run_training(recipe_from_cli(recipe, chosen, overrides, all_flags, **values), out)
 
     @group.command("evaluate")
     @click.argument("run_dir", type=click.Path(file_okay=False))

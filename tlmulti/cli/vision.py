@@ -6,5 +6,4 @@ vision = domain_group(
     "vision",
     "Image classification and segmentation: train, evaluate, predict.",
     default_task="image_classification",
-    task_choices=["image_classification", "segmentation"],
 )

@@ -26,13 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tlmulti.choices import AUDIO_FRONTENDS as FRONTENDS
+from tlmulti.choices import AUDIO_NORMALIZATIONS as NORMALIZATIONS
+from tlmulti.choices import AUDIO_SCALES as SCALES
 from tlmulti.errors import DataError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".m4a")
+__all__ = ["AUDIO_SUFFIXES", "FRONTENDS", "NORMALIZATIONS", "SCALES", "AudioContract", "audio_files",
+           "fit_length", "load_audio", "load_clip", "load_clips", "log_mel", "mel_filterbank",
+           "scale_and_normalize"]
 
-FRONTENDS = ("log_mel", "waveform")
-SCALES = ("db", "whisper", "log")
-NORMALIZATIONS = ("utterance", "global", "none")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".m4a")
 
 
 @dataclass

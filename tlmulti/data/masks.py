@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlmulti.choices import FLIPS
 from tlmulti.data.medical import list_files, read_stack, stem_of, suffix_of
 from tlmulti.errors import DataError
 
@@ -217,8 +218,8 @@ def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: floa
     (a factor around the mean) change the image only. Images stay uint8.
     """
     flip = flip or "none"
-    if flip not in ("none", "horizontal", "vertical", "both"):
-        raise DataError(f"data.augment.flip must be none, horizontal, vertical or both, got {flip!r}.")
+    if flip not in FLIPS:
+        raise DataError(f"data.augment.flip must be one of {', '.join(FLIPS)}, got {flip!r}.")
     if flip == "none" and not rot90 and not brightness and not contrast:
         return None
     import tensorflow as tf
@@ -255,3 +256,36 @@ def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: floa
         return image, m[..., 0]
 
     return fn
+
+
+def write_mask(folder: Path, base: str, ids: np.ndarray, info, colours) -> Path:
+    """Write predicted class ids ``(n, H, W)`` next to their input's format: NIfTI inputs get
+    ``<base>_mask.nii.gz`` in the input's canonical orientation, stacks ``<base>_mask.tif``, 2-D
+    images a palette PNG ``<base>_mask.png`` whose pixel values are the ids (viewers show the
+    class ``colours``)."""
+    from PIL import Image
+
+    n_classes = len(colours)
+    small = n_classes <= 256
+    if info.kind == "nifti":
+        import nibabel as nib
+
+        volume = np.moveaxis(ids, 0, info.axis).astype(np.uint8 if small else np.int16)
+        path = folder / f"{base}_mask.nii.gz"
+        nib.save(nib.Nifti1Image(volume, info.affine), str(path))
+        return path
+    if ids.shape[0] > 1:
+        import tifffile
+
+        path = folder / f"{base}_mask.tif"
+        tifffile.imwrite(str(path), ids.astype(np.uint8 if small else np.uint16))
+        return path
+    path = folder / f"{base}_mask.png"
+    if not small:
+        Image.fromarray(ids[0].astype(np.uint16)).save(path)
+        return path
+    img = Image.fromarray(ids[0].astype(np.uint8), mode="P")
+    flat = [v for c in colours for v in c]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    img.save(path)
+    return path

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from tlmulti.choices import INTENSITY_NORMALIZATIONS
 from tlmulti.errors import DataError
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -46,7 +47,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NUMPY_SUFFIXES = (".npy",)
 SUFFIXES = PLAIN_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + NUMPY_SUFFIXES
-NORMALIZATIONS = ("auto", "percentile", "minmax", "window", "none")
+NORMALIZATIONS = INTENSITY_NORMALIZATIONS
 
 
 def suffix_of(path) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import keras
 
-POOLINGS = ("avg", "max", "flatten", "none")
+from tlmulti.choices import POOLINGS
 
 
 def pool(x, pooling: str):

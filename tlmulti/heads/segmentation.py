@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import keras
 
-DECODERS = ("auto", "unet", "simple")
 # Segmentation sets are small (a few dozen tiles: a handful of steps per epoch). With Keras's
 # default momentum 0.99 the moving statistics of new BatchNorm layers need hundreds of steps to
 # settle, and validation (which uses them) lags far behind training; 0.9 settles in ~30 steps.

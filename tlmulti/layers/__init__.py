@@ -1,6 +1,6 @@
 """Keras layers that tlmulti models are made of, all serialisable with ``get_config``.
 
-Importing this package registers every layer (and the TF-Hub wrapper) with Keras, so a saved
+Importing this package registers every layer (the TF-Hub wrapper included) with Keras, so a saved
 ``model.keras`` loads with plain ``keras.saving.load_model`` afterwards::
 
     import tlmulti.layers  # noqa: F401
@@ -15,5 +15,3 @@ import pkgutil
 
 for _info in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_info.name}")
-
-importlib.import_module("tlmulti.backbones.tfhub")

@@ -7,9 +7,7 @@ only the audio files:
 * :class:`LogMelSpectrogram`: STFT power, librosa's Slaney mel filterbank, log compression
   (dB, Whisper's log10 scaling, or natural log) and per-utterance mean/variance normalisation;
 * :class:`WaveformAugment`: random speed perturbation, time shift, gain and additive noise;
-* :class:`SpecAugment`: random time and frequency masks on the log-mel features;
-* :class:`PerExampleHub`: a TF-Hub model that takes one unbatched waveform (YAMNet), mapped
-  over the batch.
+* :class:`SpecAugment`: random time and frequency masks on the log-mel features.
 
 The augmentation layers act only when called in training mode (``model.fit``); at inference
 they return their input unchanged.
@@ -29,10 +27,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tlmulti.backbones.tfhub import HubLayer
+from tlmulti.choices import AUDIO_NORMALIZATIONS, AUDIO_SCALES
 
-_SCALES = ("db", "whisper", "log")
-_NORMALIZATIONS = ("utterance", "global", "none")
 
 
 @keras.saving.register_keras_serializable(package="tlmulti")
@@ -57,10 +53,10 @@ class LogMelSpectrogram(keras.layers.Layer):
                  fmax=None, scale="db", top_db=80.0, normalize="utterance", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if scale not in _SCALES:
-            raise ValueError(f"scale must be one of {_SCALES}, got {scale!r}")
-        if normalize not in _NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {_NORMALIZATIONS}, got {normalize!r}")
+        if scale not in AUDIO_SCALES:
+            raise ValueError(f"scale must be one of {AUDIO_SCALES}, got {scale!r}")
+        if normalize not in AUDIO_NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {AUDIO_NORMALIZATIONS}, got {normalize!r}")
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
         self.win_length = int(win_length) if win_length else None
@@ -239,37 +235,4 @@ class SpecAugment(keras.layers.Layer):
         config = super().get_config()
         config.update(time_masks=self.time_masks, time_width=self.time_width, freq_masks=self.freq_masks,
                       freq_width=self.freq_width, seed=self.seed)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="tlmulti")
-class PerExampleHub(HubLayer):
-    """A :class:`~tlmulti.backbones.tfhub.HubLayer` for SavedModels that take one unbatched input.
-
-    YAMNet's ``__call__`` takes a single 1-D waveform and returns ``(scores, embeddings,
-    log_mel_spectrogram)``; this layer maps it over the batch and keeps output ``output_index``
-    (1: the per-frame 1024-d embeddings), giving ``(batch, frames, dim)``. Variables, freezing
-    and saving are HubLayer's.
-    """
-
-    def __init__(self, handle, output_index=None, **kwargs):
-        super().__init__(handle, **kwargs)
-        self.output_index = output_index
-
-    def call(self, inputs, training=None):
-        import tensorflow as tf
-
-        def one(example):
-            out = HubLayer.call(self, example, training=training)
-            if isinstance(out, (list, tuple)):
-                out = out[self.output_index or 0]
-            elif isinstance(out, dict) and self.output_index is not None:
-                out = list(out.values())[self.output_index]
-            return tf.cast(out, "float32")
-
-        return tf.map_fn(one, tf.convert_to_tensor(inputs), fn_output_signature=tf.float32)
-
-    def get_config(self):
-        config = super().get_config()
-        config["output_index"] = self.output_index
         return config

@@ -9,12 +9,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tlmulti.choices import IMAGE_NORMALIZATIONS as NORMALIZATIONS
+
 # Per-channel constants of the common conventions (RGB order).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-NORMALIZATIONS = ("caffe", "torch", "tf", "unit", "none")
 
 
 @keras.saving.register_keras_serializable(package="tlmulti")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-LOSSES = ("ce+dice", "ce", "dice")
+from tlmulti.choices import SEGMENTATION_LOSSES as LOSSES
 
 
 @keras.saving.register_keras_serializable(package="tlmulti")

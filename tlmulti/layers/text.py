@@ -22,7 +22,9 @@ import keras
 import keras_hub  # noqa: F401  registers the keras-hub layers that saved text backbones are made of
 from keras import ops
 
-POOLINGS = ("mean", "max", "cls")
+from tlmulti.choices import TEXT_POOLINGS
+
+POOLINGS = tuple(p for p in TEXT_POOLINGS if p != "auto")  # "auto" is resolved by the task
 INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
 
 

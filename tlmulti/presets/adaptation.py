@@ -1,6 +1,20 @@
-"""Datasets for domain-adaptation recipes. Data only."""
+"""Domain-adaptation methods and the datasets of the adaptation recipes. Data only."""
 
-from tlmulti.registry import register_dataset
+from tlmulti.registry import register_adaptation, register_dataset
+
+register_adaptation("none", implementation="", description="no adaptation: train on the source data only")
+register_adaptation(
+    "adabn", implementation="tlmulti.training.adaptation:AdaBN",
+    description="re-estimate every BatchNorm layer's moving statistics on target data after training",
+)
+register_adaptation(
+    "dann", implementation="tlmulti.training.adaptation:DANN",
+    description="domain classifier behind gradient reversal, in the phases that train the backbone",
+)
+register_adaptation(
+    "coral", implementation="tlmulti.training.adaptation:CORAL",
+    description="match source and target feature covariances, in the phases that train the backbone",
+)
 
 register_dataset(
     "nuclei-shift", builder="tlmulti.datasets.nuclei_shift:build", splits=("target", "test"),

@@ -6,24 +6,42 @@ and for ``log_mel`` frontends the log-mel parameters (see
 length and, for backbones trained from scratch, the mel parameters.
 """
 
-from tlmulti.backbones.audio import whisper_groups  # plain data: group names per encoder layer
 from tlmulti.registry import register_backbone, register_dataset, register_task
+
+
+def cnn_groups(blocks: int = 4) -> dict[str, list[str]]:
+    """Layer groups of the compact log-mel CNN, bottom to top."""
+    return {f"block{i}": [f"block{i}_.*"] for i in range(1, blocks + 1)}
+
+
+def whisper_groups(num_layers: int) -> dict[str, list[str]]:
+    """Layer groups of a Whisper encoder: the conv/position embedding, then one per transformer layer."""
+    groups = {"embed": ["encoder_token_embedding_conv_layer_.*", "encoder_padder",
+                        "encoder_position_embedding", "encoder_embeddings_.*"]}
+    for i in range(num_layers):
+        names = [f"transformer_encoder_layer_{i}"]
+        if i == num_layers - 1:
+            names.append("encoder_layer_norm")
+        groups[f"layer{i}"] = names
+    return groups
+
 
 _CNN_CONTRACT = {"sample_rate": 16000, "frontend": "log_mel", "n_mels": 40, "n_fft": 512, "hop_length": 160,
                  "fmin": 20.0, "fmax": 8000.0, "scale": "db", "top_db": 80.0, "normalize": "utterance"}
-_CNN_GROUPS = {f"block{i}": [f"block{i}_.*"] for i in range(1, 5)}
+_CNN_GROUPS = cnn_groups(4)
 _CNN_OPTIONS = {"channels": [16, 32, 64, 128], "convs_per_block": 1}
 
 register_backbone(
     "audio_cnn.scratch", source="builder", families=("audio",),
-    builder="tlmulti.backbones.audio:build_audio_cnn", input=_CNN_CONTRACT, layer_groups=_CNN_GROUPS,
+    builder="tlmulti.architectures.audio_cnn:build_audio_cnn", input=_CNN_CONTRACT, layer_groups=_CNN_GROUPS,
     options=_CNN_OPTIONS,
     description="Compact log-mel CNN (4 conv blocks, 98k params), random initialisation",
 )
 register_backbone(
-    "audio_cnn.synth_words", source="builder", families=("audio",),
-    builder="tlmulti.backbones.audio:source_cnn", input=_CNN_CONTRACT, layer_groups=_CNN_GROUPS,
-    options={**_CNN_OPTIONS, "recipe": "audio/source_pretrain.yaml"},
+    "audio_cnn.synth_words", source="source_pretrained", families=("audio",),
+    input=_CNN_CONTRACT, layer_groups=_CNN_GROUPS,
+    options={**_CNN_OPTIONS, "recipe": "audio/source_pretrain.yaml",
+             "architecture": "tlmulti.architectures.audio_cnn:build_audio_cnn"},
     description="Compact log-mel CNN pretrained on 169 synthetic words by 7 espeak-ng accents "
                 "(trained on first use, offline)",
 )
@@ -45,9 +63,8 @@ for _preset, _layers, _what in (
 
 register_backbone(
     "yamnet.tfhub", source="tfhub", families=("audio",), handle="https://tfhub.dev/google/yamnet/1",
-    builder="tlmulti.backbones.audio:yamnet_backbone",
     input={"sample_rate": 16000, "frontend": "waveform"}, layer_groups={"all": ["hub"]},
-    options={"output_index": 1},
+    options={"per_example": True, "output_index": 1},
     description="YAMNet per-frame 1024-d embeddings, AudioSet (TF-Hub SavedModel; download)",
 )
 

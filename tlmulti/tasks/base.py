@@ -68,7 +68,11 @@ class ModelParts:
 
 
 def resolve_groups(backbone, spec: registry.BackboneSpec) -> dict[str, list]:
-    """Map the spec's group regexes onto the backbone's top-level layers (bottom to top)."""
+    """Map the spec's group regexes onto the backbone's top-level layers (bottom to top).
+
+    Loading checked that every group matches a layer of the whole model; a group is left out
+    here only when the model was cut below it (``backbone.output_layer``, fewer skip layers) or
+    the task does not use its layers (the BERT pooler with mean pooling)."""
     layers = [l for l in backbone.layers if l.__class__.__name__ != "InputLayer"]
     if not spec.layer_groups:
         return {"backbone": layers}
@@ -105,30 +109,46 @@ class Task:
         raise NotImplementedError
 
     def load_splits(self) -> tuple[Examples, Examples, Examples | None]:
-        """Train, validation (given or a seeded stratified split of train) and optional test.
+        """Train, validation (given or a seeded split of train) and optional test.
 
         Training examples matching ``data.holdout`` rules are removed before the split and added
-        to the test set (which they form alone when there is no test data)."""
+        to the test set (which they form alone when there is no test data). A task whose
+        readers produce something other than examples first (segmentation reads whole images
+        and tiles them afterwards) overrides the three hooks :meth:`read_split`,
+        :meth:`split_validation` and :meth:`to_examples`, not this method."""
         data = self.recipe.data
         if not data.train:
             raise TlmultiError("No training data: pass --data or set data.train in the recipe.")
-        train = self.read(data.train)
+        train, classes = self.read_split(data.train)
         held = None
         if data.holdout:
             train, held = split_holdout(train, data.holdout, f"'{data.train}'")
         if data.limit_per_class:
             train = train.subset(limit_per_class(self.stratify_labels(train), data.limit_per_class, self.recipe.seed))
         if data.val:
-            val = self.read(data.val, classes=train.classes)
+            val, _ = self.read_split(data.val, classes)
         else:
             if not 0 < data.val_split < 1:
                 raise TlmultiError("data.val_split must be between 0 and 1 when no validation data is given.")
-            keep, val_idx = stratified_split(self.stratify_labels(train), data.val_split, self.recipe.seed)
-            train, val = train.subset(keep), train.subset(val_idx)
-        test = self.read(data.test, classes=train.classes) if data.test else None
+            train, val = self.split_validation(train, data.val_split, self.recipe.seed)
+        test = self.to_examples(*self.read_split(data.test, classes)) if data.test else None
         if held is not None:  # held-out groups are evaluated with the test set, never trained on
             test = held if test is None else concat(test, held)
-        return train, val, test
+        return self.to_examples(train, classes), self.to_examples(val, classes), test
+
+    def read_split(self, ref: str, classes: list[str] | None = None):
+        """``(items, classes)`` of one split; by default the examples :meth:`read` gives."""
+        examples = self.read(ref, classes=classes)
+        return examples, examples.classes
+
+    def split_validation(self, items, fraction: float, seed: int):
+        """``(train, val)``: by default a seeded stratified split of the examples."""
+        keep, val_idx = stratified_split(self.stratify_labels(items), fraction, seed)
+        return items.subset(keep), items.subset(val_idx)
+
+    def to_examples(self, items, classes: list[str]) -> Examples:
+        """The examples of what :meth:`read_split` gave; by default they already are."""
+        return items
 
     def stratify_labels(self, examples: Examples) -> np.ndarray:
         return np.asarray(examples.y)
@@ -137,11 +157,11 @@ class Task:
     def build(self, classes: list[str]) -> ModelParts:
         raise NotImplementedError
 
-    def load_backbone(self, input_shape=None):
+    def load_backbone(self, input_shape=None, feature_layers=None):
         from tlmulti.backbones import load_backbone
 
         return load_backbone(self.spec, weights=self.recipe.backbone.weights, input_shape=input_shape,
-                             output_layer=self.recipe.backbone.output_layer)
+                             output_layer=self.recipe.backbone.output_layer, feature_layers=feature_layers)
 
     def compile_args(self) -> dict:
         raise NotImplementedError
@@ -219,7 +239,7 @@ class ClassificationTask(Task):
         return classification_head(backbone.output, num_classes, self.recipe.head)
 
     def probabilities(self, model, x) -> np.ndarray:
-        from tlmulti.training.data import make_dataset
+        from tlmulti.data.pipeline import make_dataset
 
         ds = make_dataset(x, None, self.recipe.data.batch_size)
         return np.asarray(model.predict(ds, verbose=0))
@@ -248,7 +268,7 @@ class ClassificationTask(Task):
         return self.metrics_from(self.probabilities(model, examples.x), examples, group_by)
 
     def report(self, run_dir, model, examples, metrics) -> list[str]:
-        from tlmulti.evaluation import plot_confusion_matrix
+        from tlmulti.reports.plots import plot_confusion_matrix
 
         plot_confusion_matrix(metrics["confusion_matrix"], examples.classes, run_dir / "confusion_matrix.png")
         return ["confusion_matrix.png"]

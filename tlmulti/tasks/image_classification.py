@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tlmulti import choices
 from tlmulti.data import Examples
-from tlmulti.recipe import DataConfig
+from tlmulti.recipe import DataConfig, choice
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
 
@@ -18,7 +19,7 @@ from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 class AugmentConfig:
     """Random augmentation of training images (layers inactive at inference)."""
 
-    flip: str = "none"  # none | horizontal | vertical | both
+    flip: str = choice("none", choices.FLIPS)
     rotate: float = 0.0  # fraction of a full turn
     zoom: float = 0.0
     translate: float = 0.0

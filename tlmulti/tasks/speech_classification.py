@@ -27,9 +27,10 @@ from typing import Optional
 
 import numpy as np
 
+from tlmulti import choices
 from tlmulti.data import Examples
 from tlmulti.errors import RecipeError
-from tlmulti.recipe import DataConfig
+from tlmulti.recipe import DataConfig, choice
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
 
@@ -44,8 +45,8 @@ class FeatureConfig:
     hop_length: Optional[int] = None
     fmin: Optional[float] = None
     fmax: Optional[float] = None
-    scale: Optional[str] = None  # db | whisper | log
-    normalize: Optional[str] = None  # utterance | global | none
+    scale: Optional[str] = choice(None, (None,) + choices.AUDIO_SCALES)
+    normalize: Optional[str] = choice(None, (None,) + choices.AUDIO_NORMALIZATIONS)
 
 
 @dataclass
@@ -96,7 +97,7 @@ class SpeechClassification(ClassificationTask):
     # -- contract -------------------------------------------------------------------------------
     def contract(self):
         """The resolved :class:`~tlmulti.data.audio.AudioContract`: recipe values over the backbone's."""
-        from tlmulti.data.audio import FRONTENDS, NORMALIZATIONS, SCALES, AudioContract
+        from tlmulti.data.audio import FRONTENDS, AudioContract
 
         c = AudioContract.from_dict(self.spec.input)
         data = self.recipe.data
@@ -108,10 +109,6 @@ class SpeechClassification(ClassificationTask):
         for key, value in vars(data.features).items():
             if value is not None:
                 setattr(c, key, value)
-        for key, value, choices in (("data.features.scale", c.scale, SCALES),
-                                    ("data.features.normalize", c.normalize, NORMALIZATIONS)):
-            if value not in choices:
-                raise RecipeError(f"Key '{key}' must be one of {', '.join(choices)}, got {value!r}.")
         if c.frontend not in FRONTENDS:
             raise RecipeError(f"Backbone '{self.spec.name}' has an unknown audio frontend {c.frontend!r}.")
         if c.sample_rate <= 0 or c.clip_seconds <= 0:
@@ -147,16 +144,14 @@ class SpeechClassification(ClassificationTask):
         return load_clips(files, self.contract()), [str(f) for f in files]
 
     # -- model ----------------------------------------------------------------------------------
-    def load_backbone(self, input_shape=None):
-        from tlmulti.backbones.audio import encoder_only
-
+    def load_backbone(self, input_shape=None, feature_layers=None):
         model = super().load_backbone(input_shape=input_shape)
         limit = getattr(model, "max_encoder_sequence_length", None)
         c = self.contract()
         if limit and c.frames > limit:
             raise RecipeError(f"Key 'data.clip_seconds' gives {c.frames} log-mel frames but backbone "
                               f"'{self.spec.name}' takes at most {limit}; shorten the clips.")
-        return encoder_only(model)
+        return model
 
     def build(self, classes) -> ModelParts:
         import keras

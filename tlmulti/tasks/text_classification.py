@@ -29,14 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlmulti import registry
+from tlmulti import choices, registry
 from tlmulti.data import Examples, resolve_source
 from tlmulti.errors import DataError, MissingWeightsError, RecipeError, TlmultiError
-from tlmulti.recipe import DataConfig, HeadConfig
+from tlmulti.recipe import DataConfig, HeadConfig, choice
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
-
-TEXT_POOLINGS = ("auto", "mean", "cls", "max")
-
 
 @dataclass
 class TextDataConfig(DataConfig):
@@ -56,12 +53,8 @@ class TextHeadConfig(HeadConfig):
     the first token), ``max``, or ``auto``: the backbone's own (mean for sentence encoders such as
     MiniLM, cls for BERT). Then optional hidden layers, dropout, and the class layer."""
 
-    pooling: str = "auto"
+    pooling: str = choice("auto", choices.TEXT_POOLINGS)
     dropout: float = 0.1
-
-    def __post_init__(self):
-        if self.pooling not in TEXT_POOLINGS:
-            raise RecipeError(f"Key 'head.pooling' must be one of {', '.join(TEXT_POOLINGS)} for text, got {self.pooling!r}.")
 
 
 def is_handle(name: str) -> bool:

@@ -100,18 +100,17 @@ def ramp(progress: float) -> float:
 class AdaptationModel(keras.Model):
     """Task model plus an alignment loss between source and target features (DANN or CORAL).
 
-    Trained on batches ``((x_source, y_source), x_target)``; predicts and validates like the
-    task model alone.
+    ``align(f_source, f_target)`` returns the alignment loss, added to the task loss. Trained
+    on batches ``((x_source, y_source), x_target)``; predicts and validates like the task model
+    alone.
     """
 
-    def __init__(self, joint, method: str, weight: float, domain_head=None, reversal=None, **kwargs):
+    def __init__(self, joint, align, align_name: str, align_layers=(), **kwargs):
         super().__init__(**kwargs)
         self.joint = joint
-        self.method = method
-        self.weight = weight
-        self.domain_head = domain_head
-        self.reversal = reversal
-        self.align_tracker = keras.metrics.Mean(name=f"{method}_loss")
+        self.align = align
+        self.align_layers = list(align_layers)  # tracked, so their weights train
+        self.align_tracker = keras.metrics.Mean(name=f"{align_name}_loss")
 
     def call(self, x, training=False):
         return self.joint(x, training=training)[0]
@@ -124,14 +123,8 @@ class AdaptationModel(keras.Model):
             y_pred, f_s = self.joint(x_s, training=True)
             _, f_t = self.joint(x_t, training=True)
             loss = self.compute_loss(x=x_s, y=y_s, y_pred=y_pred)
-            if self.method == "coral":
-                align = coral_loss(f_s, f_t)
-                total = loss + self.weight * align
-            else:
-                logits = self.domain_head(self.reversal(ops.concatenate([f_s, f_t], axis=0)), training=True)
-                labels = ops.concatenate([ops.zeros((ops.shape(f_s)[0], 1)), ops.ones((ops.shape(f_t)[0], 1))], 0)
-                align = ops.mean(keras.losses.binary_crossentropy(labels, logits, from_logits=True))
-                total = loss + align
+            align = self.align(f_s, f_t)
+            total = loss + align
         variables = self.trainable_variables
         grads = tape.gradient(total, variables)
         self.optimizer.apply(grads, variables)
@@ -164,9 +157,13 @@ class _RampCallback(keras.callbacks.Callback):
 
 
 class Adapter:
-    """What the trainer calls: ``wrap`` a phase's model, ``dataset`` adds target batches,
-    ``callbacks`` per phase, ``finish`` after the last phase (AdaBN)."""
+    """One adaptation method, as the trainer calls it: ``wrap`` a phase's model, ``dataset`` adds
+    target batches, ``callbacks`` per phase, ``finish`` after the last phase. Subclasses are
+    registered by name (``tlmulti.registry.register_adaptation``); ``trains_backbone`` says that
+    the method acts only in phases that unfreeze a group."""
 
+    name = ""
+    trains_backbone = False
     needs_features = False
 
     def __init__(self, recipe, task):
@@ -181,43 +178,83 @@ class Adapter:
         if len(self.target) == 0:
             raise TlmultiError(f"Target data '{config.target_data}' has no examples.")
         self.batch_size = recipe.data.batch_size
-        self.domain_head = None
-        self.reversal = None
-        self.history: list[dict] = []
 
-    # -- DANN / CORAL: phases that train the backbone -------------------------------------------
     def wrap(self, parts, backbone_training, recipe):
-        if self.method == "adabn":
-            return parts.assemble(backbone_training=backbone_training, augment=True)
-        feats = parts.features(parts.inputs, training=backbone_training, augment=True)
-        joint = keras.Model(parts.inputs, [parts.head(feats), pool_features(feats)], name="joint")
-        if self.method == "dann" and self.domain_head is None:
-            dim = joint.outputs[1].shape[-1]
-            self.reversal = GradientReversal(0.0, name="gradient_reversal")
-            self.domain_head = keras.Sequential([
-                keras.Input((dim,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1),
-            ], name="domain_classifier")
-        return AdaptationModel(joint, self.method, self.weight, self.domain_head, self.reversal, name="adapted")
+        return parts.assemble(backbone_training=backbone_training, augment=True)
 
     def dataset(self, source_ds, recipe, seed: int):
-        if self.method == "adabn":
-            return source_ds
+        return source_ds
+
+    def callbacks(self, steps_per_epoch: int, epochs: int):
+        return []
+
+    def finish(self, parts, recipe):
+        pass
+
+
+class AdaBN(Adapter):
+    """AdaBN: after training, every BatchNorm layer's moving statistics come from target data."""
+
+    def finish(self, parts, recipe):
+        adapt_batchnorm(parts, self.target.x, self.batch_size)
+
+
+class _FeatureAlignment(Adapter):
+    """Methods that add a loss between pooled source and target features while the backbone
+    trains: the phase model also returns the features, and target batches ride along."""
+
+    trains_backbone = True
+
+    def alignment(self, dim: int):
+        """``(align(f_s, f_t) -> loss, layers that train with it)``."""
+        raise NotImplementedError
+
+    def wrap(self, parts, backbone_training, recipe):
+        feats = parts.features(parts.inputs, training=backbone_training, augment=True)
+        joint = keras.Model(parts.inputs, [parts.head(feats), pool_features(feats)], name="joint")
+        align, layers = self.alignment(joint.outputs[1].shape[-1])
+        return AdaptationModel(joint, align, self.method, layers, name="adapted")
+
+    def dataset(self, source_ds, recipe, seed: int):
         import tensorflow as tf
 
-        from tlmulti.training.data import make_dataset
+        from tlmulti.data.pipeline import make_dataset
 
         target = make_dataset(self.target.x, None, self.batch_size, shuffle=True, seed=seed).repeat()
         return tf.data.Dataset.zip((source_ds, target))
 
-    def callbacks(self, steps_per_epoch: int, epochs: int):
-        if self.method != "dann":
-            return []
-        return [_RampCallback(self.reversal, self.weight, steps_per_epoch * epochs, self.schedule)]
 
-    # -- AdaBN: after training -----------------------------------------------------------------
-    def finish(self, parts, recipe):
-        if self.method == "adabn":
-            adapt_batchnorm(parts, self.target.x, self.batch_size)
+class CORAL(_FeatureAlignment):
+    """Deep CORAL: ``weight`` times the covariance distance of source and target features."""
+
+    def alignment(self, dim):
+        return (lambda f_s, f_t: self.weight * coral_loss(f_s, f_t)), []
+
+
+class DANN(_FeatureAlignment):
+    """DANN: a domain classifier on pooled features behind a gradient-reversal layer whose weight
+    ramps to ``adaptation.weight`` over each phase. The classifier is built once and shared by
+    the phases that train the backbone."""
+
+    domain_head = None
+    reversal = None
+
+    def alignment(self, dim):
+        if self.domain_head is None:
+            self.reversal = GradientReversal(0.0, name="gradient_reversal")
+            self.domain_head = keras.Sequential([
+                keras.Input((dim,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1),
+            ], name="domain_classifier")
+
+        def align(f_s, f_t):
+            logits = self.domain_head(self.reversal(ops.concatenate([f_s, f_t], axis=0)), training=True)
+            labels = ops.concatenate([ops.zeros((ops.shape(f_s)[0], 1)), ops.ones((ops.shape(f_t)[0], 1))], 0)
+            return ops.mean(keras.losses.binary_crossentropy(labels, logits, from_logits=True))
+
+        return align, [self.domain_head, self.reversal]
+
+    def callbacks(self, steps_per_epoch: int, epochs: int):
+        return [_RampCallback(self.reversal, self.weight, steps_per_epoch * epochs, self.schedule)]
 
 
 def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
@@ -225,7 +262,7 @@ def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
 
     Only moving means and variances change. Returns the number of BatchNorm layers adapted.
     """
-    from tlmulti.training.data import make_dataset
+    from tlmulti.data.pipeline import make_dataset
 
     model = parts.assemble(backbone_training=None, augment=False)
     layers = [l for l in all_sublayers(model) if is_batchnorm(l)]
@@ -253,11 +290,15 @@ def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
 
 
 def make_adapter(recipe, task, parts):
-    """The adapter for ``recipe.adaptation.method``, or None when no adaptation is asked for."""
+    """The adapter registered for ``recipe.adaptation.method``, or None for ``none``."""
+    from tlmulti import registry
+
     method = recipe.adaptation.method
-    if method == "none":
+    spec = registry.get_adaptation(method)
+    if not spec.implementation:
         return None
-    if method in ("dann", "coral"):
+    cls = registry.resolve(spec.implementation)
+    if cls.trains_backbone:
         from tlmulti.training.freezing import resolve_unfreeze
 
         if not any(resolve_unfreeze(p.unfreeze, list(parts.groups)) for p in recipe.phases if p.epochs):
@@ -265,4 +306,4 @@ def make_adapter(recipe, task, parts):
                 f"adaptation.method '{method}' acts in phases that train the backbone, and no phase "
                 "unfreezes a layer group; add a phase with unfreeze (e.g. top:2)."
             )
-    return Adapter(recipe, task)
+    return cls(recipe, task)

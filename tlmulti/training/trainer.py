@@ -31,19 +31,27 @@ from pathlib import Path
 
 import numpy as np
 
-from tlmulti import runs
+from tlmulti import registry, runs
+from tlmulti.errors import RegistryError
 from tlmulti.recipe import Recipe
+from tlmulti.tasks import make_task
 from tlmulti.training.freezing import group_multipliers, resolve_unfreeze, set_trainable
 
 
 @dataclass
 class Run:
-    """A finished run: its folder, metrics, and the trained (inference) model."""
+    """A finished run: its folder, metrics, the trained (inference) model, the task that ran it,
+    and ``headline``, the one line that sums it up (the main test or validation metric)."""
 
     dir: Path
     metrics: dict
     model: object = None
     history: list = field(default_factory=list)
+    task: object = None
+
+    @property
+    def headline(self) -> str:
+        return self.task.headline(self.metrics) if self.task is not None else ""
 
 
 def get_strategy(name: str):
@@ -67,12 +75,6 @@ def _verbosity(recipe: Recipe) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def make_task(recipe: Recipe):
-    from tlmulti.recipe import task_class
-
-    return task_class(recipe.task)(recipe)
-
-
 def _callbacks(recipe: Recipe, run_dir: Path | None, phase_name: str, has_val: bool):
     import keras
 
@@ -94,7 +96,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     phase.
     """
 
-    from tlmulti.training.data import make_dataset
+    from tlmulti.data.pipeline import make_dataset
     from tlmulti.training.optimizers import make_optimizer
 
     group_names = list(parts.groups)
@@ -169,7 +171,17 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
 
 
 def train(recipe: Recipe, out=None) -> Run:
-    """Train ``recipe`` end to end and write the run folder (never overwriting one)."""
+    """Train ``recipe`` end to end and write the run folder (never overwriting one).
+
+    A backbone pretrained by tlmulti on a source recipe is built first when it is missing
+    (:mod:`tlmulti.training.pretrain`), before this run's folder and seed, so it does not change
+    this run."""
+    from tlmulti.training.pretrain import ensure_source_backbone
+
+    try:
+        ensure_source_backbone(registry.get_backbone(recipe.backbone.name))
+    except RegistryError:
+        pass  # a handle or folder a task registers itself (text backbones), or a name the task rejects
     run_dir = runs.create_run_dir(out or recipe.output.dir, recipe.name)
     try:
         return _train_into(recipe, run_dir)
@@ -213,4 +225,4 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
     runs.write_run(run_dir, recipe, task, model, metrics, history, train_ex.classes)
     if test_ex is not None and recipe.output.plots:
         task.report(run_dir, model, test_ex, metrics["test"])
-    return Run(dir=run_dir, metrics=metrics, model=model, history=history)
+    return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task)

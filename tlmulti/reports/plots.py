@@ -1,0 +1,60 @@
+"""Plots written into run folders: the confusion matrix and the training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm, classes, path: Path) -> None:
+    plt = _plt()
+    cm = np.asarray(cm)
+    size = max(4, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and the first other metric per epoch, with phase boundaries marked."""
+    plt = _plt()
+    keys = [k for k in history[0] if k not in ("phase", "epoch") and not k.startswith("val_")]
+    keys = ["loss"] + [k for k in keys if k != "loss"][:1]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+    axes = np.atleast_1d(axes)
+    epochs = [r["epoch"] for r in history]
+    for ax, key in zip(axes, keys):
+        ax.plot(epochs, [r.get(key, np.nan) for r in history], "o-", label=f"train {key}")
+        if any(f"val_{key}" in r for r in history):
+            ax.plot(epochs, [r.get(f"val_{key}", np.nan) for r in history], "o-", label=f"val {key}")
+        for prev, row in zip(history, history[1:]):
+            if row["phase"] != prev["phase"]:
+                ax.axvline(prev["epoch"] + 0.5, color="grey", ls="--", lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
