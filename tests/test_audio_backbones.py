@@ -55,20 +55,20 @@ def test_whisper_encoder_trains_and_reloads(whisper_preset, tones, tmp_path):
     recipe = {"task": "speech_classification", "backbone": {"name": whisper_preset},
               "data": {"train": str(tones / "manifest.csv"), "clip_seconds": 0.5, "batch_size": 4, "val_split": 0.25,
                        "augment": {"time_masks": 1, "freq_masks": 1}},
-              "phases": [{"name": "head", "epochs": 1}, {"name": "top", "epochs": 1, "unfreeze": "top:1",
+              "phases": [{"name": "head", "epochs": 1}, {"name": "top", "epochs": 1, "unfreeze": "top:2",
                                                          "learning_rate": 1e-4}],
               "output": {"plots": False}}
     task = SpeechClassification(from_dict(recipe))
     parts = task.build(["high", "low"])
     assert tuple(parts.backbone.input_shape) == (None, None, 80)
     assert parts.backbone.output.shape[-1] == 8
-    assert list(parts.groups) == ["embed", "layer0", "layer1"]
-    assert "encoder_layer_norm" in [layer.name for layer in parts.groups["layer1"]]
+    assert list(parts.groups) == ["conv_stem", "layer0", "layer1", "final_norm"]
+    assert [layer.name for layer in parts.groups["final_norm"]] == ["encoder_layer_norm"]
     assert not any("decoder" in layer.name for layer in parts.backbone.layers)
 
     run = _train(recipe, tmp_path / "run")
     phases = run.metrics["phases"]
-    assert phases[0]["feature_cache"] and phases[1]["unfrozen_groups"] == ["layer1"]
+    assert phases[0]["feature_cache"] and phases[1]["unfrozen_groups"] == ["layer1", "final_norm"]
     model = tlmulti.load_model(run.dir)
     x = load_clip(tones / "low" / "low_2.wav", AudioContract(clip_seconds=0.5))
     np.testing.assert_allclose(model.predict(x[None], verbose=0), run.model.predict(x[None], verbose=0), rtol=1e-5)

@@ -26,7 +26,7 @@ SEGMENTATION_LOSSES = ("ce+dice", "ce", "dice")
 
 # Images
 FLIPS = ("none", "horizontal", "vertical", "both")
-IMAGE_NORMALIZATIONS = ("caffe", "torch", "tf", "unit", "none")
+IMAGE_NORMALIZATIONS = ("caffe", "torch", "tf", "centered", "unit", "none")
 INTENSITY_NORMALIZATIONS = ("auto", "percentile", "minmax", "window", "none")
 
 # Audio

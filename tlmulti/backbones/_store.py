@@ -86,3 +86,31 @@ def handle_status(spec, handle: str) -> tuple[bool, str]:
 def keras_cache(file_name: str) -> Path:
     """Where keras.applications keeps a downloaded weights file."""
     return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / file_name
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(path, sha256: str | None = None, kind: str = "Weights file") -> Path:
+    """``path`` as a Path after checking it exists and, when ``sha256`` is given, that its hash is
+    that one (before anything in it is read); MissingWeightsError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"{kind} '{path}' does not exist; check the path or reinstall its package.")
+    if sha256 is not None:
+        expected = sha256.strip().lower()
+        actual = file_sha256(path)
+        if actual != expected:
+            raise MissingWeightsError(
+                f"{kind} '{path}' has sha256 {actual}, expected {expected}: it is corrupt, truncated or a "
+                "different file, so it is refused. Reinstall or download it again."
+            )
+    return path

@@ -26,7 +26,8 @@ class ImagePreprocessing(keras.layers.Layer):
         channels: channel count the backbone expects (1 or 3). Grey inputs are repeated to 3
             channels; colour inputs become grey by averaging; an alpha channel is dropped.
         normalization: ``caffe`` (BGR, ImageNet mean subtracted: VGG, ResNet50), ``torch``
-            (0..1, ImageNet mean/std), ``tf`` (-1..1), ``unit`` (0..1) or ``none`` (the backbone
+            (0..1, ImageNet mean/std), ``tf`` (-1..1), ``centered`` (``(x - 127) / 128``, the
+            EfficientNet-Lite / TFLite Model Maker convention), ``unit`` (0..1) or ``none`` (the backbone
             normalises by itself, as EfficientNet and ConvNeXt in keras.applications do).
 
     Example::
@@ -68,6 +69,8 @@ class ImagePreprocessing(keras.layers.Layer):
             x = (x / 255.0 - ops.convert_to_tensor(mean)) / ops.convert_to_tensor(std)
         elif norm == "tf":
             x = x / 127.5 - 1.0
+        elif norm == "centered":
+            x = (x - 127.0) / 128.0
         elif norm == "unit":
             x = x / 255.0
         return x

