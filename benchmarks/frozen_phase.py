@@ -1,12 +1,12 @@
 """Frozen-phase speed: a plain Keras loop that recomputes the frozen backbone every epoch, against
 tlmulti's frozen phase with the feature cache. Same data, backbone, head and epochs, one process.
 
-The baseline is the usual way: ``Sequential([base, Flatten, Dense(256), Dense(classes)])`` with
+The baseline is the usual way: ``Sequential([base, pooling, Dense(256), Dense(classes)])`` with
 ``base.trainable = False``, ``fit`` for N epochs. tlmulti's phase computes backbone features once
 and fits the same head on them.
 
-    python benchmarks/frozen_phase.py                  # Fashion-MNIST subset, VGG16 (HED), 32 px
-    python benchmarks/frozen_phase.py --epochs 10 --image-size 64
+    python benchmarks/frozen_phase.py --backbone efficientnet_lite0.imagenet --image-size 224 --pooling avg
+    python benchmarks/frozen_phase.py --backbone vgg16.hed_bsds500 --image-size 32 --pooling flatten
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--backbone", default="vgg16.hed_bsds500")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--backbone", default="efficientnet_lite0.imagenet")
+    parser.add_argument("--pooling", default="avg", choices=["avg", "flatten"])
     parser.add_argument("--data", default="dataset:fashion-mnist/train")
     parser.add_argument("--test-data", default="dataset:fashion-mnist/test")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -36,7 +37,7 @@ def main() -> None:
 
     recipe = from_dict({
         "task": "image_classification", "seed": 0, "backbone": {"name": args.backbone},
-        "head": {"pooling": "flatten", "hidden": [256], "dropout": 0.0},
+        "head": {"pooling": args.pooling, "hidden": [256], "dropout": 0.0},
         "data": {"train": args.data, "test": args.test_data, "image_size": [args.image_size] * 2,
                  "batch_size": args.batch_size, "val_split": 0.2},
         "phases": [{"name": "head", "epochs": args.epochs, "learning_rate": 1e-3, "unfreeze": "none"}],
@@ -53,7 +54,8 @@ def main() -> None:
     base.trainable = False
     baseline = keras.Sequential([
         keras.Input((args.image_size, args.image_size, 3)), task.preprocessing_layer(), base,
-        keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
+        keras.layers.Flatten() if args.pooling == "flatten" else keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(256, activation="relu"),
         keras.layers.Dense(len(train.classes), activation="softmax"),
     ])
     baseline.compile(keras.optimizers.Adam(1e-3), **task.compile_args())

@@ -1,9 +1,11 @@
 """Pretrained encoder against the same network from random initialisation, on nuclei segmentation.
 
-Runs ``recipes/vision/nuclei_segmentation.yaml`` (U-Net over VGG16 conv layers, the decoder
-trained on cached features, then the top two encoder blocks fine-tuned) in one process:
+Runs ``recipes/vision/nuclei_segmentation.yaml`` (U-Net over EfficientNet-Lite0, the decoder
+trained on cached features, then the top two encoder groups fine-tuned) in one process:
 
-* ``pretrained``: the encoder's offline weights (``vgg16.hed_bsds500``: ImageNet, then HED edges);
+* ``pretrained``: the encoder's offline ImageNet weights (``efficientnet_lite0.imagenet``);
+* ``frozen``: the same without the fine-tuning phase;
+* ``vgg16_hed``: the former offline encoder (``vgg16.hed_bsds500``: ImageNet, then HED edges);
 * ``random``: the same recipe with ``backbone.weights=random`` (same phases, same frozen groups);
 * ``scratch`` (``--configs ... scratch``): random initialisation trained end to end (every group
   unfrozen in the second phase, at the decoder's learning rate), the fairer from-scratch
@@ -29,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "vision", "nuclei_segmentation.yaml")
 CONFIGS = {
     "pretrained": [],
+    "frozen": ["phases.1.epochs=0"],
+    "vgg16_hed": ["backbone.name=vgg16.hed_bsds500"],
     "random": ["backbone.weights=random"],
     "scratch": ["backbone.weights=random", "phases.1.unfreeze=all", "phases.1.learning_rate=1.0e-3",
                 "phases.1.lr_decay=1.0"],

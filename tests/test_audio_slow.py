@@ -35,7 +35,7 @@ def test_source_pretraining_transfers_to_unseen_accent_and_voice(tmp_path):
     run, folder = pretrain(source, "slow_test.source", out=tmp_path / "source_run")
     assert run.metrics["val"]["accuracy"] > 0.3  # 30 words: chance is 0.033
 
-    target = tlmulti.load_recipe("recipes/audio/speech_commands.yaml", overrides=[
+    target = tlmulti.load_recipe("recipes/audio/speech_commands_cnn.yaml", overrides=[
         "backbone.name=slow_test.source", f"data.train={tmp_path / 'target' / 'manifest.csv'}",
         "data.test=null", "data.holdout=[accent=en-029, accent=flite-slt]", "callbacks.verbose=0"])
     result = tlmulti.train(target, out=tmp_path / "target_run")

@@ -180,4 +180,4 @@ def test_bundled_audio_recipes_validate():
         recipe = load_recipe(path)
         assert recipe.task == "speech_classification"
     default = load_recipe(task="speech_classification")
-    assert default.data.holdout == ["accent=en-029"] and default.backbone.name == "audio_cnn.synth_words"
+    assert default.data.clip_seconds == "auto" and default.backbone.name == "whisper_tiny_en.bundled"

@@ -82,6 +82,7 @@ def _train(recipe_data, out):
     return tlmulti.train(recipe, out=out)
 
 
+@pytest.mark.slow
 def test_tiny_classification_run_with_lite0(tmp_path):
     import tlmulti
 
@@ -96,6 +97,7 @@ def test_tiny_classification_run_with_lite0(tmp_path):
     assert preds[0]["top"][0]["label"] in ("cat", "dog")
 
 
+@pytest.mark.slow
 def test_tiny_segmentation_run_with_lite0_unet(tmp_path):
     from tests.test_segmentation_task import write_seg_folder
 

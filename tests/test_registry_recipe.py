@@ -15,7 +15,7 @@ from tlmulti.recipe import apply_overrides, from_dict, load_recipe, recipes_dir
 def test_builtin_presets_are_registered():
     names = {s.name for s in registry.list_backbones("vision")}
     assert {"vgg16.hed_bsds500", "resnet50.imagenet", "efficientnet_v2_b0.tfhub"} <= names
-    assert registry.get_task("image_classification").default_backbone == "vgg16.hed_bsds500"
+    assert registry.get_task("image_classification").default_backbone == "efficientnet_lite0.imagenet"
 
 
 def test_unknown_backbone_suggests_nearest():
@@ -70,7 +70,7 @@ def test_unknown_key_names_key_and_suggests(tmp_path):
 
 
 def test_wrong_type_names_key():
-    with pytest.raises(RecipeError, match="phases.0.epochs' must be an integer"):
+    with pytest.raises(RecipeError, match="phases.0.epochs' must be a number \(0 or more\) or auto"):
         from_dict({"phases": [{"epochs": "many"}]})
     with pytest.raises(RecipeError, match="optimizer.name' must be one of"):
         from_dict({"optimizer": {"name": "adamm"}})

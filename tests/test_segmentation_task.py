@@ -41,7 +41,7 @@ def tiny_recipe(backbone, data, **extra):
                  f"data.test={data['test']}", "data.tile=[16, 16]", "data.tile_stride=[8, 8]",
                  "data.batch_size=8", "head.decoder_filters=[8, 8]", "callbacks.verbose=0",
                  "phases.0.epochs=4", "phases.0.learning_rate=0.01", "phases.1.epochs=1", "phases.1.unfreeze=top:1",
-                 "callbacks.early_stopping.enabled=false"]
+                 "callbacks.early_stopping.enabled=false", "data.classes=[background, nucleus]"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return tlmulti.load_recipe(task="segmentation", overrides=overrides)
 
@@ -83,7 +83,7 @@ def test_cli_train_evaluate_predict(tiny_backbone, seg_data, tmp_path):
     out = tmp_path / "cli_run"
     args = ["vision", "train", "--task", "segmentation", "--data", str(seg_data["train"]),
             "--val-data", str(seg_data["val"]), "--test-data", str(seg_data["test"]), "--backbone", tiny_backbone,
-            "--epochs", "1", "--set", "data.tile=[16, 16]", "--set", "head.decoder_filters=[8]",
+            "--epochs", "1", "--set", "data.tile=[16, 16]", "--set", "head.decoder_filters=[8]", "--set", "data.classes=[background, nucleus]",
             "--set", "callbacks.verbose=0", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -72,7 +72,8 @@ def test_custom_column_names(tmp_path):
 
 
 @pytest.mark.parametrize("content,data,message", [
-    ("body,label\nhello,ham\n", {}, "no text column 'text'"),
+    ("id,label\n1,ham\n", {}, "no 'text' column and no text-like column"),
+    ("body,label\nhello,ham\n", {"text_column": ["text"]}, "no text column 'text'"),
     ("text,tag\nhello,ham\n", {}, "no label column 'label'"),
     ("text,label\nhello,ham\n  ,spam\n", {}, "row 2 has an empty text"),
     ("text,label\nhello,ham\nbye,\n", {}, "row 2 has an empty label"),

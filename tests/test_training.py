@@ -125,8 +125,10 @@ def test_train_writes_complete_run_folder_and_never_overwrites(tiny_backbone, im
     out = tmp_path / "run"
     run = tlmulti.train(recipe, out=out)
     for name in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "run.json",
-                 "confusion_matrix.png", "curves.png"):
+                 "confusion_matrix.png", "curves.png", "report.html", "data_summary.json"):
         assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert run.headline in page and "cat" in page and page.count("data:image/png;base64,") >= 4  # curves, cm, examples
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"accuracy", "loss"} and len(metrics["timing"]["phase_seconds"]) == 2
     assert metrics["phases"][1]["unfrozen_groups"] == ["block3"] and metrics["phases"][1]["batchnorm"] == "frozen"

@@ -17,10 +17,12 @@ DISTRIBUTE = ("auto", "default", "mirrored", "multi_worker")
 ADAPTATION_SCHEDULES = ("ramp", "constant")
 CLASS_WEIGHTS = (None, "balanced")
 CACHE_FEATURES = ("auto", True, False)
+LR_SCHEDULES = ("constant", "cosine")
 
 # Heads
 POOLINGS = ("avg", "max", "flatten", "none")
 TEXT_POOLINGS = ("auto", "mean", "cls", "max")
+FEATURE_NORMALIZATIONS = ("auto", "none", "batchnorm")
 SEGMENTATION_DECODERS = ("auto", "unet", "simple")
 SEGMENTATION_LOSSES = ("ce+dice", "ce", "dice")
 

@@ -48,9 +48,15 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    """Classification head: pooling, optional hidden layers, dropout, then the class layer."""
+    """Classification head: pooling, optional feature normalisation, hidden layers, dropout, then
+    the class layer. ``normalize``: ``batchnorm`` standardises each pooled feature over the data
+    (BatchNorm without scale and offset, as in MAE's linear probing) for backbones whose features
+    have large, shared offsets; ``auto`` follows the backbone's contract (``input.feature_normalize``).
+    ``label_smoothing``: the weight moved from the true class to a uniform target (0.1 is usual)."""
 
     pooling: str = choice("avg", choices.POOLINGS)
+    normalize: str = choice("auto", choices.FEATURE_NORMALIZATIONS)
+    label_smoothing: float = at_least(0.0, 0.0)
     hidden: list[int] = field(default_factory=list)
     dropout: float = 0.2
     activation: str = "relu"
@@ -91,11 +97,20 @@ class PhaseConfig:
     ``learning_rate``. ``group_lr`` sets explicit multipliers per group instead.
     ``cache_features``: ``auto`` computes backbone features once when nothing below the head
     trains (augmentation is then not applied in that phase); ``true`` / ``false`` force it.
+    ``epochs``: a number, or ``auto``: scaled to the training set (about 300 optimizer steps for
+    a frozen phase, 10 to 50 epochs; about 150 for a phase that trains the backbone, 3 to 15).
+    ``schedule``: ``constant`` or ``cosine`` (cosine decay to zero over the phase); ``warmup``:
+    the fraction of the phase's steps over which the rate rises linearly from zero first.
+    ``patience``: early-stopping patience of this phase (None: ``callbacks.early_stopping.patience``,
+    whose ``auto`` gives each phase a fifth of its epochs, at least 2, written here).
     """
 
     name: str = ""
-    epochs: int = at_least(5, 0)
+    epochs: Union[int, str] = at_least(5, 0, auto=True)
     learning_rate: float = at_least(1e-3, 0.0)
+    schedule: str = choice("constant", choices.LR_SCHEDULES)
+    warmup: float = at_least(0.0, 0.0)
+    patience: Optional[int] = at_least(None, 0)  # None: callbacks.early_stopping.patience
     unfreeze: Union[str, list[str]] = "none"
     batchnorm: str = choice("frozen", choices.BATCHNORM_POLICIES)
     lr_decay: float = at_least(1.0, 0.0)
@@ -115,7 +130,7 @@ class OptimizerConfig:
 class EarlyStoppingConfig:
     enabled: bool = True
     monitor: str = "val_loss"
-    patience: int = at_least(3, 0)
+    patience: Union[int, str] = at_least(3, 0, auto=True)  # auto: a fifth of the phase's epochs, at least 2
     restore_best_weights: bool = True
 
 

@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from tlmulti.errors import RunError
@@ -48,17 +47,19 @@ def discard(path: Path) -> None:
 
 
 def absolute_paths(recipe):
-    """A copy of the recipe with data paths absolute, so the saved recipe runs from anywhere."""
+    """A deep copy of the recipe with data paths absolute, so the saved recipe runs from anywhere."""
+    import copy
+
     from tlmulti.recipe import resolve_path
 
-    data = replace(recipe.data)
+    recipe = copy.deepcopy(recipe)
     for key in ("train", "val", "test"):
-        setattr(data, key, resolve_path(getattr(data, key)))
-    adaptation = replace(recipe.adaptation, target_data=resolve_path(recipe.adaptation.target_data))
-    return replace(recipe, data=data, adaptation=adaptation)
+        setattr(recipe.data, key, resolve_path(getattr(recipe.data, key)))
+    recipe.adaptation.target_data = resolve_path(recipe.adaptation.target_data)
+    return recipe
 
 
-def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, classes) -> None:
+def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, classes, summary=None) -> None:
     from tlmulti import __version__
 
     model.save(run_dir / "model.keras")
@@ -71,6 +72,8 @@ def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, 
             "tlmulti": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if summary is not None:
+        (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
     write_history(run_dir / "history.csv", history)
     if recipe.output.plots and history:
         from tlmulti.reports.plots import plot_curves

@@ -38,9 +38,10 @@ def choice(default, values):
     return field(default=default, metadata={"choices": values})
 
 
-def at_least(default, minimum):
-    """A numeric dataclass field that must be ``>= minimum`` (checked by :func:`build`)."""
-    return field(default=default, metadata={"minimum": minimum})
+def at_least(default, minimum, auto: bool = False):
+    """A numeric dataclass field that must be ``>= minimum`` (checked by :func:`build`); with
+    ``auto``, the word ``auto`` is accepted too (a value derived from the data at run time)."""
+    return field(default=default, metadata={"minimum": minimum, "auto": auto})
 
 
 def located(source: str | None) -> str:
@@ -158,5 +159,9 @@ def _check_field(f, value, key: str, source: str | None) -> None:
         shown = ", ".join("null" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for v in values)
         raise RecipeError(f"Key '{key}'{located(source)} must be one of {shown}, got {value!r}.")
     minimum = f.metadata.get("minimum")
+    if f.metadata.get("auto") and isinstance(value, str):
+        if value != "auto":
+            raise RecipeError(f"Key '{key}'{located(source)} must be a number ({minimum} or more) or auto, got {value!r}.")
+        return
     if minimum is not None and value is not None and value < minimum:
         raise RecipeError(f"Key '{key}'{located(source)} must be {minimum} or more, got {value!r}.")

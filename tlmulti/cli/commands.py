@@ -56,7 +56,14 @@ def recipes_list():
 @click.argument("name")
 @user_errors
 def recipes_show(name):
-    """Print a bundled recipe (by file name, with or without .yaml)."""
+    """Print a bundled recipe: a task's default recipe (by task name, e.g. image_classification)
+    or a named one (by file name, with or without .yaml, e.g. fashion_mnist)."""
+    from tlmulti.recipe import default_recipe_path
+    from tlmulti.registry import list_tasks
+
+    if name in {t.name for t in list_tasks()}:
+        click.echo(default_recipe_path(name).read_text(), nl=False)
+        return
     root, files = _recipe_files()
     for path in files:
         if name in (path.name, path.stem, str(path.relative_to(root))):

@@ -31,7 +31,7 @@ from tlmulti.choices import AUDIO_NORMALIZATIONS as NORMALIZATIONS
 from tlmulti.choices import AUDIO_SCALES as SCALES
 from tlmulti.errors import DataError
 
-__all__ = ["AUDIO_SUFFIXES", "FRONTENDS", "NORMALIZATIONS", "SCALES", "AudioContract", "audio_files",
+__all__ = ["AUDIO_SUFFIXES", "FRONTENDS", "NORMALIZATIONS", "SCALES", "AudioContract", "audio_files", "durations",
            "fit_length", "load_audio", "load_clip", "load_clips", "log_mel", "mel_filterbank",
            "scale_and_normalize"]
 
@@ -92,6 +92,23 @@ def audio_files(path) -> list[Path]:
     from tlmulti.data.manifest import files_in
 
     return files_in(path, AUDIO_SUFFIXES, "audio files")
+
+
+def durations(paths) -> np.ndarray:
+    """Seconds of each audio file, from its header (soundfile), decoding only what has none."""
+    import soundfile as sf
+
+    out = []
+    for p in paths:
+        try:
+            out.append(sf.info(str(p)).duration)
+        except Exception:
+            try:
+                wave, rate = load_audio(p)
+                out.append(len(wave) / rate)
+            except DataError:
+                continue
+    return np.asarray(out, dtype=np.float64)
 
 
 def load_audio(path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

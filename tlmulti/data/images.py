@@ -82,6 +82,24 @@ def load_images(paths, size, channels: int = 3) -> np.ndarray:
     return out
 
 
+def image_info(paths, limit: int = 5000) -> dict:
+    """``{"sizes": {"WxH": n}, "modes": {mode: n}}`` of up to ``limit`` image files, read from
+    their headers only."""
+    from collections import Counter
+
+    from PIL import Image
+
+    sizes, modes = Counter(), Counter()
+    for p in list(paths)[:limit]:
+        try:
+            with Image.open(p) as img:
+                sizes[f"{img.width}x{img.height}"] += 1
+                modes[img.mode] += 1
+        except OSError:
+            continue
+    return {"sizes": dict(sizes.most_common()), "modes": dict(modes.most_common())}
+
+
 def image_files(path) -> list[Path]:
     """A single image, or every image in a folder (recursively, sorted)."""
     from tlmulti.data.manifest import files_in

@@ -71,8 +71,40 @@ def _check_columns(path: Path, rows: list[dict], text_columns, label_column: str
         )
 
 
+def text_columns_of(rows: list[dict], path, label_column: str = "label") -> list[str]:
+    """The text column of a manifest when none is named: ``text`` when there is one, else the
+    only column (besides the label) holding words rather than numbers, ids or paths."""
+    columns = list(dict.fromkeys(str(k) for row in rows[:1000] for k in row if k is not None))
+    if "text" in columns:
+        return ["text"]
+
+    def values(column):
+        return [str(r.get(column) or "").strip() for r in rows[:200]]
+
+    def numeric(v):
+        try:
+            float(v)
+            return True
+        except ValueError:
+            return not v
+
+    stringy = [c for c in columns if c != label_column and not all(numeric(v) for v in values(c))]
+    wordy = [c for c in stringy if sum(" " in v for v in values(c)) >= max(1, len(values(c)) // 4)]
+    for candidates in (stringy, wordy):
+        if len(candidates) == 1:
+            return candidates
+    candidates = wordy or stringy
+    found = f"several text-like columns ({', '.join(candidates)})" if candidates else "no text-like column"
+    raise DataError(
+        f"Data '{path}' has no 'text' column and {found} (columns: {', '.join(columns)}); name the text "
+        "column(s) with --text-column (data.text_column), repeating it to join several."
+    )
+
+
 def _manifest_rows(path: Path, text_columns, label_column, labelled, encoding, separator) -> list[dict]:
     rows = read_manifest(path, required=(), encoding=encoding)
+    if not text_columns:
+        text_columns = text_columns_of(rows, path, label_column)
     _check_columns(path, rows, text_columns, label_column if labelled else None)
     line_word = "line" if path.suffix.lower() in (".jsonl", ".json") else "row"
     out = []
@@ -110,7 +142,8 @@ def _file_rows(files, encoding: str, labels=None) -> list[dict]:
 
 def read_text_rows(source, text_columns=("text",), label_column: str = "label", labelled: bool = True,
                    encoding: str = "utf-8", separator: str = "\n") -> list[dict]:
-    """Rows ``{"text", "label", ...}`` from a manifest or a class-folder tree.
+    """Rows ``{"text", "label", ...}`` from a manifest or a class-folder tree. An empty
+    ``text_columns`` picks the column itself (:func:`text_columns_of`).
 
     Unlabelled (``labelled=False``) also accepts a folder of ``.txt`` files or a ``.txt`` file
     with one text per line.

@@ -42,8 +42,12 @@ def dense_stack(x, config):
     return x
 
 
-def classification_head(features, num_classes: int, config, name: str = "head") -> keras.Model:
-    """A ``keras.Model`` from tensors shaped like ``features`` to class probabilities."""
+def classification_head(features, num_classes: int, config, name: str = "head",
+                        normalize: str = "none") -> keras.Model:
+    """A ``keras.Model`` from tensors shaped like ``features`` to class probabilities.
+
+    ``normalize="batchnorm"`` standardises the pooled features (moving statistics over the
+    training data, no learnt scale or offset) before the dense layers."""
     inputs = keras.tree.map_structure(
         lambda t: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=None), features
     )
@@ -51,6 +55,17 @@ def classification_head(features, num_classes: int, config, name: str = "head") 
     if isinstance(x, dict) or isinstance(x, (list, tuple)):
         raise ValueError("classification_head takes one feature tensor; use a task-specific head for dicts")
     x = pool(x, config.pooling)
+    if normalize == "batchnorm":
+        x = keras.layers.BatchNormalization(momentum=0.9, center=False, scale=False, name="feature_norm")(x)
     x = dense_stack(x, config)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classes")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def classification_loss(label_smoothing: float = 0.0):
+    """Cross-entropy on integer labels, with ``label_smoothing`` when it is not 0."""
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy()
+    from tlmulti.layers.classification import SmoothedSparseCrossentropy
+
+    return SmoothedSparseCrossentropy(label_smoothing)

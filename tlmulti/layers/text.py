@@ -103,6 +103,17 @@ class WordPiecePreprocessing(keras.layers.Layer):
                    "segment_ids": tf.zeros_like(token_ids)}
         return {k: out[k] for k in self.outputs}
 
+    def token_counts(self, texts):
+        """Tokens each text has, [CLS] and [SEP] included, before cutting to ``sequence_length``
+        (how many a text loses is ``max(count - sequence_length, 0)``)."""
+        import numpy as np
+        import tensorflow as tf
+
+        with tf.device("cpu"):
+            tokens = self._tokenizer(tf.constant([str(t)[: 4 * self.max_chars] for t in texts]))
+            lengths = tokens.row_lengths() if hasattr(tokens, "row_lengths") else [len(t) for t in tokens]
+            return np.asarray(lengths, dtype=np.int64) + 2
+
     def compute_output_spec(self, texts):
         shape = (texts.shape[0], self.sequence_length)
         return {k: keras.KerasTensor(shape, dtype="int32") for k in self.outputs}

@@ -75,7 +75,7 @@ register_backbone(
 register_backbone(
     "speech_embedding.google", source="converted", families=("audio",),
     handle="package:pyopen_wakeword/models/embedding_model.tflite",
-    input={"sample_rate": 16000, "frontend": "waveform", "clip_seconds": 1.0},
+    input={"sample_rate": 16000, "frontend": "waveform", "clip_seconds": 1.0, "feature_normalize": "batchnorm"},
     layer_groups={**{f"block{i}": [f"block{i}_.*"] for i in range(1, 6)}, "embedding": ["embedding_.*"]},
     options={"format": "tflite", "sha256": "c0aea21eb84a4ce90a08c870da41b7a7173b45269e6a3207c71d67c40f3a59d8",
              "architecture": "tlmulti.architectures.speech_embedding:build",
@@ -95,7 +95,7 @@ register_backbone(
 register_task(
     "speech_classification", family="audio",
     implementation="tlmulti.tasks.speech_classification:SpeechClassification",
-    default_backbone="audio_cnn.synth_words", default_recipe="audio/speech_commands.yaml",
+    default_backbone="whisper_tiny_en.bundled", default_recipe="defaults/speech_classification.yaml",
     description="Classify short utterances (keywords, commands) from class folders or a path,label manifest",
 )
 

@@ -77,7 +77,7 @@ register_backbone(
 register_task(
     "text_classification", family="text",
     implementation="tlmulti.tasks.text_classification:TextClassification",
-    default_backbone="minilm_l6.all_v2", default_recipe="text/spam_assassin.yaml",
+    default_backbone="minilm_l6.all_v2", default_recipe="defaults/text_classification.yaml",
     description="Classify texts from CSV/TSV/JSONL (text + label columns) or class folders of .txt files",
 )
 

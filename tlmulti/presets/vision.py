@@ -99,7 +99,7 @@ register_backbone(
 register_task(
     "image_classification", family="vision",
     implementation="tlmulti.tasks.image_classification:ImageClassification",
-    default_backbone="efficientnet_lite0.imagenet", default_recipe="vision/fashion_mnist.yaml",
+    default_backbone="efficientnet_lite0.imagenet", default_recipe="defaults/image_classification.yaml",
     description="Classify images into classes from folders or a path,label manifest",
 )
 

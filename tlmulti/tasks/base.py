@@ -150,6 +150,15 @@ class Task:
         """The examples of what :meth:`read_split` gave; by default they already are."""
         return items
 
+    def derive_defaults(self) -> None:
+        """Fill recipe values left to the data (``auto``) before anything is read, from the
+        training files themselves (text columns, clip length); the run saves the recipe with
+        them, so it reproduces the run."""
+
+    def input_summary(self, train: Examples, parts: ModelParts | None = None) -> dict:
+        """What the inputs look like next to what the model is fed (for the data summary)."""
+        return {}
+
     def stratify_labels(self, examples: Examples) -> np.ndarray:
         return np.asarray(examples.y)
 
@@ -177,6 +186,11 @@ class Task:
         """Write plots for a test set into ``run_dir``; return the file names written."""
         return []
 
+    def worst_examples(self, model, examples: Examples, k: int = 16) -> list[dict]:
+        """The ``k`` examples with the highest loss (the report's "most wrong"), as dicts
+        ``{"name", "true", "predicted", "probability", "loss", "kind", <content>}``."""
+        return []
+
     def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         raise NotImplementedError
 
@@ -198,7 +212,9 @@ class ClassificationTask(Task):
     def compile_args(self) -> dict:
         import keras
 
-        return {"loss": keras.losses.SparseCategoricalCrossentropy(),
+        from tlmulti.heads.classification import classification_loss
+
+        return {"loss": classification_loss(getattr(self.recipe.head, "label_smoothing", 0.0)),
                 "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
 
     def class_weight(self, examples: Examples) -> dict | None:
@@ -236,7 +252,11 @@ class ClassificationTask(Task):
     def build_head(self, backbone, num_classes: int):
         from tlmulti.heads.classification import classification_head
 
-        return classification_head(backbone.output, num_classes, self.recipe.head)
+        head = self.recipe.head
+        normalize = getattr(head, "normalize", "none")
+        if normalize == "auto":
+            normalize = self.spec.input.get("feature_normalize", "none")
+        return classification_head(backbone.output, num_classes, head, normalize=normalize)
 
     def probabilities(self, model, x) -> np.ndarray:
         from tlmulti.data.pipeline import make_dataset
@@ -272,6 +292,24 @@ class ClassificationTask(Task):
 
         plot_confusion_matrix(metrics["confusion_matrix"], examples.classes, run_dir / "confusion_matrix.png")
         return ["confusion_matrix.png"]
+
+    def worst_examples(self, model, examples: Examples, k: int = 16) -> list[dict]:
+        probs = self.probabilities(model, examples.x)
+        y = np.asarray(examples.y)
+        losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
+        out = []
+        for i in np.argsort(-losses)[:k]:
+            pred = int(probs[i].argmax())
+            path = (examples.meta.get("path") or [None] * len(y))[i]
+            out.append({"name": str(path).rsplit("/", 1)[-1] if path else f"#{i}",
+                        "true": examples.classes[int(y[i])], "predicted": examples.classes[pred],
+                        "probability": float(probs[i, pred]), "loss": float(losses[i]),
+                        **self.example_content(examples, int(i))})
+        return out
+
+    def example_content(self, examples: Examples, i: int) -> dict:
+        """What the report shows of example ``i``: ``{"kind": ..., "image" | "text" | "audio": ...}``."""
+        return {"kind": "text", "text": str(examples.x[i])}
 
     def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         x, names = self.read_inputs(items)

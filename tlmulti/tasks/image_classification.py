@@ -72,6 +72,17 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
         return self.read_files(ref, classes, labelled, IMAGE_SUFFIXES, image_files,
                                lambda paths: load_images(paths, self.image_size(), self.channels()))
 
+    def example_content(self, examples, i):
+        return {"kind": "image", "image": examples.x[i]}
+
+    def input_summary(self, train, parts=None) -> dict:
+        from tlmulti.data.images import image_info
+
+        info = image_info(train.meta.get("path", []))
+        h, w = self.image_size()
+        info["network_input"] = f"{w}x{h}x{self.channels()} ({self.spec.input.get('normalization', 'unit')})"
+        return {"images": info}
+
     def build(self, classes) -> ModelParts:
         import keras
 

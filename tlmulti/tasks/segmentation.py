@@ -180,6 +180,26 @@ class Segmentation(ImageTaskMixin, Task):
         stride = self._pair(data.tile_stride) if data.tile_stride else (max(tile[0] // 2, 1), max(tile[1] // 2, 1))
         return tile, stride
 
+    def derive_defaults(self) -> None:
+        """Without ``data.tile`` and ``data.image_size``: tile images larger than the backbone's
+        input contract at that size (half-tile stride) instead of shrinking them; the tile size
+        is written into the saved recipe."""
+        from tlmulti.data.manifest import resolve_source
+        from tlmulti.data.masks import data_folders
+        from tlmulti.data.medical import list_files, read_stack
+
+        data = self.recipe.data
+        if data.tile or data.image_size or not data.train:
+            return
+        images, _ = data_folders(resolve_source(data.train), data.images_dir, data.masks_dir)
+        files = list_files(images)
+        if not files:
+            return
+        stack, _ = read_stack(files[0], axis=data.slice_axis)
+        h, w = self._pair(self.spec.input.get("size") or [224, 224])
+        if stack.shape[1] > h or stack.shape[2] > w:
+            data.tile = [h, w]
+
     # -- reading: whole images (slides) first, tiles after the split (see Task.load_splits) -------
     def read_split(self, ref, classes=None, labelled: bool = True):
         """``(slides, classes)`` of a segmentation folder (:func:`tlmulti.data.slides.read_slides`)."""
@@ -198,6 +218,18 @@ class Segmentation(ImageTaskMixin, Task):
         from tlmulti.data.slides import to_examples
 
         return to_examples(slides, classes, self.image_size(), self.channels(), self.tiling())
+
+    def input_summary(self, train, parts=None) -> dict:
+        from collections import Counter
+
+        sources = dict(zip(train.meta["source"], train.meta["size"]))
+        sizes = Counter(f"{s[1]}x{s[0]}" for s in sources.values())
+        counts = np.bincount(np.asarray(train.y).ravel(), minlength=len(train.classes))
+        h, w = self.image_size()
+        return {"images": {"sources": len(sources),
+                           "sizes": dict(sizes.most_common()), "network_input": f"{w}x{h}",
+                           "tiles": len(train) if self.tiling() else 0},
+                "pixels": {c: round(float(n / max(counts.sum(), 1)), 4) for c, n in zip(train.classes, counts)}}
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
         return self.to_examples(*self.read_split(ref, classes, labelled))
@@ -338,6 +370,26 @@ class Segmentation(ImageTaskMixin, Task):
             overlay_panel(image, p.argmax(-1), mask, self.colours()).save(path)
             written.append(str(path.relative_to(run_dir)))
         return written
+
+    def worst_examples(self, model, examples, k: int = 16) -> list[dict]:
+        """The images with the lowest foreground Dice, as overlay panels (image | truth | prediction)."""
+        from tlmulti.data.slides import stitched
+        from tlmulti.evaluation import confusion, segmentation_metrics
+        from tlmulti.reports.overlays import overlay_panel
+
+        if examples.y is None:
+            return []
+        n = len(examples.classes)
+        scored = []
+        for name, image, p, mask in stitched(examples, self.probabilities(model, examples.x)):
+            ids = p.argmax(-1)
+            dice = segmentation_metrics(confusion(mask, ids, n), examples.classes)["mean_dice"]
+            scored.append((dice, name, image, ids, mask))
+        scored.sort(key=lambda t: t[0])
+        return [{"name": name, "true": "mask", "predicted": f"Dice {dice:.3f}", "probability": dice,
+                 "loss": 1.0 - dice, "kind": "overlay",
+                 "image": np.asarray(overlay_panel(image, ids, mask, self.colours()))}
+                for dice, name, image, ids, mask in scored[:k]]
 
     def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         """Segment image files (or every image in folders). With ``out_dir``, writes for each

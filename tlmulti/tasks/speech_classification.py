@@ -22,15 +22,16 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
 from tlmulti import choices
 from tlmulti.data import Examples
 from tlmulti.errors import RecipeError
-from tlmulti.recipe import DataConfig, choice
+from tlmulti.recipe import DataConfig, at_least, choice
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
 
@@ -75,12 +76,14 @@ class AudioAugmentConfig:
 
 @dataclass
 class AudioDataConfig(DataConfig):
-    """``sample_rate`` / ``clip_seconds`` (empty: the backbone's contract, else 16 kHz and 1 s);
+    """``sample_rate`` / ``clip_seconds`` (empty: the backbone's contract, else 16 kHz and 1 s;
+    ``clip_seconds: auto``: the 95th percentile of the training files' durations, rounded up to
+    0.1 s, between 0.5 and 10 s, written into the saved recipe);
     ``trim_silence`` with ``trim_db`` before centring; ``path_column`` of manifests;
     ``report_groups``: extra manifest columns reported per group (accuracy and worst group)."""
 
     sample_rate: Optional[int] = None
-    clip_seconds: Optional[float] = None
+    clip_seconds: Union[float, str, None] = at_least(None, 0.0, auto=True)
     trim_silence: bool = True
     trim_db: float = 30.0
     path_column: str = "path"
@@ -101,6 +104,8 @@ class SpeechClassification(ClassificationTask):
 
         c = AudioContract.from_dict(self.spec.input)
         data = self.recipe.data
+        if data.clip_seconds == "auto":
+            self.derive_defaults()
         if data.sample_rate is not None:
             c.sample_rate = data.sample_rate
         if data.clip_seconds is not None:
@@ -118,6 +123,40 @@ class SpeechClassification(ClassificationTask):
             raise RecipeError(f"Key 'data.clip_seconds' is {c.clip_seconds} but backbone '{self.spec.name}' "
                               f"takes at most {limit} s; shorten the clips.")
         return c
+
+    def derive_defaults(self) -> None:
+        """``clip_seconds: auto`` from the training files' durations (their headers only)."""
+        from tlmulti.data.audio import AUDIO_SUFFIXES, durations
+        from tlmulti.data.manifest import resolve_source, rows_from
+
+        data = self.recipe.data
+        if data.clip_seconds != "auto":
+            return
+        if not data.train:
+            raise RecipeError("Key 'data.clip_seconds' is auto but there is no training data to measure; "
+                              "give --data or a number of seconds.")
+        rows = rows_from(resolve_source(data.train), AUDIO_SUFFIXES, label_column=data.label_column,
+                         path_column=data.path_column)
+        seconds = durations([r["path"] for r in rows])
+        limit = min(10.0, float(self.spec.input.get("max_seconds") or 10.0))
+        p95 = float(np.percentile(seconds, 95)) if len(seconds) else 1.0
+        data.clip_seconds = min(limit, max(0.5, math.ceil(p95 * 10 - 1e-6) / 10))
+
+    def example_content(self, examples, i):
+        return {"kind": "audio", "audio": examples.x[i], "sample_rate": self.contract().sample_rate}
+
+    def input_summary(self, train, parts=None) -> dict:
+        from tlmulti.data.audio import durations
+
+        seconds = durations(train.meta.get("path", []))
+        if not len(seconds):
+            return {}
+        clip = float(self.recipe.data.clip_seconds or self.contract().clip_seconds)
+        return {"audio_seconds": {"median": round(float(np.median(seconds)), 3),
+                                  "p95": round(float(np.percentile(seconds, 95)), 3),
+                                  "max": round(float(seconds.max()), 3), "clip_seconds": clip,
+                                  "longer_than_clip": int((seconds > clip).sum()),
+                                  "trim_silence": bool(self.recipe.data.trim_silence)}}
 
     def pin_contract(self, c) -> None:
         """Write the resolved contract into the recipe, so the recipe saved with the run states the

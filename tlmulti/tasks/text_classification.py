@@ -38,10 +38,12 @@ from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 @dataclass
 class TextDataConfig(DataConfig):
     """``text_column``: one column or several joined by ``separator`` (e.g. [subject, body]);
+    empty: ``text``, or the only column of words (found in the training manifest and written
+    into the saved recipe);
     ``sequence_length``: tokens per text, [CLS]/[SEP] included (0: the backbone's default);
     ``encoding`` of the files."""
 
-    text_column: list[str] = field(default_factory=lambda: ["text"])
+    text_column: list[str] = field(default_factory=list)
     separator: str = "\n"
     sequence_length: int = 0
     encoding: str = "utf-8"
@@ -172,12 +174,32 @@ class TextClassification(ClassificationTask):
             codecs.lookup(data.encoding)
         except LookupError:
             raise RecipeError(f"Key 'data.encoding': unknown encoding '{data.encoding}'; use e.g. utf-8 or latin-1.") from None
-        if not data.text_column:
-            raise RecipeError("Key 'data.text_column' must name at least one column.")
         if data.sequence_length and data.sequence_length < 3:
             raise RecipeError(f"Key 'data.sequence_length' must be at least 3 ([CLS] text [SEP]), got {data.sequence_length}.")
 
     # -- data -----------------------------------------------------------------------------------
+    def derive_defaults(self) -> None:
+        from tlmulti.data.manifest import MANIFEST_SUFFIXES, read_manifest
+        from tlmulti.data.text import text_columns_of
+
+        data = self.recipe.data
+        if data.text_column or not data.train:
+            return
+        source = resolve_source(data.train)
+        if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
+            data.text_column = text_columns_of(read_manifest(source, required=(), encoding=data.encoding),
+                                               source, data.label_column)
+
+    def input_summary(self, train, parts=None) -> dict:
+        counts = parts.preprocess.token_counts(list(train.x)) if parts is not None else None
+        if counts is None or not len(counts):
+            return {}
+        length = self.sequence_length()
+        return {"text_tokens": {"median": int(np.median(counts)), "p95": int(np.percentile(counts, 95)),
+                                "max": int(counts.max()), "sequence_length": length,
+                                "truncated": int((counts > length).sum()),
+                                "truncated_fraction": round(float((counts > length).mean()), 3)}}
+
     def read(self, ref, classes=None, labelled=True) -> Examples:
         from tlmulti.data.examples import reader_labels
         from tlmulti.data.text import read_text_rows

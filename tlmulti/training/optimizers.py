@@ -38,8 +38,24 @@ def _with_multipliers(base):
     return Scaled
 
 
-def make_optimizer(config, learning_rate: float, multipliers: dict[int, float] | None = None):
-    """Optimizer named by ``config.name``; ``multipliers`` maps ``id(variable)`` to an LR scale."""
+def learning_rate_schedule(learning_rate: float, schedule: str = "constant", steps: int = 0, warmup: float = 0.0):
+    """The phase's rate: a number (``constant`` without warmup), or linear warmup over
+    ``warmup * steps`` steps then cosine decay to zero over the rest (``cosine``), as fastai's
+    ``fit_one_cycle`` and Hugging Face's default scheduler do."""
+    warm = int(round(max(0.0, min(warmup, 1.0)) * steps))
+    if schedule == "constant" and not warm:
+        return learning_rate
+    if schedule == "constant":
+        return keras.optimizers.schedules.CosineDecay(  # warmup, then (alpha=1) no decay
+            0.0, decay_steps=max(steps - warm, 1), alpha=1.0, warmup_target=learning_rate, warmup_steps=warm)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warm else learning_rate, decay_steps=max(steps - warm, 1), alpha=0.0,
+        warmup_target=learning_rate if warm else None, warmup_steps=warm)
+
+
+def make_optimizer(config, learning_rate, multipliers: dict[int, float] | None = None):
+    """Optimizer named by ``config.name`` at ``learning_rate`` (a number or a schedule);
+    ``multipliers`` maps ``id(variable)`` to an LR scale."""
     base = _CLASSES[config.name]
     kwargs = {"learning_rate": learning_rate}
     if config.clipnorm:

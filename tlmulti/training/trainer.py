@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from tlmulti import registry, runs
+from tlmulti.data.summary import format_summary, summarize
 from tlmulti.errors import RegistryError
 from tlmulti.recipe import Recipe
 from tlmulti.tasks import make_task
@@ -48,6 +49,7 @@ class Run:
     model: object = None
     history: list = field(default_factory=list)
     task: object = None
+    recipe: Recipe | None = None  # as run: every value derived from the data filled in
 
     @property
     def headline(self) -> str:
@@ -75,16 +77,36 @@ def _verbosity(recipe: Recipe) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _callbacks(recipe: Recipe, run_dir: Path | None, phase_name: str, has_val: bool):
+def derive_phase_lengths(recipe: Recipe, n_train: int) -> None:
+    """Replace ``epochs: auto`` by a count scaled to the training set and, with
+    ``callbacks.early_stopping.patience: auto``, give each phase its own patience; both are
+    written into the recipe, so the saved recipe states them.
+
+    A frozen phase (cheap, on cached features) aims at about 300 optimizer steps (10 to 50
+    epochs); a phase that trains the backbone at about 150 (3 to 15 epochs). Patience is a fifth
+    of the phase's epochs, at least 2.
+    """
+    steps = max(1, -(-n_train // recipe.data.batch_size))
+    for phase in recipe.phases:
+        if phase.epochs == "auto":
+            frozen = phase.unfreeze in ("none", "", [], "top:0")
+            target, low, high = (300, 10, 50) if frozen else (150, 3, 15)
+            phase.epochs = int(min(max(round(target / steps), low), high))
+        if phase.patience is None and recipe.callbacks.early_stopping.patience == "auto":
+            phase.patience = max(2, round(phase.epochs / 5))
+
+
+def _callbacks(recipe: Recipe, run_dir: Path | None, phase, has_val: bool):
     import keras
 
     cbs = []
     es = recipe.callbacks.early_stopping
+    patience = phase.patience if phase.patience is not None else es.patience
     if es.enabled and has_val:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience,
+        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=int(patience),
                                                  restore_best_weights=es.restore_best_weights))
     if recipe.callbacks.tensorboard and run_dir is not None:
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase_name)))
+        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
     return cbs
 
 
@@ -97,10 +119,12 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     """
 
     from tlmulti.data.pipeline import make_dataset
-    from tlmulti.training.optimizers import make_optimizer
+    from tlmulti.training.optimizers import learning_rate_schedule, make_optimizer
 
+    derive_phase_lengths(recipe, len(train))
     group_names = list(parts.groups)
     batch = recipe.data.batch_size
+    steps_per_epoch = max(1, -(-len(train) // batch))
     class_weight = task.class_weight(train)
     history, records = [], []
     cache = None  # (train features, val features), valid while the backbone is unchanged
@@ -113,11 +137,13 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                                                      and (adapter is None or not adapter.needs_features))
         mults = group_multipliers(parts.groups, unfrozen, phase.lr_decay, phase.group_lr)
         by_var = {id(v): mults[g] for g in unfrozen for layer in parts.groups[g] for v in layer.trainable_weights}
-        optimizer = make_optimizer(recipe.optimizer, phase.learning_rate, by_var)
+        rate = learning_rate_schedule(phase.learning_rate, phase.schedule, steps_per_epoch * phase.epochs, phase.warmup)
+        optimizer = make_optimizer(recipe.optimizer, rate, by_var)
         record = {
             "name": phase.name, "epochs_planned": phase.epochs, "learning_rate": phase.learning_rate,
             "unfrozen_groups": unfrozen, "group_lr": {g: phase.learning_rate * m for g, m in mults.items()},
-            "batchnorm": phase.batchnorm, "feature_cache": bool(use_cache),
+            "batchnorm": phase.batchnorm, "feature_cache": bool(use_cache), "schedule": phase.schedule,
+            "warmup": phase.warmup,
             "trainable_params": 0, "epochs_run": 0, "seconds": 0.0,
         }
         if phase.epochs == 0:
@@ -148,10 +174,10 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         val_ds = make_dataset(x_val, val.y, batch) if len(val) else None
         extra_callbacks = []
         if adapter is not None and not use_cache:
-            extra_callbacks = adapter.callbacks(-(-len(train) // batch), phase.epochs)
+            extra_callbacks = adapter.callbacks(steps_per_epoch, phase.epochs)
         fit = model.fit(
             train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=class_weight, shuffle=False,
-            callbacks=_callbacks(recipe, run_dir, phase.name, val_ds is not None) + extra_callbacks,
+            callbacks=_callbacks(recipe, run_dir, phase, val_ds is not None) + extra_callbacks,
             verbose=_verbosity(recipe),
         )
         n = len(fit.history.get("loss", []))
@@ -197,13 +223,17 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
 
     t_start = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)
-    recipe = runs.absolute_paths(recipe)
+    recipe = runs.absolute_paths(recipe)  # a copy: values derived from the data go into it
     task = make_task(recipe)
+    task.derive_defaults()
     train_ex, val_ex, test_ex = task.load_splits()
     task.classes = train_ex.classes
     strategy = get_strategy(recipe.distribute)
     with strategy.scope():
         parts = task.build(train_ex.classes)
+        summary = summarize({"train": train_ex, "val": val_ex, "test": test_ex},
+                            inputs=task.input_summary(train_ex, parts))
+        print(format_summary(summary), flush=True)
         adapter = make_adapter(recipe, task, parts)
         history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, adapter)
         model = parts.assemble(backbone_training=False, augment=True)
@@ -222,7 +252,15 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
                                  "target_examples": len(adapter.target)}
     metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
                        "classes": len(train_ex.classes)}
-    runs.write_run(run_dir, recipe, task, model, metrics, history, train_ex.classes)
+    runs.write_run(run_dir, recipe, task, model, metrics, history, train_ex.classes, summary)
     if test_ex is not None and recipe.output.plots:
         task.report(run_dir, model, test_ex, metrics["test"])
-    return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task)
+    if recipe.output.plots:
+        from tlmulti.reports.html import write_report
+
+        shown = test_ex if test_ex is not None else val_ex
+        write_report(run_dir, title=f"{recipe.name}: {recipe.task} with {recipe.backbone.name}",
+                     headline=task.headline(metrics), task=recipe.task, metrics=metrics, history=history,
+                     summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
+                     classes=train_ex.classes)
+    return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)
