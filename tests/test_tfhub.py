@@ -130,7 +130,10 @@ def test_save_load_roundtrip_keeps_finetuned_values(saved, tmp_path):
     model.save(file)
     import tlmulti.layers.hub  # noqa: F401  (registers HubLayer)
 
-    loaded = keras.saving.load_model(file)
+    from tlmulti.layers.hub import trusting_saved_models
+
+    with trusting_saved_models():  # a SavedModel outside the registry: loaded only when trusted
+        loaded = keras.saving.load_model(file)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     hub2 = loaded.get_layer("backbone").get_layer("hub")
     assert hub2 is not hub and hub2.trainable

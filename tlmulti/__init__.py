@@ -47,14 +47,12 @@ def load_model(path):
     """Load ``model.keras`` of a run folder (or a ``.keras`` file) with tlmulti's layers registered."""
     from pathlib import Path
 
-    import keras
-
-    import tlmulti.layers  # noqa: F401
+    from tlmulti.backbones.local import load_keras_file
 
     path = Path(path)
     if path.is_dir():
         path = path / "model.keras"
-    return keras.saving.load_model(path, compile=False)
+    return load_keras_file(path)
 
 
 def evaluate(run_dir, data: str, group_by: str | None = None) -> dict:

@@ -44,6 +44,7 @@ class BackboneConfig:
     name: str = ""
     weights: Optional[str] = None
     output_layer: Optional[str] = None
+    weights_lock: Optional[str] = None  # a lockfile (tlmulti weights lock): refuse weights with other hashes
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Recipe:
     task: str = "image_classification"
     name: str = "run"
     seed: int = 0
+    deterministic: bool = False  # seed every generator and turn on TensorFlow's op determinism
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: Any = field(default_factory=HeadConfig)
     data: Any = field(default_factory=DataConfig)
@@ -411,6 +413,10 @@ TRAIN_FLAGS = (
     Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method.",
          choices=registry.adaptation_methods),
     Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
+    Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",
+         kind=bool),
+    Flag("--weights-lock", "backbone.weights_lock", "Refuse weights whose sha256 is not in this lockfile "
+         "(made by 'tlmulti weights lock').", path=True),
     Flag("--holdout", "data.holdout", "Keep training examples with this manifest value out of training and score "
          "them with the test set, e.g. --holdout accent=en-029 (repeatable).", multiple=True,
          metavar="COLUMN=VALUE"),
@@ -433,5 +439,5 @@ def overrides_from_flags(values: dict, flags=TRAIN_FLAGS) -> list[str]:
             value = [resolve_path(v) for v in value] if f.path else list(value)
         elif f.path:
             value = resolve_path(value)
-        out.append(f"{f.key}={json.dumps(value) if isinstance(value, (str, list)) else value}")
+        out.append(f"{f.key}={json.dumps(value) if isinstance(value, (str, list, bool)) else value}")
     return out

@@ -1,49 +1,160 @@
-"""Run folders: created once, never overwritten, and everything needed to reuse a model.
+"""Run folders: created atomically, never overwritten, never deleted once training has begun.
 
 A run folder holds ``model.keras`` (the inference model, preprocessing included),
 ``recipe.yaml`` (the resolved recipe: ``tlmulti run`` on it reproduces the run), ``run.json``
-(task, classes, versions), ``metrics.json``, ``history.csv`` and plots.
+(status, the run card, task, classes), ``metrics.json``, ``history.csv``, the data summary,
+plots, ``report.html`` and, while training, ``checkpoint/`` (see
+:mod:`tlmulti.training.checkpoints`).
+
+``run.json`` ``status`` is ``running``, ``interrupted`` (Ctrl-C / SIGTERM: resume with
+``tlmulti resume``), ``failed`` (with the error; resumable from its last checkpoint) or
+``finished``. A run that fails before its first epoch leaves nothing behind; after that the folder
+stays, marked. Two trainings started at once with the same ``--out``: exactly one gets it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
 from tlmulti.errors import RunError
 
-_MARKER = ".tlmulti-run"
+_MARKER = ".tlmulti-run"  # the lock: created with O_EXCL by the process that owns the folder
+CREATED_AT_START = (_MARKER, "run.json", "recipe.yaml", "data_summary.json")
+
+
+def _claim(path: Path) -> None:
+    try:
+        fd = os.open(path / _MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise RunError(f"Run folder '{path}' is being used by another training; choose another --out.") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+
+
+def _refuse_existing(path: Path) -> None:
+    info = read_info(path)
+    if info.get("status") in ("running", "interrupted", "failed"):
+        raise RunError(
+            f"Run folder '{path}' holds a {info['status']} run; continue it with 'tlmulti resume {path}' "
+            "or choose another --out (runs are never overwritten)."
+        )
+    raise RunError(
+        f"Run folder '{path}' already exists and is not empty; choose another --out "
+        "(runs are never overwritten) or remove it yourself."
+    )
 
 
 def create_run_dir(out, name: str) -> Path:
-    """Create the run folder. An explicit ``out`` that exists and is not empty is an error; the
-    default ``runs/<name>`` gets a numbered suffix instead."""
-    if out:
-        path = Path(out).expanduser()
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RunError(
-                f"Run folder '{path}' already exists and is not empty; choose another --out "
-                "(runs are never overwritten) or remove it yourself."
-            )
-    else:
-        base = Path("runs") / name
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True, exist_ok=True)
-    (path / _MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    """Create and claim the run folder. An explicit ``out`` that exists and is not empty is an
+    error (naming ``tlmulti resume`` when it holds an unfinished run); the default
+    ``runs/<name>`` gets a numbered suffix instead."""
+    path = Path(out).expanduser() if out else Path("runs") / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if out:
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if not path.is_dir() or any(path.iterdir()):
+                    _refuse_existing(path)
+        else:
+            base, n = path, 1
+            while True:
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+                    path = base.with_name(f"{base.name}-{n}")
+        _claim(path)
+    except RunError:
+        raise
+    except OSError as exc:
+        raise RunError(f"Cannot create run folder '{path}' ({exc.strerror or exc}); choose another --out.") from None
     return path
 
 
+def read_info(run_dir) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def set_status(run_dir: Path, status: str, **fields) -> dict:
+    """Update ``run.json``: ``status`` and the given fields (``error``, ``ended``, ...)."""
+    info = read_info(run_dir)
+    info.update(fields, status=status)
+    write_json(Path(run_dir) / "run.json", info)
+    return info
+
+
+def started(run_dir: Path) -> bool:
+    """Whether training has begun to fill the folder (a checkpoint or a model exists)."""
+    return (Path(run_dir) / "checkpoint").is_dir() or (Path(run_dir) / "model.keras").exists()
+
+
+def release(run_dir: Path) -> None:
+    (Path(run_dir) / _MARKER).unlink(missing_ok=True)
+
+
 def discard(path: Path) -> None:
-    """Remove a run folder this process created, after a failure, so nothing half-written stays."""
-    if (path / _MARKER).exists() and not (path / "model.keras").exists():
+    """After a failure before the first epoch: remove the folder if it holds only what this
+    process wrote at the start; otherwise leave it."""
+    path = Path(path)
+    if started(path) or not (path / _MARKER).exists():
+        return
+    if all(p.name in CREATED_AT_START or p.name.startswith(".") for p in path.iterdir()):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def owner_alive(run_dir: Path) -> bool:
+    """Whether the process that claimed the folder still runs on this machine."""
+    try:
+        owner = json.loads((Path(run_dir) / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+def take_over(run_dir: Path) -> None:
+    """Claim an unfinished run for ``tlmulti resume``: refused while its owner still runs."""
+    run_dir = Path(run_dir)
+    info = read_info(run_dir)
+    status = info.get("status")
+    if status == "finished":
+        raise RunError(f"Run '{run_dir}' is finished; there is nothing to resume.")
+    if status not in ("running", "interrupted", "failed"):
+        raise RunError(f"'{run_dir}' is not a tlmulti run folder (no run.json with a status); give the --out "
+                       "folder of a 'train' command.")
+    if not (run_dir / "checkpoint").is_dir():
+        raise RunError(f"Run '{run_dir}' has no checkpoint (it stopped before its first epoch); start it again "
+                       "with 'tlmulti run' on its recipe.yaml and another --out.")
+    if owner_alive(run_dir):
+        raise RunError(f"Run '{run_dir}' is still training (process {json.loads((run_dir / _MARKER).read_text())['pid']}).")
+    release(run_dir)
+    _claim(run_dir)
 
 
 def absolute_paths(recipe):
@@ -59,27 +170,49 @@ def absolute_paths(recipe):
     return recipe
 
 
-def write_run(run_dir: Path, recipe, task, model, metrics: dict, history: list, classes, summary=None) -> None:
-    from tlmulti import __version__
-
-    model.save(run_dir / "model.keras")
-    recipe.save(run_dir / "recipe.yaml")
+def begin_run(run_dir: Path, recipe, task, classes, summary: dict, card: dict) -> None:
+    """What the folder holds once training starts: the resolved recipe (every derived value
+    filled in, so the run can be resumed or reproduced), the data summary and ``run.json`` with
+    status ``running`` and the run card."""
     spec = task.spec
-    info = {"task": recipe.task, "backbone": recipe.backbone.name, "classes": list(classes),
+    recipe.save(run_dir / "recipe.yaml")
+    write_json(run_dir / "data_summary.json", summary)
+    info = {"status": "running", "task": recipe.task, "backbone": recipe.backbone.name, "classes": list(classes),
             "backbone_spec": {"source": spec.source, "families": list(spec.families), "input": spec.input,
                               "layer_groups": {k: list(v) for k, v in spec.layer_groups.items()},
                               "feature_layers": list(spec.feature_layers), "options": spec.options},
-            "tlmulti": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if summary is not None:
-        (run_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+            **card}
+    write_json(run_dir / "run.json", info)
+
+
+def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list) -> None:
+    """The finished run: the model (written atomically), metrics, history, curves; status
+    ``finished``; the folder's lock released."""
+    save_model(model, run_dir / "model.keras")
+    write_json(run_dir / "metrics.json", metrics)
     write_history(run_dir / "history.csv", history)
     if recipe.output.plots and history:
         from tlmulti.reports.plots import plot_curves
 
         plot_curves(history, run_dir / "curves.png")
-    (run_dir / _MARKER).unlink(missing_ok=True)
+    set_status(run_dir, "finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # the model is written: no resume needed
+    release(run_dir)
+
+
+def save_model(model, path: Path) -> None:
+    """Save ``model`` to ``path`` through a temporary file, so a full disk or a crash never
+    leaves a half-written model that looks finished."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"Cannot write '{path}' ({exc.strerror or exc}); free some disk space and run "
+                       f"'tlmulti resume {path.parent}' to finish the run from its last checkpoint.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_history(path: Path, history: list) -> None:
@@ -112,12 +245,15 @@ def _run_spec(name: str, info: dict):
 
 def load_run(run_dir):
     """(recipe, task, model) of a finished run; errors name the missing file."""
-    import keras
 
     import tlmulti.layers  # noqa: F401  registers custom layers
     from tlmulti.recipe import load_recipe, task_class
 
     run_dir = Path(run_dir)
+    status = read_info(run_dir).get("status")
+    if status in ("running", "interrupted", "failed"):
+        raise RunError(f"Run '{run_dir}' is not finished (status {status}); finish it with "
+                       f"'tlmulti resume {run_dir}' first.")
     for name in ("model.keras", "recipe.yaml", "run.json"):
         if not (run_dir / name).is_file():
             raise RunError(
@@ -128,7 +264,9 @@ def load_run(run_dir):
     info = json.loads((run_dir / "run.json").read_text())
     task = task_class(recipe.task)(recipe, spec=_run_spec(recipe.backbone.name, info))
     task.classes = info["classes"]
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    from tlmulti.backbones.local import load_keras_file
+
+    model = load_keras_file(run_dir / "model.keras")
     return recipe, task, model
 
 

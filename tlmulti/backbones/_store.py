@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tlmulti import paths
 from tlmulti.errors import MissingWeightsError
+from tlmulti.integrity import file_sha256
 
 RANDOM = "random"
 PACKAGE_PREFIX = "package:"
@@ -86,17 +87,6 @@ def handle_status(spec, handle: str) -> tuple[bool, str]:
 def keras_cache(file_name: str) -> Path:
     """Where keras.applications keeps a downloaded weights file."""
     return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / file_name
-
-
-def file_sha256(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_file(path, sha256: str | None = None, kind: str = "Weights file") -> Path:

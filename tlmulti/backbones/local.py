@@ -37,15 +37,47 @@ def load(spec, weights, input_shape):
     return load_file(path, input_shape)
 
 
+def load_keras_file(path):
+    """A ``.keras`` model file, loaded in Keras safe mode with tlmulti's layers registered.
+
+    A file that holds Python code (a ``Lambda`` layer), names a SavedModel tlmulti does not trust
+    (see :func:`tlmulti.layers.hub.check_trusted`), or is truncated or damaged is refused with
+    one :class:`~tlmulti.errors.RunError` naming the file."""
+    import keras
+
+    import tlmulti.layers  # noqa: F401  registers custom layers
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"Model file '{path}' does not exist.")
+    try:
+        return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except TlmultiError:
+        raise
+    except Exception as exc:
+        cause = exc
+        while cause is not None:
+            if isinstance(cause, TlmultiError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        text = str(exc)
+        if "Lambda" in text or "safe_mode" in text:
+            raise RunError(
+                f"Refusing to load '{path}': it contains a Lambda layer, i.e. Python code that would run on "
+                "this machine; rebuild the model with registered layers (tlmulti never writes Lambda layers)."
+            ) from None
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        raise RunError(f"'{path}' cannot be read as a Keras model ({first}); it may be truncated or damaged.") from None
+
+
 def load_file(path, input_shape=None):
     """A ``.keras`` file, a TF SavedModel directory, or a keras-hub / Hugging Face preset directory."""
-    import keras
 
     import tlmulti.layers  # noqa: F401  registers custom layers used by saved backbones
 
     path = Path(path)
     if path.is_file() and path.suffix in (".keras", ".h5"):
-        return keras.saving.load_model(str(path), compile=False)
+        return load_keras_file(path)
     if path.is_dir() and (path / "saved_model.pb").exists():
         from tlmulti.layers.hub import build_tfhub_backbone
 

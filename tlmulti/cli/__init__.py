@@ -17,6 +17,7 @@ _COMMANDS = {
     "text": ("tlmulti.cli.text", "text", "Text classification with BERT-family encoders."),
     "audio": ("tlmulti.cli.audio", "audio", "Speech classification, robust to accents."),
     "run": ("tlmulti.cli.commands", "run", "Run any recipe, dispatching on its task."),
+    "resume": ("tlmulti.cli.commands", "resume", "Continue an interrupted or failed run from its checkpoint."),
     "recipes": ("tlmulti.cli.commands", "recipes", "List and show the bundled recipes."),
     "backbones": ("tlmulti.cli.commands", "backbones", "List backbones; save a trained one by name."),
     "weights": ("tlmulti.cli.commands", "weights", "Offline weights: list, import, path."),
@@ -44,9 +45,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tlmulti")
-def main():
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's own log lines (hidden by default).")
+def main(verbose):
     """Transfer learning for vision, text and audio on TensorFlow / Keras 3, offline first.
 
     Train a head on a frozen pretrained backbone, then unfreeze named layer groups at a lower
     learning rate. Every domain shares one recipe format, one registry and one trainer.
     """
+    if verbose:
+        import os
+
+        os.environ["TLMULTI_VERBOSE"] = "1"

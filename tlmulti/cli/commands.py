@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,19 @@ def run(recipe, overrides, out):
     from tlmulti.recipe import load_recipe
 
     run_training(load_recipe(recipe, overrides=overrides), out)
+
+
+@click.command("resume")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@user_errors
+def resume(run_dir):
+    """Continue RUN_DIR (interrupted by Ctrl-C, SIGTERM, a crash or a full disk) from its last
+    checkpoint; it ends with the metrics the uninterrupted run would have had."""
+    from tlmulti.training.trainer import resume as resume_run
+
+    run = resume_run(run_dir)
+    click.echo(f"Run folder: {run.dir}")
+    click.echo(run.headline)
 
 
 @click.group()
@@ -134,6 +148,34 @@ def weights_path(name):
     ok, where = weights_status(spec)
     click.echo(f"store:  {store_dir(spec)}")
     click.echo(f"status: {'available' if ok else 'missing'} ({where})")
+
+
+@weights.command("lock")
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--backbone", "names", multiple=True, help="A backbone name to lock (besides the recipes').")
+@user_errors
+def weights_lock(recipes, names):
+    """Print a lockfile (JSON) of the weights files RECIPES (or --backbone NAMEs) load here, with
+    their sha256: 'tlmulti weights lock recipe.yaml > weights.lock', then train with
+    --weights-lock weights.lock to refuse any other file."""
+    from tlmulti.recipe import load_recipe
+    from tlmulti.registry import get_backbone
+    from tlmulti.training.card import weights_entries
+
+    targets = [(get_backbone(n), None) for n in names]
+    for path in recipes:
+        r = load_recipe(path)
+        targets.append((get_backbone(r.backbone.name), r.backbone.weights))
+    if not targets:
+        raise TlmultiError("Give recipe files or --backbone NAME to lock.")
+    entries = []
+    for spec, weights in targets:
+        found = weights_entries(spec, weights)
+        if not found and spec.source != "builder":
+            raise TlmultiError(f"The weights of backbone '{spec.name}' are not on this machine; nothing to lock "
+                               "(see 'tlmulti weights list').")
+        entries += [e for e in found if e not in entries]
+    click.echo(json.dumps({"tlmulti_weights_lock": 1, "weights": entries}, indent=2))
 
 
 @weights.command("import")

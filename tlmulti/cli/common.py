@@ -3,9 +3,12 @@ that ``vision``, ``text`` and ``audio`` all get from :func:`domain_group`."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
 import json
 import os
+import signal
 import sys
 
 import click
@@ -14,8 +17,47 @@ from tlmulti.errors import TlmultiError
 from tlmulti.recipe import TRAIN_FLAGS
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null for a while: TensorFlow's C++ start-up lines bypass Python."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow (and initialises its devices) with stderr silenced, the first time
+    anything imports it, so its start-up log lines (oneDNN, CUDA probing) do not reach the user."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        with _stderr_silenced():
+            tf = importlib.import_module("tensorflow")
+            tf.config.list_logical_devices()
+        return tf.__spec__
+
+
 def quiet_tensorflow() -> None:
+    """Keep TensorFlow's start-up logging away from the user unless ``--verbose`` (or
+    ``TLMULTI_VERBOSE=1``) asks for it."""
+    if os.environ.get("TLMULTI_VERBOSE", "").lower() in ("1", "true", "yes"):
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def user_errors(fn):
@@ -24,14 +66,19 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         quiet_tensorflow()
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops like Ctrl-C: the run is kept, resumable
         try:
             return fn(*args, **kwargs)
         except TlmultiError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
+            interrupted = type(exc).__name__ == "RunInterrupted"
+            click.echo(str(exc) if interrupted else f"Error: {exc}", err=True)
+            sys.exit(130 if interrupted else 2)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -50,6 +97,8 @@ def recipe_from_cli(recipe_path, task, overrides, flags=TRAIN_FLAGS, **values):
 
 def flag_option(flag):
     """The Click option of a recipe :class:`~tlmulti.recipe.Flag`."""
+    if flag.kind is bool:
+        return click.option(flag.option, flag.dest, is_flag=True, default=None, help=flag.help)
     values = flag.choices() if callable(flag.choices) else flag.choices
     kind = click.Choice(list(values)) if values else flag.kind
     return click.option(flag.option, flag.dest, type=kind, multiple=flag.multiple, metavar=flag.metavar,
@@ -94,6 +143,21 @@ def print_metrics(metrics: dict, as_json: bool, task=None) -> None:
         click.echo(json.dumps(metrics, indent=2))
 
 
+def trust_option(fn):
+    """``--trust``: let the run's model file load SavedModels outside the registry and the
+    weights store (see :func:`tlmulti.layers.hub.check_trusted`)."""
+
+    @click.option("--trust", is_flag=True, help="Load SavedModels the run names even if they are not registered "
+                  "or in the weights store (only for run folders you trust).")
+    @functools.wraps(fn)
+    def wrapper(*args, trust=False, **kwargs):
+        if trust:
+            os.environ["TLMULTI_TRUST"] = "1"
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False):
     """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
 
@@ -136,6 +200,7 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
     @click.option("--compare", "compare_dir", type=click.Path(file_okay=False),
                   help="Another run folder to evaluate on the same data, side by side.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the 'test' section shape).")
+    @trust_option
     @user_errors
     def evaluate_cmd(run_dir, data, group_by, compare_dir, as_json):
         """Evaluate a trained run on labelled data."""
@@ -168,6 +233,7 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
     @click.option("--top-k", type=int, default=3, show_default=True, help="How many labels per input.")
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for outputs (segmentation masks).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @trust_option
     @user_errors
     def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, as_json):
         from pathlib import Path

@@ -32,12 +32,13 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 def load_image(path, size=None, channels: int = 3) -> np.ndarray:
     """One image as ``(H, W, channels)`` uint8, resized to ``size=(H, W)`` when given."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.seek(0)
+            img = ImageOps.exif_transpose(img)  # phone photos: rotate as the camera says
             if img.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "HSV"):
                 img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
             array = np.asarray(img)

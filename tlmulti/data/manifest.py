@@ -32,6 +32,8 @@ def resolve_source(ref: str) -> Path:
 def read_manifest(path: Path, required=("label",), encoding: str = "utf-8") -> list[dict]:
     """Rows of a CSV, TSV or JSONL manifest; every column in ``required`` must be present."""
     path = Path(path)
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # a byte-order mark (Excel writes one) is not part of the first column name
     try:
         text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:

@@ -211,7 +211,9 @@ def default_classes(max_id: int, binarize: bool = False) -> list[str]:
 
 def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: float = 0.0,
                         contrast: float = 0.0, seed: int = 0):
-    """A ``tf.data`` map function ``(image, mask) -> (image, mask)`` for training tiles, or None.
+    """A ``tf.data`` map function ``(image, mask, seeds) -> (image, mask)`` for training tiles, or
+    None. ``seeds`` (int32 ``[2]``, from :func:`tlmulti.data.pipeline.make_epoch_dataset`) seeds
+    stateless draws, so the augmentation of an epoch is the same after a resume.
 
     Flips and quarter turns are applied to both (quarter turns only by 180 degrees for
     non-square tiles, so shapes stay fixed); brightness (a fraction of 255 added) and contrast
@@ -224,10 +226,14 @@ def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: floa
         return None
     import tensorflow as tf
 
-    def coin(offset):
-        return tf.random.uniform([], seed=seed + offset) < 0.5
+    def fn(image, mask, seeds):
+        def draw(offset, minval=0.0, maxval=1.0, dtype=tf.float32):
+            return tf.random.stateless_uniform([], seed=seeds + [seed, offset], minval=minval, maxval=maxval,
+                                               dtype=dtype)
 
-    def fn(image, mask):
+        def coin(offset):
+            return draw(offset) < 0.5
+
         m = mask[..., None]
         if flip in ("horizontal", "both"):
             do = coin(1)
@@ -238,7 +244,7 @@ def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: floa
             image = tf.cond(do, lambda: tf.image.flip_up_down(image), lambda: image)
             m = tf.cond(do, lambda: tf.image.flip_up_down(m), lambda: m)
         if rot90:
-            k = tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed + 3)
+            k = draw(3, 0, 4, tf.int32)
             if image.shape[0] is None or image.shape[0] != image.shape[1]:
                 k = 2 * (k % 2)
             image = tf.image.rot90(image, k)
@@ -247,11 +253,11 @@ def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: floa
             dtype = image.dtype
             x = tf.cast(image, tf.float32)
             if contrast:
-                factor = tf.random.uniform([], 1.0 - contrast, 1.0 + contrast, seed=seed + 4)
+                factor = draw(4, 1.0 - contrast, 1.0 + contrast)
                 mean = tf.reduce_mean(x)
                 x = (x - mean) * factor + mean
             if brightness:
-                x = x + 255.0 * tf.random.uniform([], -brightness, brightness, seed=seed + 5)
+                x = x + 255.0 * draw(5, -brightness, brightness)
             image = tf.cast(tf.clip_by_value(x, 0.0, 255.0), dtype)
         return image, m[..., 0]
 

@@ -142,10 +142,11 @@ def _as_stack(array: np.ndarray, path, colour: bool | None = None) -> np.ndarray
 
 
 def _read_plain(path):
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         img.seek(0)
+        img = ImageOps.exif_transpose(img)
         if img.mode in ("P", "PA", "CMYK", "YCbCr", "HSV", "LA"):
             img = img.convert("RGBA" if "A" in img.mode or img.mode == "P" else "RGB")
         array = np.asarray(img)

@@ -28,7 +28,10 @@ def read_text_file(path, encoding: str = "utf-8") -> str:
     """The whole text of ``path``; a clear error when it is not in ``encoding``."""
     path = Path(path)
     try:
-        return path.read_bytes().decode(encoding)
+        data = path.read_bytes()
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+            encoding = "utf-8-sig"  # drops a byte-order mark
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"Text file '{path}' is not valid {encoding.upper()} (byte {exc.start}); re-save it as "

@@ -43,6 +43,7 @@ says how to get it there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
@@ -54,6 +55,7 @@ import keras
 import tensorflow as tf
 
 from tlmulti.errors import MissingWeightsError, RecipeError
+from tlmulti.integrity import tree_sha256
 
 __all__ = ["HubLayer", "PerExampleHub", "build_tfhub_backbone"]
 
@@ -106,6 +108,7 @@ def _load_saved_model(handle):
             f"so {_WAYS_OUT}."
         ) from exc
     path = os.fspath(path)
+    _LAST_PATH[handle] = path
     if not any(
         tf.io.gfile.exists(os.path.join(path, name))
         for name in ("saved_model.pb", "saved_model.pbtxt")
@@ -121,6 +124,49 @@ def _load_saved_model(handle):
             f"TF-Hub SavedModel {path!r} (handle {handle!r}) could not be read "
             f"({_first_line(exc)}), so {_WAYS_OUT}."
         ) from exc
+
+
+_LAST_PATH: dict[str, str] = {}  # handle -> the folder it resolved to (for the sha256 record)
+_TRUST = {"all": False}
+
+
+@contextlib.contextmanager
+def trusting_saved_models():
+    """Within this block, model files may name any SavedModel (``--trust``; or TLMULTI_TRUST=1)."""
+    before = _TRUST["all"]
+    _TRUST["all"] = True
+    try:
+        yield
+    finally:
+        _TRUST["all"] = before
+
+
+def check_trusted(handle: str, sha256: str | None) -> None:
+    """Refuse to load a SavedModel that a model *file* names, unless it is a registered
+    backbone's handle or lies in tlmulti's weights or backbone store, and (when the file recorded
+    one) still has the sha256 it had when the model was saved. A SavedModel runs its own graph,
+    so a run folder must not be able to make tlmulti run one it did not write itself."""
+    from tlmulti import paths, registry
+    from tlmulti.errors import RunError
+    from tlmulti.integrity import tree_sha256
+
+    if _TRUST["all"] or os.environ.get("TLMULTI_TRUST", "").lower() in ("1", "true", "yes"):
+        return
+    known = {s.handle for s in registry.list_backbones() if s.source in ("tfhub", "local")}
+    local = os.path.abspath(os.path.expanduser(handle)) if "://" not in handle else None
+    stores = [str(paths.weights_store().resolve()), str(paths.backbone_store().resolve())]
+    inside = local is not None and any(os.path.realpath(local).startswith(s + os.sep) for s in stores)
+    if handle not in known and not inside:
+        raise RunError(
+            f"Refusing to load the SavedModel {handle!r} named in this model file: tlmulti runs only the "
+            "SavedModels of registered backbones or of its weights store (a SavedModel runs its own graph). "
+            "If you trust it, load with --trust (or TLMULTI_TRUST=1), or import it with 'tlmulti weights import'."
+        )
+    if sha256 and local is not None and os.path.isdir(local) and tree_sha256(local) != sha256:
+        raise RunError(
+            f"Refusing to load the SavedModel {handle!r}: its files changed since the model was saved "
+            "(sha256 differs). Restore the original or load with --trust."
+        )
 
 
 def _saved_variables(module):
@@ -215,7 +261,7 @@ class HubLayer(keras.layers.Layer):
     """
 
     def __init__(
-        self, handle, trainable=False, signature=None, output_key=None, arguments=None, **kwargs
+        self, handle, trainable=False, signature=None, output_key=None, arguments=None, sha256=None, **kwargs
     ):
         # Inputs go to the SavedModel as they are (cast to its input dtype when known), not
         # autocast to the layer's compute dtype (e.g. float16), which the saved graph may reject.
@@ -228,6 +274,8 @@ class HubLayer(keras.layers.Layer):
 
         module = _load_saved_model(self._hub_handle)
         self._hub_module = module
+        folder = _LAST_PATH.get(self._hub_handle)
+        self._hub_sha256 = sha256 or (tree_sha256(folder) if folder and os.path.isdir(folder) else None)
         self._hub_fn, self._hub_signature_inputs = self._select_callable(module)
         self._hub_training = (
             None if self._hub_signature_inputs is not None else _training_values(self._hub_fn)
@@ -394,11 +442,17 @@ class HubLayer(keras.layers.Layer):
             )
 
     # ------------------------------------------------------------------ serialization
+    @classmethod
+    def from_config(cls, config):
+        check_trusted(config["handle"], config.get("sha256"))
+        return cls(**config)
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "handle": self._hub_handle,
+                "sha256": self._hub_sha256,
                 "signature": self._hub_signature,
                 "output_key": self._hub_output_key,
                 "arguments": dict(self._hub_arguments_config),

@@ -33,7 +33,7 @@ import numpy as np
 
 from tlmulti import registry, runs
 from tlmulti.data.summary import format_summary, summarize
-from tlmulti.errors import RegistryError
+from tlmulti.errors import RegistryError, TlmultiError
 from tlmulti.recipe import Recipe
 from tlmulti.tasks import make_task
 from tlmulti.training.freezing import group_multipliers, resolve_unfreeze, set_trainable
@@ -96,29 +96,19 @@ def derive_phase_lengths(recipe: Recipe, n_train: int) -> None:
             phase.patience = max(2, round(phase.epochs / 5))
 
 
-def _callbacks(recipe: Recipe, run_dir: Path | None, phase, has_val: bool):
-    import keras
-
-    cbs = []
-    es = recipe.callbacks.early_stopping
-    patience = phase.patience if phase.patience is not None else es.patience
-    if es.enabled and has_val:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=int(patience),
-                                                 restore_best_weights=es.restore_best_weights))
-    if recipe.callbacks.tensorboard and run_dir is not None:
-        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
-    return cbs
-
-
-def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, adapter=None):
+def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, adapter=None,
+              resume: dict | None = None):
     """Run the recipe's phases on ``parts``; returns (history rows, phase records).
 
     ``adapter`` (domain adaptation, see :mod:`tlmulti.training.adaptation`) builds the model of
     phases that train end to end, adds target batches to their data, and runs after the last
-    phase.
+    phase. With ``run_dir``, a checkpoint is written after every epoch and between phases
+    (:mod:`tlmulti.training.checkpoints`); ``resume`` (a checkpoint's state) continues from it.
     """
+    import keras
 
-    from tlmulti.data.pipeline import make_dataset
+    from tlmulti.data.pipeline import make_dataset, make_epoch_dataset
+    from tlmulti.training import checkpoints
     from tlmulti.training.optimizers import learning_rate_schedule, make_optimizer
 
     derive_phase_lengths(recipe, len(train))
@@ -126,11 +116,18 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     batch = recipe.data.batch_size
     steps_per_epoch = max(1, -(-len(train) // batch))
     class_weight = task.class_weight(train)
-    history, records = [], []
+    history = list(resume["history"]) if resume else []
+    records = list(resume["records"]) if resume else []
+    if run_dir is not None and resume is None:  # training has begun: from here the folder is kept
+        checkpoints.save(run_dir, {"phase": 0, "epoch": 0, "phase_done": False, "history": [], "records": [],
+                                   "early_stopping": None}, parts, adapter)
     cache = None  # (train features, val features), valid while the backbone is unchanged
-    epoch0 = 0
+    es_config = recipe.callbacks.early_stopping
     for i, phase in enumerate(recipe.phases):
         start = time.perf_counter()
+        resuming = resume is not None and i == resume["phase"]
+        if resume is not None and i < resume["phase"]:
+            continue  # finished before the interruption; its record is in ``records``
         unfrozen = resolve_unfreeze(phase.unfreeze, group_names, f"phases.{i}.unfreeze")
         set_trainable(parts.backbone, parts.groups, unfrozen, phase.batchnorm)
         use_cache = phase.cache_features is True or (phase.cache_features == "auto" and not unfrozen
@@ -143,19 +140,18 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             "name": phase.name, "epochs_planned": phase.epochs, "learning_rate": phase.learning_rate,
             "unfrozen_groups": unfrozen, "group_lr": {g: phase.learning_rate * m for g, m in mults.items()},
             "batchnorm": phase.batchnorm, "feature_cache": bool(use_cache), "schedule": phase.schedule,
-            "warmup": phase.warmup,
-            "trainable_params": 0, "epochs_run": 0, "seconds": 0.0,
+            "warmup": phase.warmup, "trainable_params": 0, "epochs_run": 0, "seconds": 0.0,
         }
         if phase.epochs == 0:
             records.append(record)
             continue
+        if resuming and use_cache:
+            checkpoints.restore_weights(run_dir, parts, adapter)  # before the cache reads the backbone
         if use_cache:
             if cache is None:
                 t0 = time.perf_counter()
                 fm = parts.feature_model()
-                cache = tuple(
-                    fm.predict(make_dataset(ex.x, None, batch), verbose=0) for ex in (train, val)
-                )
+                cache = tuple(fm.predict(make_dataset(ex.x, None, batch), verbose=0) for ex in (train, val))
                 record["cache_seconds"] = time.perf_counter() - t0
             model, x_train, x_val = parts.head, cache[0], cache[1]
         else:
@@ -165,35 +161,57 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             else:
                 model = parts.assemble(backbone_training=backbone_training, augment=True)
             x_train, x_val = train.x, val.x
+        if resuming and not use_cache:
+            checkpoints.restore_weights(run_dir, parts, adapter)  # after wrap() made any domain classifier
         model.compile(optimizer=optimizer, **task.compile_args())
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
-        train_ds = make_dataset(x_train, train.y, batch, shuffle=True, seed=recipe.seed + i,
-                                augment=None if use_cache else parts.augment_pairs)
-        if adapter is not None and not use_cache:
-            train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
+        initial = int(resume["epoch"]) if resuming else 0
+        epoch0 = sum(r["epochs_run"] for r in records)
+        if resuming and initial:
+            checkpoints.restore_optimizer(run_dir, optimizer, model.trainable_variables)
         val_ds = make_dataset(x_val, val.y, batch) if len(val) else None
-        extra_callbacks = []
+        callbacks = []
+        es = None
+        if es_config.enabled and val_ds is not None:
+            patience = phase.patience if phase.patience is not None else es_config.patience
+            es = checkpoints.ResumableEarlyStopping(
+                monitor=es_config.monitor, patience=int(patience), restore_best_weights=es_config.restore_best_weights,
+                restored=resume.get("early_stopping") if resuming else None,
+                restored_weights=checkpoints.best_weights(run_dir) if resuming else None)
+            callbacks.append(es)
+        if recipe.callbacks.tensorboard and run_dir is not None:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
         if adapter is not None and not use_cache:
-            extra_callbacks = adapter.callbacks(steps_per_epoch, phase.epochs)
-        fit = model.fit(
-            train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=class_weight, shuffle=False,
-            callbacks=_callbacks(recipe, run_dir, phase, val_ds is not None) + extra_callbacks,
-            verbose=_verbosity(recipe),
-        )
-        n = len(fit.history.get("loss", []))
-        for e in range(n):
-            row = {"phase": phase.name, "epoch": epoch0 + e + 1}
-            row.update({k: float(v[e]) for k, v in fit.history.items()})
-            history.append(row)
-        epoch0 += n
-        record["epochs_run"] = n
+            callbacks += adapter.callbacks(steps_per_epoch, phase.epochs)
+        callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records,
+                                                     parts, adapter, es))
+        if resuming and resume.get("phase_done"):  # early stopping had ended it: keep its best epoch
+            best = checkpoints.best_weights(run_dir)
+            if best is not None and es_config.restore_best_weights:
+                model.set_weights(best)
+        elif initial < phase.epochs:
+            train_ds = make_epoch_dataset(x_train, train.y, batch, seed=recipe.seed + 1000 * i, epochs=phase.epochs,
+                                          initial_epoch=initial, augment=None if use_cache else parts.augment_pairs)
+            if adapter is not None and not use_cache:
+                train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
+            model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, initial_epoch=initial,
+                      steps_per_epoch=steps_per_epoch, class_weight=class_weight, shuffle=False,
+                      callbacks=callbacks, verbose=_verbosity(recipe))
+        record["epochs_run"] = sum(1 for r in history if r["phase"] == phase.name)
         if unfrozen:
             cache = None  # the backbone changed: features must be recomputed
         record["seconds"] = time.perf_counter() - start
         records.append(record)
+        if run_dir is not None:  # between phases: the next one starts from here
+            checkpoints.save(run_dir, {"phase": i + 1, "epoch": 0, "phase_done": False, "history": history,
+                                       "records": records, "early_stopping": None}, parts, adapter)
     if adapter is not None:
         adapter.finish(parts, recipe)
     return history, records
+
+
+class RunInterrupted(TlmultiError):
+    """Training stopped by Ctrl-C or SIGTERM; the run folder is kept and can be resumed."""
 
 
 def train(recipe: Recipe, out=None) -> Run:
@@ -201,7 +219,9 @@ def train(recipe: Recipe, out=None) -> Run:
 
     A backbone pretrained by tlmulti on a source recipe is built first when it is missing
     (:mod:`tlmulti.training.pretrain`), before this run's folder and seed, so it does not change
-    this run."""
+    this run. A failure before the first epoch leaves nothing behind; after it, the folder is
+    kept with status ``failed`` (or ``interrupted`` for Ctrl-C / SIGTERM, raised as
+    :class:`RunInterrupted`) and ``tlmulti resume`` continues it from its last checkpoint."""
     from tlmulti.training.pretrain import ensure_source_backbone
 
     try:
@@ -209,25 +229,64 @@ def train(recipe: Recipe, out=None) -> Run:
     except RegistryError:
         pass  # a handle or folder a task registers itself (text backbones), or a name the task rejects
     run_dir = runs.create_run_dir(out or recipe.output.dir, recipe.name)
+    return _guarded(run_dir, lambda: _train_into(recipe, run_dir))
+
+
+def resume(run_dir) -> Run:
+    """Continue an interrupted or failed run from its last checkpoint, in the same folder; it
+    ends with the metrics the uninterrupted run would have had."""
+    from tlmulti.recipe import load_recipe
+    from tlmulti.training import checkpoints
+
+    run_dir = Path(run_dir)
+    runs.take_over(run_dir)
+    state = checkpoints.load_state(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    runs.set_status(run_dir, "running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return _guarded(run_dir, lambda: _train_into(recipe, run_dir, resume=state))
+
+
+def _guarded(run_dir: Path, body) -> Run:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     try:
-        return _train_into(recipe, run_dir)
-    except BaseException:
-        runs.discard(run_dir)
+        return body()
+    except KeyboardInterrupt:
+        if not runs.started(run_dir):
+            runs.discard(run_dir)
+            raise RunInterrupted("Interrupted before the first epoch; nothing was kept.") from None
+        runs.set_status(run_dir, "interrupted", ended=stamp)
+        runs.release(run_dir)
+        raise RunInterrupted(f"Interrupted. The run is kept in '{run_dir}' with its last checkpoint; continue it "
+                             f"with 'tlmulti resume {run_dir}'.") from None
+    except BaseException as exc:
+        if not runs.started(run_dir):
+            runs.discard(run_dir)
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        runs.set_status(run_dir, "failed", ended=stamp, error=f"{type(exc).__name__}: {first}")
+        runs.release(run_dir)
         raise
 
 
-def _train_into(recipe: Recipe, run_dir: Path) -> Run:
+def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
     import keras
 
     from tlmulti.training.adaptation import make_adapter
+    from tlmulti.training.card import check_lock, run_card
 
     t_start = time.perf_counter()
+    if recipe.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(recipe.seed)
     recipe = runs.absolute_paths(recipe)  # a copy: values derived from the data go into it
     task = make_task(recipe)
     task.derive_defaults()
     train_ex, val_ex, test_ex = task.load_splits()
     task.classes = train_ex.classes
+    if recipe.backbone.weights_lock:
+        check_lock(recipe.backbone.weights_lock, task.spec, recipe.backbone.weights)
     strategy = get_strategy(recipe.distribute)
     with strategy.scope():
         parts = task.build(train_ex.classes)
@@ -235,7 +294,11 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
                             inputs=task.input_summary(train_ex, parts))
         print(format_summary(summary), flush=True)
         adapter = make_adapter(recipe, task, parts)
-        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, adapter)
+        derive_phase_lengths(recipe, len(train_ex))
+        if resume is None:
+            runs.begin_run(run_dir, recipe, task, train_ex.classes, summary,
+                           run_card(recipe, task.spec, {"train": train_ex, "val": val_ex, "test": test_ex}))
+        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, adapter, resume=resume)
         model = parts.assemble(backbone_training=False, augment=True)
     train_seconds = time.perf_counter() - t_start
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
@@ -252,7 +315,6 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
                                  "target_examples": len(adapter.target)}
     metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
                        "classes": len(train_ex.classes)}
-    runs.write_run(run_dir, recipe, task, model, metrics, history, train_ex.classes, summary)
     if test_ex is not None and recipe.output.plots:
         task.report(run_dir, model, test_ex, metrics["test"])
     if recipe.output.plots:
@@ -263,4 +325,5 @@ def _train_into(recipe: Recipe, run_dir: Path) -> Run:
                      headline=task.headline(metrics), task=recipe.task, metrics=metrics, history=history,
                      summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
                      classes=train_ex.classes)
+    runs.finish_run(run_dir, recipe, model, metrics, history)
     return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)
