@@ -85,8 +85,9 @@ def text(tmp: Path) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     def plain(ref, path):
-        with open(_dataset(ref), newline="", encoding="utf-8") as f:
-            rows = [{"text": f"{r['subject']}\n{r['body']}".strip(), "label": r["label"]} for r in csv.DictReader(f)]
+        with open(_dataset(ref), encoding="utf-8") as f:  # the built dataset: JSONL with subject and body
+            rows = [{"text": f"{r['subject']}\n{r['body']}".strip(), "label": r["label"]}
+                    for r in map(json.loads, filter(str.strip, f))]
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=["text", "label"])
             writer.writeheader()

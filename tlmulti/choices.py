@@ -31,6 +31,10 @@ FLIPS = ("none", "horizontal", "vertical", "both")
 IMAGE_NORMALIZATIONS = ("caffe", "torch", "tf", "centered", "unit", "none")
 INTENSITY_NORMALIZATIONS = ("auto", "percentile", "minmax", "window", "none")
 
+# Export
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
+EXPORT_QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
 # Audio
 AUDIO_FRONTENDS = ("log_mel", "waveform")
 AUDIO_SCALES = ("db", "whisper", "log")

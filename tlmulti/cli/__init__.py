@@ -18,6 +18,7 @@ _COMMANDS = {
     "audio": ("tlmulti.cli.audio", "audio", "Speech classification, robust to accents."),
     "run": ("tlmulti.cli.commands", "run", "Run any recipe, dispatching on its task."),
     "resume": ("tlmulti.cli.commands", "resume", "Continue an interrupted or failed run from its checkpoint."),
+    "export": ("tlmulti.cli.commands", "export", "Export a run to SavedModel, TFLite or ONNX, preprocessing inside."),
     "recipes": ("tlmulti.cli.commands", "recipes", "List and show the bundled recipes."),
     "backbones": ("tlmulti.cli.commands", "backbones", "List backbones; save a trained one by name."),
     "weights": ("tlmulti.cli.commands", "weights", "Offline weights: list, import, path."),

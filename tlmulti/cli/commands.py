@@ -37,6 +37,25 @@ def resume(run_dir):
     click.echo(run.headline)
 
 
+@click.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), required=True)
+@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none",
+              show_default=True, help="TFLite weights: float16, dynamic int8, or int8 with a representative sample.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (model, labels.txt, export.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
+@user_errors
+def export(run_dir, fmt, quantize, out, overwrite):
+    """Export the finished run RUN_DIR with its preprocessing inside (augmentation removed): it
+    takes raw pixels, waveforms or (SavedModel) strings, as 'predict' does; export.json says how."""
+    from tlmulti.export import export_run
+
+    folder = export_run(run_dir, fmt, out, quantize=quantize, overwrite=overwrite)
+    info = json.loads((folder / "export.json").read_text())
+    click.echo(f"Exported {run_dir} as {fmt} ({quantize}) to {folder} ({info['file_bytes'] / 1e6:.1f} MB); "
+               f"input: {', '.join(info['input'])}.")
+
+
 @click.group()
 def recipes():
     """The bundled recipes (copy one and edit it for your data)."""

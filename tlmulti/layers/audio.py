@@ -31,6 +31,19 @@ from tlmulti.choices import AUDIO_NORMALIZATIONS, AUDIO_SCALES
 
 
 
+def stft_kernel(n_fft: int, win_length: int) -> np.ndarray:
+    """Conv1D kernel ``(n_fft, 1, 2 * (n_fft // 2 + 1))``: a periodic Hann window of ``win_length``
+    centred in ``n_fft``, times the DFT's cosine (real) and negative sine (imaginary) rows."""
+    window = np.zeros(n_fft)
+    left = (n_fft - win_length) // 2
+    window[left:left + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
+    k = np.arange(n_fft // 2 + 1)[None, :]
+    t = np.arange(n_fft)[:, None]
+    angle = 2 * np.pi * t * k / n_fft
+    kernel = np.concatenate([window[:, None] * np.cos(angle), -window[:, None] * np.sin(angle)], axis=1)
+    return kernel[:, None, :].astype(np.float32)
+
+
 @keras.saving.register_keras_serializable(package="tlmulti")
 class LogMelSpectrogram(keras.layers.Layer):
     """Waveforms ``(batch, samples)`` to log-mel features ``(batch, frames, n_mels)``.
@@ -70,12 +83,18 @@ class LogMelSpectrogram(keras.layers.Layer):
         from tlmulti.data.audio import mel_filterbank
 
         self._filters = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax)
+        self._dft = stft_kernel(self.n_fft, self.win_length or self.n_fft)
 
     def call(self, waveform):
         x = ops.cast(waveform, "float32")
-        real, imag = ops.stft(x, self.win_length or self.n_fft, self.hop_length, self.n_fft,
-                              window="hann", center=True)
-        power = ops.square(real) + ops.square(imag)
+        # Centred STFT as one strided convolution with the windowed DFT basis (real and imaginary
+        # parts as output channels): the same numbers as an FFT, and an op every runtime has
+        # (TFLite builtins, ONNX), so exports need no FFT kernel.
+        pad = self.n_fft // 2
+        x = ops.pad(x, [[0, 0], [pad, pad]], mode="reflect")
+        spectrum = ops.conv(x[..., None], ops.convert_to_tensor(self._dft), strides=self.hop_length, padding="valid")
+        bins = self.n_fft // 2 + 1
+        power = ops.square(spectrum[..., :bins]) + ops.square(spectrum[..., bins:])
         if self.scale == "whisper":
             power = power[:, :-1, :]  # Whisper drops the last frame: 30 s -> 3,000 frames
         mel = ops.maximum(ops.matmul(power, ops.convert_to_tensor(self._filters)), 1e-10)

@@ -36,11 +36,13 @@ class ResizeToMatch(keras.layers.Layer):
         self.interpolation = interpolation
 
     def call(self, inputs):
+        import tensorflow as tf
+
         x, reference = inputs
-        if x.shape[1] is not None and x.shape[1] == reference.shape[1] and x.shape[2] == reference.shape[2]:
+        known = None not in (x.shape[1], x.shape[2], reference.shape[1], reference.shape[2])
+        if known and (x.shape[1], x.shape[2]) == (reference.shape[1], reference.shape[2]):
             return x
-        size = ops.shape(reference)[1:3]
-        return ops.image.resize(x, size, interpolation=self.interpolation)
+        return tf.image.resize(x, tf.shape(reference)[1:3], method=self.interpolation)
 
     def compute_output_shape(self, input_shapes):
         x, reference = input_shapes

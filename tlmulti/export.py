@@ -1,0 +1,379 @@
+"""Export a finished run to SavedModel, TFLite or ONNX with its preprocessing inside.
+
+The exported model takes what ``tlmulti predict`` takes, without tlmulti:
+
+* images (classification and segmentation): raw pixels, float32 values 0..255, ``(batch, H, W,
+  C)`` with the run's channel count; SavedModel and ONNX take any size (the model resizes), TFLite
+  the run's fixed network size (``export.json`` states it). Segmentation returns class
+  probabilities and the class map at the input size (large images are not tiled inside the
+  export: tile them as ``predict`` does, or feed the network size);
+* audio: mono waveforms at the run's sample rate and clip length, float32 -1..1, ``(batch,
+  samples)``; the log-mel front end is inside;
+* text: raw strings in SavedModel (the WordPiece tokenizer is inside). TFLite and ONNX cannot
+  carry the tokenizer (its string ops are TensorFlow Text kernels that neither runtime has), so
+  those take ``token_ids`` / ``padding_mask`` / ``segment_ids`` int32 ``(batch, sequence_length)``
+  and the export folder holds ``vocab.txt`` and the tokenizer settings in ``export.json``
+  (``[CLS] tokens [SEP]`` then ``[PAD]``), as TFLite Model Maker's text models do.
+
+Training-only augmentation layers are removed before export (they are listed in
+``export.json``). Next to the model: ``labels.txt`` (one class per line, in output order) and
+``export.json`` (format, quantization, input signature with dtype / shape / value range,
+preprocessing, classes, the source run and its test metrics, tlmulti / TensorFlow versions).
+``--quantize`` (TFLite): ``float16`` weights, ``dynamic`` int8 weights, or ``int8`` with a
+representative sample of the run's training data (float inputs and outputs).
+
+Example::
+
+    from tlmulti.export import export_run
+    export_run("runs/fashion", "tflite", "exports/fashion", quantize="int8")
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tlmulti import choices
+from tlmulti.errors import RunError
+
+AUGMENTATION_CLASSES = ("WaveformAugment", "SpecAugment")
+MODEL_FILES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+
+
+def _is_augmentation(layer) -> bool:
+    name = type(layer).__name__
+    return name in AUGMENTATION_CLASSES or name.startswith("Random") or layer.name == "augment"
+
+
+def inference_model(model):
+    """``model`` without its training-only augmentation layers (the others are shared, so the
+    weights are the trained ones); returns ``(model, removed layer names)``."""
+    import keras
+
+    removed = []
+
+    class _PassThrough(keras.layers.Layer):
+        def call(self, x, **kwargs):
+            return x
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    def strip(layer):
+        if _is_augmentation(layer):
+            removed.append(layer.name)
+            return _PassThrough(name=f"{layer.name}_removed")
+        if isinstance(layer, keras.Sequential) and any(_is_augmentation(sub) for sub in layer.layers):
+            removed.extend(sub.name for sub in layer.layers if _is_augmentation(sub))
+            return keras.Sequential([sub for sub in layer.layers if not _is_augmentation(sub)], name=layer.name)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=strip), removed
+
+
+def _kind(model) -> str:
+    dtype = str(model.inputs[0].dtype)
+    if "string" in dtype:
+        return "text"
+    return "image" if len(model.inputs[0].shape) == 4 else "waveform"
+
+
+def _with_class_map(model):
+    """Segmentation models also return the class map (argmax over classes)."""
+    import keras
+    import tensorflow as tf
+
+    class ClassMap(keras.layers.Layer):
+        def call(self, p):
+            return tf.math.argmax(p, axis=-1, output_type=tf.int32)  # TFLite / ONNX builtin ArgMax
+
+        def compute_output_shape(self, shape):
+            return shape[:-1]
+
+        def compute_output_spec(self, p):
+            return keras.KerasTensor(p.shape[:-1], dtype="int32")
+
+    probs = model.outputs[0]
+    class_map = ClassMap(name="class_map")(probs)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, {"probabilities": probs, "class_map": class_map}, name="exported")
+
+
+def _token_model(model):
+    """The text model from the tokenizer's outputs (token ids) on."""
+    import keras
+
+    tokenizer = model.get_layer("tokenizer")
+    keys = list(tokenizer.outputs)
+    inputs = {k: keras.Input((tokenizer.sequence_length,), dtype="int32", name=k) for k in keys}
+    x = inputs
+    for layer in model.layers:
+        if layer.name in ("tokenizer",) or type(layer).__name__ == "InputLayer" or layer.name.endswith("_removed"):
+            continue
+        x = layer(x)
+    return keras.Model(inputs, x, name="exported_tokens"), tokenizer
+
+
+def _representative(task, recipe, n: int = 100):
+    """Up to ``n`` training inputs (balanced over classes where labels are per example)."""
+    examples = task.read(recipe.data.train, classes=task.classes)
+    y = examples.y
+    idx = np.arange(len(examples))
+    if y is not None and np.ndim(y) == 1:
+        rng = np.random.default_rng(0)
+        idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: max(1, n // len(task.classes))]
+                              for c in range(len(task.classes))])
+    return examples.subset(idx[:n]).x
+
+
+def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool = False) -> Path:
+    """Write the export of finished run ``run_dir`` in format ``fmt`` into folder ``out``."""
+    import keras
+    import tensorflow as tf
+
+    from tlmulti import __version__
+    from tlmulti.runs import load_run
+
+    if fmt not in choices.EXPORT_FORMATS:
+        raise RunError(f"Unknown export format '{fmt}'; use one of {', '.join(choices.EXPORT_FORMATS)}.")
+    if quantize not in choices.EXPORT_QUANTIZATIONS:
+        raise RunError(f"Unknown quantization '{quantize}'; use one of {', '.join(choices.EXPORT_QUANTIZATIONS)}.")
+    if quantize != "none" and fmt != "tflite":
+        raise RunError(f"--quantize {quantize} applies to TFLite exports; export {fmt} with --quantize none.")
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise RunError(f"Export folder '{out}' already exists; choose another --out or pass --overwrite.")
+        if not (out / "export.json").is_file():
+            raise RunError(f"'{out}' is not a tlmulti export folder (no export.json); it is never overwritten.")
+        shutil.rmtree(out)
+    run_dir = Path(run_dir)
+    recipe, task, model = load_run(run_dir)
+    serving, removed = inference_model(model)
+    kind = _kind(serving)
+    segmentation = recipe.task == "segmentation"
+    if segmentation:
+        serving = _with_class_map(serving)
+    info = {"format": fmt, "quantize": quantize, "task": recipe.task, "backbone": recipe.backbone.name,
+            "classes": list(task.classes), "source_run": str(run_dir.resolve()),
+            "test_metrics": {k: v for k, v in (json.loads((run_dir / "metrics.json").read_text()).get("test") or {}).items()
+                             if isinstance(v, (int, float))},
+            "augmentation_removed": removed, "tlmulti": __version__, "tensorflow": tf.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info["input"], info["output"], info["preprocessing"] = _signature(task, recipe, serving, kind, fmt, segmentation)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        target = tmp / MODEL_FILES[fmt]
+        if kind == "text" and fmt != "saved_model":
+            token_model, tokenizer = _token_model(serving)
+            (tmp / "vocab.txt").write_text("\n".join(tokenizer.vocabulary) + "\n", encoding="utf-8")
+            serving = token_model
+        if fmt == "saved_model":
+            serving.export(str(target), format="tf_saved_model", verbose=False)
+        elif fmt == "tflite":
+            info["tflite_ops"] = _to_tflite(serving, target, task, recipe, kind, quantize)
+        else:
+            _to_onnx(serving, target, kind)
+        (tmp / "labels.txt").write_text("\n".join(task.classes) + "\n", encoding="utf-8")
+        info["file_bytes"] = sum(p.stat().st_size for p in ([target] if target.is_file() else target.rglob("*"))
+                                 if p.is_file())
+        (tmp / "export.json").write_text(json.dumps(info, indent=2))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keras.backend.clear_session()
+    return out
+
+
+def _signature(task, recipe, serving, kind: str, fmt: str, segmentation: bool):
+    if kind == "image":
+        h, w = task.image_size()
+        c = task.channels()
+        shape = [1, h, w, c] if fmt == "tflite" else [None, None, None, c]
+        inputs = {"image": {"dtype": "float32", "shape": shape, "range": [0, 255],
+                            "note": "raw pixels; the model resizes to its network size and normalises"}}
+        prep = {"resize_to": [h, w], "channels": c, "normalization": task.spec.input.get("normalization", "unit")}
+    elif kind == "waveform":
+        contract = task.contract()
+        inputs = {"waveform": {"dtype": "float32", "shape": [1 if fmt == "tflite" else None, contract.clip_samples],
+                               "range": [-1, 1], "sample_rate": contract.sample_rate,
+                               "note": "mono, centred in (or cropped to) the clip length"}}
+        prep = {"sample_rate": contract.sample_rate, "clip_seconds": contract.clip_seconds,
+                "frontend": contract.frontend, "log_mel": contract.frontend_config() if contract.frontend == "log_mel" else None}
+    elif fmt == "saved_model":
+        inputs = {"text": {"dtype": "string", "shape": [None], "note": "raw text; the tokenizer is inside"}}
+        prep = {"tokenizer": "inside the model"}
+    else:
+        tok = serving.get_layer("tokenizer")
+        shape = [1 if fmt == "tflite" else None, tok.sequence_length]
+        inputs = {k: {"dtype": "int32", "shape": shape} for k in tok.outputs}
+        prep = {"tokenizer": {"vocabulary": "vocab.txt", "lowercase": tok.lowercase, "strip_accents": tok.strip_accents,
+                              "sequence_length": tok.sequence_length, "cls": tok.cls_token, "sep": tok.sep_token,
+                              "pad": tok.pad_token, "unk": tok.unk_token,
+                              "note": "[CLS] word pieces [SEP], padded with [PAD]; padding_mask 1 on tokens"}}
+    if segmentation:
+        output = {"probabilities": "float32 (batch, H, W, classes) at the input size",
+                  "class_map": "int32 (batch, H, W): argmax over classes, ids as in labels.txt"}
+    else:
+        output = {"probabilities": f"float32 (batch, {len(task.classes)}), classes in labels.txt order"}
+    return inputs, output, prep
+
+
+def _fixed(serving, kind: str, task):
+    """A batch-1, fixed-size model for TFLite."""
+    import keras
+
+    if kind == "image":
+        h, w = task.image_size()
+        inputs = keras.Input((h, w, task.channels()), batch_size=1, name="image")
+    elif kind == "waveform":
+        inputs = keras.Input((task.contract().clip_samples,), batch_size=1, name="waveform")
+    else:
+        inputs = {k: keras.Input(tuple(t.shape[1:]), batch_size=1, dtype="int32", name=k)
+                  for k, t in serving.input.items()}
+    return keras.Model(inputs, serving(inputs), name="exported_fixed")
+
+
+def _representative_inputs(task, recipe, serving, kind):
+    x = _representative(task, recipe)
+    if kind == "image":
+        import tensorflow as tf
+
+        h, w = task.image_size()
+        x = tf.image.resize(np.asarray(x, np.float32), (h, w)).numpy()
+        return [{"image": x[i:i + 1]} for i in range(len(x))]
+    if kind == "waveform":
+        return [{"waveform": np.asarray(x[i:i + 1], np.float32)} for i in range(len(x))]
+    from tlmulti.errors import TlmultiError
+
+    raise TlmultiError("int8 quantization of text exports needs token inputs; use --quantize dynamic for text.")
+
+
+def _to_tflite(serving, target: Path, task, recipe, kind: str, quantize: str) -> str:
+    import tensorflow as tf
+
+    fixed = _fixed(serving, kind, task)
+    names = [t.name.split(":")[0] for t in fixed.inputs]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(fixed.inputs, names)]
+    as_dict = isinstance(fixed.input, dict)
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        return fixed(dict(zip(names, args)) if as_dict else args[0], training=False)
+
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = convert_variables_to_constants_v2(serve.get_concrete_function())  # weights as constants
+
+    def converter(select_ops: bool):
+        if as_dict:  # from_keras_model cannot trace a dict-input Keras 3 model
+            conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+        else:
+            conv = tf.lite.TFLiteConverter.from_keras_model(fixed)
+        if select_ops:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        if quantize != "none":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            conv.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            samples = _representative_inputs(task, recipe, serving, kind)
+            conv.representative_dataset = lambda: ([s[k] for k in names] for s in samples)
+        return conv
+
+    try:
+        blob, ops = converter(False).convert(), "builtins"
+    except Exception:  # an op outside the TFLite builtins: keep TensorFlow's kernel (Flex delegate)
+        try:
+            blob, ops = converter(True).convert(), "builtins+select_tf_ops"
+        except Exception as exc:
+            raise RunError(f"TFLite conversion failed ({str(exc).strip().splitlines()[-1][:300]}).") from None
+    target.write_bytes(blob)
+    return ops
+
+
+def _to_onnx(serving, target: Path, kind: str) -> None:
+    try:
+        import tf2onnx
+    except ImportError:
+        raise RunError("ONNX export needs tf2onnx and onnxruntime: pip install 'tlmulti[export]' "
+                       "(or pip install tf2onnx onnxruntime).") from None
+    import tensorflow as tf
+
+    if kind == "image":
+        spec = (tf.TensorSpec((None, None, None, serving.inputs[0].shape[-1]), tf.float32, name="image"),)
+    elif kind == "waveform":
+        spec = (tf.TensorSpec((None, serving.inputs[0].shape[-1]), tf.float32, name="waveform"),)
+    else:
+        spec = ({k: tf.TensorSpec((None, t.shape[-1]), tf.int32, name=k) for k, t in serving.input.items()},)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(serving, input_signature=spec, opset=17, output_path=str(target))
+    except Exception as exc:
+        raise RunError(f"ONNX conversion failed in tf2onnx ({str(exc).strip().splitlines()[-1][:300]}).") from None
+
+
+class ExportedModel:
+    """Runs an export folder with its own runtime (TensorFlow SavedModel, the TFLite interpreter
+    or onnxruntime), so exports can be checked against the run; ``predict(x)`` takes a batch of the
+    input ``export.json`` describes (an array, or a dict of arrays for token inputs) and returns
+    the probabilities (a dict with ``class_map`` for segmentation)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / "export.json").read_text())
+        fmt = self.info["format"]
+        if fmt == "saved_model":
+            import tensorflow as tf
+
+            self._loaded = tf.saved_model.load(str(self.folder / MODEL_FILES[fmt]))  # keeps its variables alive
+            self._fn = self._loaded.serve
+        elif fmt == "tflite":
+            import warnings
+
+            import tensorflow as tf
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._interpreter = tf.lite.Interpreter(model_path=str(self.folder / MODEL_FILES[fmt]))
+            self._interpreter.allocate_tensors()
+        else:
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(self.folder / MODEL_FILES[fmt]),
+                                                         providers=["CPUExecutionProvider"])
+
+    def _outputs(self, values: list):
+        if self.info["task"] == "segmentation":
+            probs = next(v for v in values if v.ndim == 4)
+            ids = next(v for v in values if v.ndim == 3)
+            return {"probabilities": probs, "class_map": ids}
+        return values[0]
+
+    def predict(self, x):
+        fmt = self.info["format"]
+        if fmt == "saved_model":
+            out = self._fn(x)
+            out = [np.asarray(v) for v in (out.values() if isinstance(out, dict) else [out])]
+            return self._outputs(out)
+        if fmt == "onnx":
+            names = [i.name for i in self._session.get_inputs()]
+            feed = {n: (x[n] if isinstance(x, dict) else x) for n in names}
+            return self._outputs(self._session.run(None, feed))
+        details = self._interpreter.get_input_details()
+        n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+        rows = []
+        for i in range(n):
+            for d in details:
+                value = x[d["name"].split(":")[0].split("serving_default_")[-1]] if isinstance(x, dict) else x
+                self._interpreter.set_tensor(d["index"], np.asarray(value[i:i + 1], d["dtype"]))
+            self._interpreter.invoke()
+            rows.append([self._interpreter.get_tensor(o["index"]) for o in self._interpreter.get_output_details()])
+        return self._outputs([np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))])
