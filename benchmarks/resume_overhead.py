@@ -93,7 +93,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three timed runs")
     parser.add_argument("--skip-kills", action="store_true", help="only the timing part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,11 +120,12 @@ def main():
 
 def _timings(args, tmp):
     with_ck, without, nondet = [], [], []
-    for k in range(args.repeats):  # interleaved, the fastest of each: timings on a shared machine are noisy
-        (tmp / f"ck{k}").mkdir()
-        with_ck.append(_timed_phases(args.per_class, args.size, True, True, tmp / f"ck{k}"))
-        without.append(_timed_phases(args.per_class, args.size, True, False, None))
-        nondet.append(_timed_phases(args.per_class, args.size, False, False, None))
+    runs = [(with_ck, True, True), (without, True, False), (nondet, False, False)]
+    for k in range(args.repeats):  # interleaved in a rotating order, the fastest of each: timings on a
+        (tmp / f"ck{k}").mkdir()   # shared machine are noisy, and the first process of a round may differ
+        for times, deterministic, checkpoints in runs[k % 3:] + runs[:k % 3]:
+            times.append(_timed_phases(args.per_class, args.size, deterministic, checkpoints,
+                                       tmp / f"ck{k}" if checkpoints else None))
     with_ck, without, nondet = min(with_ck), min(without), min(nondet)
     print(f"\nper-epoch checkpoints: {with_ck:.1f} s against {without:.1f} s without: {with_ck / without:.3f}x")
     print(f"determinism: {without:.1f} s with op determinism against {nondet:.1f} s without: {without / nondet:.3f}x")

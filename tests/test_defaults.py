@@ -155,3 +155,15 @@ def test_zero_flag_training_on_every_standard_layout(layout, tmp_path):
     assert sum(summary["splits"]["train"]["per_class"].values()) == summary["splits"]["train"]["n"]
     again = load_recipe(tmp_path / "run" / "recipe.yaml")  # the saved recipe states every derived value
     assert [p.epochs for p in again.phases] == [p["epochs"] for p in saved["phases"]]
+
+
+@pytest.mark.parametrize("n,size,expected", [(1, (320, 512), [128, 128]), (4, (320, 512), [224, 224]),
+                                             (3, (100, 120), [])])
+def test_segmentation_tile_is_derived_from_the_images(tmp_path, n, size, expected):
+    from tests.test_segmentation_task import write_seg_folder
+    from tlmulti.training.trainer import make_task
+
+    folder = write_seg_folder(tmp_path / "seg", n, size=size)
+    recipe = load_recipe(task="segmentation", overrides=[f"data.train={folder}"])  # Lite0: 224 px contract
+    make_task(recipe).derive_defaults()
+    assert recipe.data.tile == expected  # one 320x512 image: 8 tiles of 224, so 128 (28 tiles)

@@ -151,3 +151,38 @@ def test_export_refusals(runs, tmp_path):
         export_run(unfinished, "tflite", tmp_path / "x")
     with pytest.raises(RunError, match="applies to TFLite"):
         export_run(run_dir, "onnx", tmp_path / "y", quantize="int8")
+
+
+def test_an_onnx_graph_that_does_not_load_is_refused_not_written(runs, tmp_path, monkeypatch):
+    import onnxruntime
+
+    from tlmulti.errors import RunError
+    from tlmulti.export import export_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("No Op registered for Foo with domain_version of 17")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", broken)
+    with pytest.raises(RunError, match="ONNX conversion of this model failed.*Foo.*saved_model or tflite"):
+        export_run(runs["image"][0], "onnx", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_exact_gelu_converts_to_onnx(tmp_path):
+    """TensorFlow's exact GELU is 0.5 x erfc(-x / sqrt 2); tf2onnx lacks Erfc, the export adds it."""
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    from tlmulti.export import _register_onnx_handlers
+
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Activation(lambda v: tf.math.erfc(v))(inputs))
+    _register_onnx_handlers()
+    tf2onnx.convert.from_keras(model, input_signature=(tf.TensorSpec((None, 5), tf.float32),), opset=17,
+                               output_path=str(tmp_path / "m.onnx"))
+    x = np.linspace(-3, 3, 10, dtype=np.float32).reshape(2, 5)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, tf.math.erfc(x).numpy(), atol=1e-6)

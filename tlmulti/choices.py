@@ -16,6 +16,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 DISTRIBUTE = ("auto", "default", "mirrored", "multi_worker")
 ADAPTATION_SCHEDULES = ("ramp", "constant")
 CLASS_WEIGHTS = (None, "balanced")
+CLASSIFICATION_LOSSES = ("crossentropy", "focal")
 CACHE_FEATURES = ("auto", True, False)
 LR_SCHEDULES = ("constant", "cosine")
 

@@ -1,8 +1,10 @@
 """Metrics shared by every task (plots and other reports: :mod:`tlmulti.reports`).
 
 ``classification_metrics`` gives accuracy, loss, macro F1, per-class precision/recall/F1, the
-confusion matrix and, when a group column is given (domain, accent, speaker), the accuracy of
-each group and the worst one. ``segmentation_metrics`` gives IoU, Dice, precision and recall per
+confusion matrix, the ranking and calibration metrics clinical users expect (AUROC, AUPRC,
+sensitivity / specificity at a threshold, ECE, bootstrap confidence intervals; computed with
+scikit-learn) and, when a group column is given (domain, accent, speaker), the accuracy of each
+group and the worst one. ``segmentation_metrics`` gives IoU, Dice, precision and recall per
 class from a pixel confusion matrix (``confusion``), and their means over the foreground.
 """
 
@@ -11,40 +13,137 @@ from __future__ import annotations
 import numpy as np
 
 
-def classification_metrics(y_true, probs, classes, groups=None) -> dict:
-    """Metrics of predicted class probabilities ``probs`` (N, C) against integer labels."""
+def classification_metrics(y_true, probs, classes, groups=None, positive: int | None = None,
+                           threshold: float | None = None, bootstrap: int = 0, seed: int = 0,
+                           bins: int = 15, threshold_from: str = "given") -> dict:
+    """Metrics of predicted class probabilities ``probs`` (N, C) against integer labels.
+
+    Besides accuracy, loss, macro F1, per-class precision/recall/F1 and the confusion matrix: the
+    ranking and calibration metrics of :func:`clinical_metrics` (AUROC, AUPRC, sensitivity and
+    specificity at ``threshold`` for two classes, ECE, bootstrap intervals when ``bootstrap``)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
     n_classes = len(classes)
-    cm = np.zeros((n_classes, n_classes), dtype=int)
-    np.add.at(cm, (y_true, pred), 1)
-    per_class = {}
-    f1s = []
-    for i, name in enumerate(classes):
-        tp = cm[i, i]
-        precision = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        recall = tp / cm[i, :].sum() if cm[i, :].sum() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                           "support": int(cm[i, :].sum())}
-        if cm[i, :].sum():
-            f1s.append(f1)
+    labels = list(range(n_classes))
+    cm = confusion_matrix(y_true, pred, labels=labels) if len(y_true) else np.zeros((n_classes, n_classes), int)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, pred, labels=labels, zero_division=0) if len(y_true) else ([0.0] * n_classes,) * 3 + ([0] * n_classes,)
+    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                        "support": int(support[i])} for i, name in enumerate(classes)}
+    present = [f1[i] for i in labels if support[i]]
     eps = 1e-7
     loss = -np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))) if len(y_true) else 0.0
     out = {
         "accuracy": float((pred == y_true).mean()) if len(y_true) else 0.0,
         "loss": float(loss),
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "macro_f1": float(np.mean(present)) if present else 0.0,
         "n": int(len(y_true)),
         "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
+        "confusion_matrix": np.asarray(cm).tolist(),
     }
     if n_classes == 2:
-        out["f1"] = per_class[classes[1]]["f1"]
+        out["f1"] = per_class[classes[1 if positive is None else positive]]["f1"]
+    if len(y_true):
+        out.update(clinical_metrics(y_true, probs, classes, positive=positive, threshold=threshold,
+                                    bootstrap=bootstrap, seed=seed, bins=bins, threshold_from=threshold_from))
     if groups is not None:
         column, values = groups
         out.update(grouped_accuracy(y_true, pred, values, column))
+    return out
+
+
+def auroc(y_true, probs, positive: int | None = None) -> float | None:
+    """AUROC of class ``positive`` (two classes) or the macro one-vs-rest AUROC over the classes
+    that have both positive and negative examples; None when no class has both."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs)
+    if probs.shape[1] == 2 or positive is not None:
+        c = 1 if positive is None else positive
+        return float(roc_auc_score(y_true == c, probs[:, c])) if 0 < (y_true == c).sum() < len(y_true) else None
+    scores = [roc_auc_score(y_true == c, probs[:, c]) for c in range(probs.shape[1])
+              if 0 < (y_true == c).sum() < len(y_true)]
+    return float(np.mean(scores)) if scores else None
+
+
+def youden_threshold(y_true, scores) -> float:
+    """The score threshold that maximises Youden's J (sensitivity + specificity - 1) on these examples."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y_true, scores)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def calibration(y_true, probs, bins: int = 15) -> dict:
+    """Expected calibration error of the top-class confidence over ``bins`` equal-width bins, and
+    the bins themselves (for the reliability diagram)."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece, rows = 0.0, []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
+            ece += mask.mean() * abs(acc - mean_conf)
+            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
+                         "accuracy": acc, "confidence": mean_conf})
+    return {"ece": float(ece), "bins": rows}
+
+
+def clinical_metrics(y_true, probs, classes, positive: int | None = None, threshold: float | None = None,
+                     bootstrap: int = 0, seed: int = 0, bins: int = 15, threshold_from: str = "given") -> dict:
+    """AUROC (of the positive class for two classes, macro one-vs-rest otherwise); for two classes
+    also AUPRC, and sensitivity / specificity at ``threshold`` on the positive probability (Youden's
+    J on these examples when None); ECE; with ``bootstrap`` resamples (seeded), 95% percentile
+    intervals for accuracy and AUROC."""
+    from sklearn.metrics import average_precision_score
+
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    out = {"auroc": auroc(y_true, probs)}
+    if len(classes) == 2:
+        pos = 1 if positive is None else positive
+        is_pos = y_true == pos
+        out["positive_class"] = classes[pos]
+        out["auprc"] = float(average_precision_score(is_pos, probs[:, pos])) if is_pos.any() else None
+        out["auroc"] = auroc(y_true, probs, pos)
+        chosen = threshold
+        if chosen is None:
+            chosen = youden_threshold(is_pos, probs[:, pos]) if 0 < is_pos.sum() < len(is_pos) else 0.5
+            out["threshold_from"] = "these examples (Youden's J)"
+        else:
+            out["threshold_from"] = threshold_from
+        called = probs[:, pos] >= chosen
+        out["threshold"] = float(chosen)
+        out["sensitivity"] = float(called[is_pos].mean()) if is_pos.any() else None
+        out["specificity"] = float((~called[~is_pos]).mean()) if (~is_pos).any() else None
+    cal = calibration(y_true, probs, bins)
+    out["ece"] = cal["ece"]
+    out["calibration"] = cal["bins"]
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        n = len(y_true)
+        correct = probs.argmax(axis=1) == y_true
+        accs, aurocs = [], []
+        pos = 1 if positive is None else positive
+        for _ in range(bootstrap):
+            idx = rng.integers(0, n, n)
+            accs.append(correct[idx].mean())
+            a = auroc(y_true[idx], probs[idx], pos if len(classes) == 2 else None)
+            if a is not None:
+                aurocs.append(a)
+        out["ci"] = {"level": 0.95, "resamples": int(bootstrap), "seed": int(seed),
+                     "accuracy": [float(v) for v in np.percentile(accs, [2.5, 97.5])],
+                     "auroc": [float(v) for v in np.percentile(aurocs, [2.5, 97.5])] if aurocs else None}
     return out
 
 
@@ -99,3 +198,70 @@ def segmentation_metrics(cm, classes: list[str]) -> dict:
         "per_class": per_class,
         "confusion_matrix": cm.astype(np.int64).tolist(),
     }
+
+
+def best_f1_threshold(y_true, scores) -> float:
+    """The score threshold with the highest F1 on these examples (0.5 when there is no positive)."""
+    from sklearn.metrics import precision_recall_curve
+
+    y_true = np.asarray(y_true).astype(bool)
+    if not y_true.any():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def multilabel_metrics(y_true, probs, classes, thresholds=None, bootstrap: int = 0, seed: int = 0,
+                       threshold_from: str = "given") -> dict:
+    """Metrics of independent per-label probabilities ``probs`` (N, L) against multi-hot labels.
+
+    Per label: AUROC, AUPRC and, at its threshold (``thresholds[i]``, or the F1-best threshold on
+    these examples when None), precision, recall, F1. Overall: macro AUROC / AUPRC / F1, micro F1,
+    subset accuracy (every label right) and label accuracy; with ``bootstrap``, a 95% interval of
+    the macro AUROC."""
+    from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support, roc_auc_score
+
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    chosen = [None] * len(classes) if thresholds is None else list(thresholds)
+    source = threshold_from if thresholds is not None else "these examples (best F1 per label)"
+    chosen = [best_f1_threshold(y_true[:, i], probs[:, i]) if t is None else float(t) for i, t in enumerate(chosen)]
+    pred = (probs >= np.asarray(chosen)[None, :]).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, pred, zero_division=0)
+    per_class, aurocs, auprcs = {}, [], []
+    for i, name in enumerate(classes):
+        both = 0 < y_true[:, i].sum() < len(y_true)
+        auc = float(roc_auc_score(y_true[:, i], probs[:, i])) if both else None
+        ap = float(average_precision_score(y_true[:, i], probs[:, i])) if y_true[:, i].any() else None
+        if auc is not None:
+            aurocs.append(auc)
+        if ap is not None:
+            auprcs.append(ap)
+        per_class[name] = {"auroc": auc, "auprc": ap, "threshold": chosen[i], "precision": float(precision[i]),
+                           "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+    eps = 1e-7
+    p = np.clip(probs, eps, 1 - eps)
+    out = {
+        "n": int(len(y_true)),
+        "loss": float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p))) if len(y_true) else 0.0,
+        "subset_accuracy": float((pred == y_true).all(axis=1).mean()) if len(y_true) else 0.0,
+        "label_accuracy": float((pred == y_true).mean()) if len(y_true) else 0.0,
+        "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "macro_auprc": float(np.mean(auprcs)) if auprcs else None,
+        "macro_f1": float(np.mean([f1[i] for i in range(len(classes)) if support[i]])) if support.any() else 0.0,
+        "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
+        "thresholds": chosen, "threshold_from": source, "per_class": per_class,
+    }
+    if bootstrap and len(y_true):
+        rng = np.random.default_rng(seed)
+        values = []
+        for _ in range(bootstrap):
+            idx = rng.integers(0, len(y_true), len(y_true))
+            scores = [roc_auc_score(y_true[idx, i], probs[idx, i]) for i in range(len(classes))
+                      if 0 < y_true[idx, i].sum() < len(idx)]
+            if scores:
+                values.append(np.mean(scores))
+        out["ci"] = {"level": 0.95, "resamples": int(bootstrap), "seed": int(seed),
+                     "macro_auroc": [float(v) for v in np.percentile(values, [2.5, 97.5])] if values else None}
+    return out

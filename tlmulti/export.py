@@ -289,11 +289,17 @@ def _to_tflite(serving, target: Path, task, recipe, kind: str, quantize: str) ->
             conv.representative_dataset = lambda: ([s[k] for k in names] for s in samples)
         return conv
 
+    import contextlib
+    import io
+
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the converter prints its traced signature
     try:
-        blob, ops = converter(False).convert(), "builtins"
+        with quiet:
+            blob, ops = converter(False).convert(), "builtins"
     except Exception:  # an op outside the TFLite builtins: keep TensorFlow's kernel (Flex delegate)
         try:
-            blob, ops = converter(True).convert(), "builtins+select_tf_ops"
+            with contextlib.redirect_stdout(io.StringIO()):
+                blob, ops = converter(True).convert(), "builtins+select_tf_ops"
         except Exception as exc:
             raise RunError(f"TFLite conversion failed ({str(exc).strip().splitlines()[-1][:300]}).") from None
     target.write_bytes(blob)
@@ -314,10 +320,71 @@ def _to_onnx(serving, target: Path, kind: str) -> None:
         spec = (tf.TensorSpec((None, serving.inputs[0].shape[-1]), tf.float32, name="waveform"),)
     else:
         spec = ({k: tf.TensorSpec((None, t.shape[-1]), tf.int32, name=k) for k, t in serving.input.items()},)
+    _register_onnx_handlers()
     try:
-        proto, _ = tf2onnx.convert.from_keras(serving, input_signature=spec, opset=17, output_path=str(target))
+        with _collect_tf2onnx_errors() as errors:
+            tf2onnx.convert.from_keras(serving, input_signature=spec, opset=17, output_path=str(target))
     except Exception as exc:
         raise RunError(f"ONNX conversion failed in tf2onnx ({str(exc).strip().splitlines()[-1][:300]}).") from None
+    import onnxruntime
+
+    try:  # tf2onnx writes a graph even when it could not convert an op: prove it loads
+        onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        detail = "; ".join(errors[-2:]) or str(exc).strip().splitlines()[-1][:300]
+        raise RunError(f"ONNX conversion of this model failed ({detail}); export saved_model or tflite instead.") from None
+
+
+def _collect_tf2onnx_errors():
+    """A context that keeps the error lines tf2onnx logs (unsupported ops) instead of printing them."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def collect():
+        errors: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                errors.append(record.getMessage())
+
+        logger = logging.getLogger("tf2onnx")
+        handler, propagate = Keep(level=logging.ERROR), logger.propagate
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            yield errors
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+    return collect()
+
+
+_ONNX_HANDLERS = []
+
+
+def _register_onnx_handlers() -> None:
+    """tf2onnx has no handler for TensorFlow's ``Erfc`` (exact GELU in Whisper and BERT-family
+    encoders is ``0.5 * x * erfc(-x / sqrt(2))``): convert it as ``1 - Erf(x)``, which ONNX has."""
+    if _ONNX_HANDLERS:
+        return
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            shapes, dtypes = [ctx.get_shape(node.output[0])], [ctx.get_dtype(node.output[0])]
+            ctx.remove_node(node.name)
+            ctx.make_node("Sub", [one.output[0], erf.output[0]], outputs=node.output, name=node.name,
+                          shapes=shapes, dtypes=dtypes)
+
+    _ONNX_HANDLERS.append(Erfc)
 
 
 class ExportedModel:

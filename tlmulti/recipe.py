@@ -53,11 +53,15 @@ class HeadConfig:
     the class layer. ``normalize``: ``batchnorm`` standardises each pooled feature over the data
     (BatchNorm without scale and offset, as in MAE's linear probing) for backbones whose features
     have large, shared offsets; ``auto`` follows the backbone's contract (``input.feature_normalize``).
-    ``label_smoothing``: the weight moved from the true class to a uniform target (0.1 is usual)."""
+    ``label_smoothing``: the weight moved from the true class to a uniform target (0.1 is usual).
+    ``loss``: crossentropy | focal (cross-entropy scaled by ``(1 - p_true) ** focal_gamma``, for
+    imbalanced data; Lin et al. 2017)."""
 
     pooling: str = choice("avg", choices.POOLINGS)
     normalize: str = choice("auto", choices.FEATURE_NORMALIZATIONS)
     label_smoothing: float = at_least(0.0, 0.0)
+    loss: str = choice("crossentropy", choices.CLASSIFICATION_LOSSES)
+    focal_gamma: float = at_least(2.0, 0.0)
     hidden: list[int] = field(default_factory=list)
     dropout: float = 0.2
     activation: str = "relu"
@@ -70,7 +74,14 @@ class DataConfig:
 
     ``holdout``: ``column=value`` rules (e.g. ``accent=en-029``); training examples matching any
     rule are kept out of training and validation and evaluated with the test set instead, for
-    leave-one-group-out scores (``--holdout`` on the command line)."""
+    leave-one-group-out scores (``--holdout`` on the command line).
+
+    ``split_by``: a manifest column (e.g. ``patient``) whose every value lands in one split: the
+    validation split keeps whole groups (stratified by label as far as groups allow), and a value
+    seen in both the training and the test data is an error (``--split-by``).
+    ``positive_class`` (two classes; default the second in sorted order) is the class AUROC,
+    AUPRC, sensitivity and specificity are of; ``threshold`` is the decision threshold on its
+    probability (default: chosen on the validation data by Youden's J)."""
 
     train: Optional[str] = None
     val: Optional[str] = None
@@ -82,6 +93,9 @@ class DataConfig:
     limit_per_class: Optional[int] = None
     class_weight: Optional[str] = choice(None, choices.CLASS_WEIGHTS)
     holdout: list[str] = field(default_factory=list)
+    split_by: Optional[str] = None
+    positive_class: Optional[str] = None
+    threshold: Optional[float] = None
 
 
 @dataclass
@@ -153,6 +167,16 @@ class AdaptationConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """``bootstrap``: resamples of the test set for 95% confidence intervals of accuracy and AUROC
+    (0: none; seeded with the recipe's seed); ``calibration_bins``: bins of the expected
+    calibration error and the reliability diagram."""
+
+    bootstrap: int = at_least(1000, 0)
+    calibration_bins: int = at_least(15, 2)
+
+
+@dataclass
 class OutputConfig:
     dir: Optional[str] = None
     plots: bool = True
@@ -173,6 +197,7 @@ class Recipe:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     distribute: str = choice("auto", choices.DISTRIBUTE)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe
 
@@ -420,6 +445,8 @@ TRAIN_FLAGS = (
     Flag("--holdout", "data.holdout", "Keep training examples with this manifest value out of training and score "
          "them with the test set, e.g. --holdout accent=en-029 (repeatable).", multiple=True,
          metavar="COLUMN=VALUE"),
+    Flag("--split-by", "data.split_by", "Keep every value of this manifest column (e.g. patient) in one split; "
+         "a value in both training and test data is an error.", metavar="COLUMN"),
 )
 
 

@@ -185,9 +185,31 @@ def begin_run(run_dir: Path, recipe, task, classes, summary: dict, card: dict) -
     write_json(run_dir / "run.json", info)
 
 
-def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list) -> None:
+def write_splits(run_dir: Path, splits: dict) -> None:
+    """``splits.csv`` (``path,split``): which input file went to which split, for an audit of
+    leakage between them. Splits whose examples have no paths (texts) are left out."""
+    import csv
+
+    rows = []
+    for name, examples in splits.items():
+        paths = (examples.meta.get("path") if examples is not None else None) or []
+        seen = set()
+        for path in paths:  # one row per file (segmentation tiles share their image's path)
+            if path not in seen:
+                seen.add(path)
+                rows.append((str(path), name))
+    if not rows:
+        return
+    with open(run_dir / "splits.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "split"])
+        writer.writerows(rows)
+
+
+def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list, **fields) -> None:
     """The finished run: the model (written atomically), metrics, history, curves; status
-    ``finished``; the folder's lock released."""
+    ``finished`` and ``fields`` (the decision threshold) in ``run.json``; the folder's lock
+    released."""
     save_model(model, run_dir / "model.keras")
     write_json(run_dir / "metrics.json", metrics)
     write_history(run_dir / "history.csv", history)
@@ -195,7 +217,7 @@ def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list) -> No
         from tlmulti.reports.plots import plot_curves
 
         plot_curves(history, run_dir / "curves.png")
-    set_status(run_dir, "finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    set_status(run_dir, "finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # the model is written: no resume needed
     release(run_dir)
 
@@ -264,6 +286,8 @@ def load_run(run_dir):
     info = json.loads((run_dir / "run.json").read_text())
     task = task_class(recipe.task)(recipe, spec=_run_spec(recipe.backbone.name, info))
     task.classes = info["classes"]
+    if info.get("threshold") is not None:
+        task.threshold = info["threshold"]
     from tlmulti.backbones.local import load_keras_file
 
     model = load_keras_file(run_dir / "model.keras")

@@ -81,6 +81,24 @@ def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray
     return np.sort(np.array(keep, dtype=int)), np.sort(np.array(held, dtype=int))
 
 
+def group_split(labels, groups, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) where every value of ``groups`` (e.g. a patient id) lands on one
+    side: about ``fraction`` of the groups held out, stratified by label as far as the groups
+    allow (scikit-learn's ``StratifiedGroupKFold``; seeded)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels)
+    groups = np.asarray([str(g) for g in groups])
+    n_splits = max(2, int(round(1 / fraction)))
+    n_groups = len(set(groups.tolist()))
+    if n_groups < n_splits:
+        raise DataError(f"Splitting by groups needs at least {n_splits} distinct groups for a validation "
+                        f"fraction of {fraction}, found {n_groups}; give --val-data or raise data.val_split.")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    keep, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(keep), np.sort(held)
+
+
 def limit_per_class(labels, n: int, seed: int = 0) -> np.ndarray:
     """Indices of at most ``n`` examples per class (seeded): few-shot subsets of a larger set."""
     labels = np.asarray(labels)

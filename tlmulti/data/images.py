@@ -15,6 +15,10 @@ import numpy as np
 from tlmulti.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+#: Everything image classification reads: the above plus DICOM and NIfTI (slices), via
+#: :mod:`tlmulti.data.medical`.
+CLASSIFICATION_SUFFIXES = IMAGE_SUFFIXES + (".dcm", ".dicom", ".nii", ".nii.gz")
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
@@ -83,6 +87,35 @@ def load_images(paths, size, channels: int = 3) -> np.ndarray:
     return out
 
 
+def load_slices(path, size, channels: int = 3, normalize: str = "auto", percentiles=(0.5, 99.5),
+                window=None, axis: int = 2) -> np.ndarray:
+    """The 2-D images of one file as ``(n, H, W, channels)`` uint8: ``n`` is 1 for a photo or a
+    single DICOM, the number of slices (along ``axis``) of a NIfTI volume or frames of a
+    multi-frame DICOM / TIFF stack. PNG / JPEG go through :func:`load_image` (EXIF rotation) unless
+    ``normalize`` asks for more than the default; DICOM (modality LUT, MONOCHROME1), NIfTI (RAS+)
+    and 16-bit / float TIFF through :func:`tlmulti.data.medical.read_stack`, then
+    :func:`tlmulti.data.medical.to_uint8` with ``normalize`` (auto | percentile | minmax |
+    window | none), one transform per file."""
+    from tlmulti.data import medical
+
+    if medical.suffix_of(path) in _PIL_SUFFIXES and normalize == "auto":
+        return load_image(path, size, channels)[None]
+    stack, info = medical.read_stack(path, axis)
+    images = medical.to_uint8(stack, normalize, percentiles, window or None, info)
+    return np.stack([convert(medical.match_channels(im, channels) if im.shape[-1] not in (1, 3) else im,
+                             size, channels) for im in images])
+
+
+def load_files(paths, size, channels: int = 3, **intensity) -> tuple[np.ndarray, np.ndarray]:
+    """Every 2-D image of ``paths`` stacked ``(N, H, W, channels)`` uint8, and for each the index
+    of the file it came from (a volume gives one image per slice)."""
+    stacks = [load_slices(p, size, channels, **intensity) for p in paths]
+    origin = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
+    if not stacks:
+        return np.empty((0, int(size[0]), int(size[1]), channels), np.uint8), origin
+    return np.concatenate(stacks), origin
+
+
 def image_info(paths, limit: int = 5000) -> dict:
     """``{"sizes": {"WxH": n}, "modes": {mode: n}}`` of up to ``limit`` image files, read from
     their headers only."""
@@ -101,8 +134,8 @@ def image_info(paths, limit: int = 5000) -> dict:
     return {"sizes": dict(sizes.most_common()), "modes": dict(modes.most_common())}
 
 
-def image_files(path) -> list[Path]:
+def image_files(path, suffixes=CLASSIFICATION_SUFFIXES) -> list[Path]:
     """A single image, or every image in a folder (recursively, sorted)."""
     from tlmulti.data.manifest import files_in
 
-    return files_in(path, IMAGE_SUFFIXES, "images")
+    return files_in(path, suffixes, "images")

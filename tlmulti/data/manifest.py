@@ -75,13 +75,19 @@ def read_manifest(path: Path, required=("label",), encoding: str = "utf-8") -> l
     return rows
 
 
+def file_suffix(path) -> str:
+    """The format suffix of a file, lower case; ``.nii.gz`` counts as one suffix."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
 def files_in(path, suffixes, kind: str = "files") -> list[Path]:
     """A single file, or every file with one of ``suffixes`` in a folder (recursively, sorted)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and file_suffix(p) in suffixes)
         if not files:
             raise DataError(f"Folder '{path}' has no {kind} ({', '.join(suffixes)}).")
         return files
@@ -99,7 +105,7 @@ def list_class_folders(root: Path, suffixes) -> list[dict]:
         )
     rows = []
     for folder in classes:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and file_suffix(p) in suffixes)
         if not files:
             raise DataError(
                 f"Class folder '{folder}' has no files ({', '.join(sorted(suffixes))}); "

@@ -52,10 +52,9 @@ NORMALIZATIONS = INTENSITY_NORMALIZATIONS
 
 def suffix_of(path) -> str:
     """The file's format suffix, lower case; ``.nii.gz`` counts as one suffix."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
+    from tlmulti.data.manifest import file_suffix
+
+    return file_suffix(path)
 
 
 def stem_of(path) -> str:

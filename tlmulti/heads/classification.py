@@ -43,7 +43,7 @@ def dense_stack(x, config):
 
 
 def classification_head(features, num_classes: int, config, name: str = "head",
-                        normalize: str = "none") -> keras.Model:
+                        normalize: str = "none", activation: str = "softmax") -> keras.Model:
     """A ``keras.Model`` from tensors shaped like ``features`` to class probabilities.
 
     ``normalize="batchnorm"`` standardises the pooled features (moving statistics over the
@@ -58,12 +58,17 @@ def classification_head(features, num_classes: int, config, name: str = "head",
     if normalize == "batchnorm":
         x = keras.layers.BatchNormalization(momentum=0.9, center=False, scale=False, name="feature_norm")(x)
     x = dense_stack(x, config)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classes")(x)
+    outputs = keras.layers.Dense(num_classes, activation=activation, dtype="float32", name="classes")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def classification_loss(label_smoothing: float = 0.0):
-    """Cross-entropy on integer labels, with ``label_smoothing`` when it is not 0."""
+def classification_loss(label_smoothing: float = 0.0, loss: str = "crossentropy", focal_gamma: float = 2.0):
+    """Cross-entropy on integer labels, with ``label_smoothing`` when it is not 0; ``loss="focal"``:
+    focal cross-entropy with ``focal_gamma``."""
+    if loss == "focal":
+        from tlmulti.layers.classification import SparseFocalCrossentropy
+
+        return SparseFocalCrossentropy(focal_gamma, label_smoothing)
     if not label_smoothing:
         return keras.losses.SparseCategoricalCrossentropy()
     from tlmulti.layers.classification import SmoothedSparseCrossentropy

@@ -23,6 +23,12 @@ register_dataset(
     source="PyPI wheel stardist==0.9.2 (pip download --no-deps stardist==0.9.2; only its two data TIFFs are read)",
 )
 
+register_dataset(
+    "nuclei-patches", builder="tlmulti.datasets.nuclei_patches:build", splits=("train", "test"),
+    description="32x32 patches of the nuclei image, nucleus / background at the centre, 16 regions as 'patients'",
+    source="PyPI wheel stardist==0.9.2, as for 'nuclei'",
+)
+
 _DEEPLAB_DECODER = ["decoder_.*", "spatial_pyramid_pooling.*", "encoder_.*", "segmentation_head_.*",
                     "backbone_output_.*"]
 register_backbone(

@@ -103,6 +103,13 @@ register_task(
     description="Classify images into classes from folders or a path,label manifest",
 )
 
+register_task(
+    "multilabel_image_classification", family="vision",
+    implementation="tlmulti.tasks.multilabel:MultiLabelImageClassification",
+    default_backbone="efficientnet_lite0.imagenet", default_recipe="defaults/multilabel_image_classification.yaml",
+    description="Several labels per image (path,labels manifest, labels joined by '|'): sigmoid head, per-label AUROC",
+)
+
 register_dataset(
     "fashion-mnist", builder="tlmulti.datasets.fashion_mnist:build", splits=("train", "test"),
     options={"train_per_class": 300, "test_per_class": 200},

@@ -1,4 +1,4 @@
-"""Plots written into run folders: the confusion matrix and the training curves."""
+"""Plots written into run folders: the confusion matrix, the reliability diagram and the training curves."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ def plot_confusion_matrix(cm, classes, path: Path) -> None:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                         color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
     ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (test set)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    ax.bar(centres, [b["accuracy"] for b in bins], width=[b["high"] - b["low"] for b in bins],
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black", markersize=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (test), ECE {ece:.3f}")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

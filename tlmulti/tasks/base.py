@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from tlmulti import registry
-from tlmulti.data import Examples, concat, limit_per_class, split_holdout, stratified_split
-from tlmulti.errors import TlmultiError
+from tlmulti.data import Examples, concat, group_split, limit_per_class, split_holdout, stratified_split
+from tlmulti.errors import DataError, RecipeError, TlmultiError
 from tlmulti.recipe import DataConfig, HeadConfig, Recipe
 
 
@@ -120,6 +120,9 @@ class Task:
         if not data.train:
             raise TlmultiError("No training data: pass --data or set data.train in the recipe.")
         train, classes = self.read_split(data.train)
+        split_by = self.split_column(train)
+        if split_by:
+            self._require_column(train, split_by, f"'{data.train}'")
         held = None
         if data.holdout:
             train, held = split_holdout(train, data.holdout, f"'{data.train}'")
@@ -132,6 +135,13 @@ class Task:
                 raise TlmultiError("data.val_split must be between 0 and 1 when no validation data is given.")
             train, val = self.split_validation(train, data.val_split, self.recipe.seed)
         test = self.to_examples(*self.read_split(data.test, classes)) if data.test else None
+        if split_by and test is not None and split_by in test.meta:
+            seen = {str(v) for v in train.meta[split_by]} | {str(v) for v in val.meta.get(split_by, ())}
+            shared = sorted(seen & {str(v) for v in test.meta[split_by]})
+            if shared:
+                raise DataError(f"'{split_by}' values in both the training and the test data ({data.test}): "
+                                f"{', '.join(shared[:10])}{' ...' if len(shared) > 10 else ''}; each "
+                                f"{split_by} must be in one split only.")
         if held is not None:  # held-out groups are evaluated with the test set, never trained on
             test = held if test is None else concat(test, held)
         return self.to_examples(train, classes), self.to_examples(val, classes), test
@@ -142,9 +152,29 @@ class Task:
         return examples, examples.classes
 
     def split_validation(self, items, fraction: float, seed: int):
-        """``(train, val)``: by default a seeded stratified split of the examples."""
-        keep, val_idx = stratified_split(self.stratify_labels(items), fraction, seed)
+        """``(train, val)``: by default a seeded stratified split of the examples; with
+        ``data.split_by``, whole groups (every example of one patient, say) on one side."""
+        split_by = self.split_column(items)
+        if split_by:
+            keep, val_idx = group_split(self.stratify_labels(items), items.meta[split_by], fraction, seed)
+        else:
+            keep, val_idx = stratified_split(self.stratify_labels(items), fraction, seed)
         return items.subset(keep), items.subset(val_idx)
+
+    def split_column(self, examples) -> str | None:
+        """The column whose values stay in one split: ``data.split_by``, else the task's own
+        (image classification: the file, when volumes give several slices)."""
+        return getattr(self.recipe.data, "split_by", None) or self.default_split_by(examples)
+
+    def default_split_by(self, examples) -> str | None:
+        return None
+
+    @staticmethod
+    def _require_column(examples: Examples, column: str, source: str) -> None:
+        if column not in examples.meta:
+            raise DataError(f"Cannot split by '{column}': {source} has no '{column}' column (columns: "
+                            f"{', '.join(sorted(examples.meta)) or 'none'}); use a manifest with that column "
+                            "(key data.split_by, --split-by).")
 
     def to_examples(self, items, classes: list[str]) -> Examples:
         """The examples of what :meth:`read_split` gave; by default they already are."""
@@ -209,12 +239,16 @@ class Task:
 class ClassificationTask(Task):
     """Shared by image, text and speech classification: softmax head, accuracy, F1, top-k."""
 
+    output_activation = "softmax"
+
     def compile_args(self) -> dict:
         import keras
 
         from tlmulti.heads.classification import classification_loss
 
-        return {"loss": classification_loss(getattr(self.recipe.head, "label_smoothing", 0.0)),
+        head = self.recipe.head
+        return {"loss": classification_loss(getattr(head, "label_smoothing", 0.0), getattr(head, "loss", "crossentropy"),
+                                            getattr(head, "focal_gamma", 2.0)),
                 "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
 
     def class_weight(self, examples: Examples) -> dict | None:
@@ -256,7 +290,8 @@ class ClassificationTask(Task):
         normalize = getattr(head, "normalize", "none")
         if normalize == "auto":
             normalize = self.spec.input.get("feature_normalize", "none")
-        return classification_head(backbone.output, num_classes, head, normalize=normalize)
+        return classification_head(backbone.output, num_classes, head, normalize=normalize,
+                                   activation=self.output_activation)
 
     def probabilities(self, model, x) -> np.ndarray:
         from tlmulti.data.pipeline import make_dataset
@@ -277,21 +312,64 @@ class ClassificationTask(Task):
         column = self.recipe.data.group_column
         return column if column and column in examples.meta else None
 
-    def metrics_from(self, probs, examples: Examples, group_by: str | None = None) -> dict:
+    #: The decision threshold on the positive class's probability (two classes): chosen on the
+    #: validation data after training and saved with the run (``run.json``), or ``data.threshold``.
+    threshold: float | None = None
+
+    def check_decision(self, classes: list[str]) -> None:
+        """``data.positive_class`` and ``data.threshold`` fit these classes (checked before training)."""
+        self.positive_index(classes)
+        threshold = self.recipe.data.threshold
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise RecipeError(f"Key 'data.threshold' must be a probability between 0 and 1, got {threshold}.")
+
+    def positive_index(self, classes: list[str]) -> int | None:
+        """Index of ``data.positive_class`` (two classes; default the second class)."""
+        name = getattr(self.recipe.data, "positive_class", None)
+        if len(classes) != 2:
+            if name:
+                raise RecipeError(f"Key 'data.positive_class' applies to two classes; this data has {len(classes)}.")
+            return None
+        if name is None:
+            return 1
+        if str(name) not in classes:
+            raise RecipeError(f"Key 'data.positive_class' is '{name}', not a class of the data "
+                              f"({', '.join(classes)}).")
+        return classes.index(str(name))
+
+    def metrics_from(self, probs, examples: Examples, group_by: str | None = None,
+                     bootstrap: int | None = None) -> dict:
         from tlmulti.evaluation import classification_metrics
 
         column = self.group_column(examples, group_by)
         groups = (column, examples.meta[column]) if column else None
-        return classification_metrics(examples.y, probs, examples.classes, groups)
+        self.check_decision(examples.classes)
+        threshold, source = self.recipe.data.threshold, "data.threshold"
+        if threshold is None and self.threshold is not None:
+            threshold, source = self.threshold, "validation data (Youden's J)"
+        ev = self.recipe.evaluation
+        return classification_metrics(examples.y, probs, examples.classes, groups,
+                                      positive=self.positive_index(examples.classes), threshold=threshold, threshold_from=source,
+                                      bootstrap=ev.bootstrap if bootstrap is None else bootstrap,
+                                      seed=self.recipe.seed, bins=ev.calibration_bins)
 
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
         return self.metrics_from(self.probabilities(model, examples.x), examples, group_by)
 
+    def choose_threshold(self, val_metrics: dict) -> None:
+        """Keep the validation data's threshold (Youden's J) for the test set and later evaluations."""
+        if self.recipe.data.threshold is None and val_metrics.get("threshold") is not None:
+            self.threshold = val_metrics["threshold"]
+
     def report(self, run_dir, model, examples, metrics) -> list[str]:
-        from tlmulti.reports.plots import plot_confusion_matrix
+        from tlmulti.reports.plots import plot_confusion_matrix, plot_reliability
 
         plot_confusion_matrix(metrics["confusion_matrix"], examples.classes, run_dir / "confusion_matrix.png")
-        return ["confusion_matrix.png"]
+        written = ["confusion_matrix.png"]
+        if metrics.get("calibration"):
+            plot_reliability(metrics["calibration"], metrics["ece"], run_dir / "reliability.png")
+            written.append("reliability.png")
+        return written
 
     def worst_examples(self, model, examples: Examples, k: int = 16) -> list[dict]:
         probs = self.probabilities(model, examples.x)
@@ -326,14 +404,32 @@ class ClassificationTask(Task):
     def headline(self, metrics: dict) -> str:
         section, m = ("test", metrics["test"]) if metrics.get("test") else ("val", metrics.get("val", {}))
         line = f"{section} accuracy {m.get('accuracy', float('nan')):.4f}  macro F1 {m.get('macro_f1', float('nan')):.4f}"
+        if m.get("positive_class") and m.get("auroc") is not None:
+            line += f"  AUROC ({m['positive_class']}) {m['auroc']:.4f}"
         if "worst_group" in m:
             w = m["worst_group"]
             line += f"  worst {m['group_by']} '{w['group']}' {w['accuracy']:.4f}"
         return line
 
     def format_metrics(self, metrics: dict) -> str:
-        lines = [f"accuracy  {metrics['accuracy']:.4f}", f"loss      {metrics['loss']:.4f}",
-                 f"macro F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['n']}", "",
+        ci = metrics.get("ci") or {}
+
+        def interval(key):
+            return f"  (95% CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if ci.get(key) else ""
+
+        lines = [f"accuracy  {metrics['accuracy']:.4f}{interval('accuracy')}", f"loss      {metrics['loss']:.4f}",
+                 f"macro F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['n']}"]
+        if metrics.get("auroc") is not None:
+            lines.append(f"AUROC     {metrics['auroc']:.4f}{interval('auroc')}"
+                         + (f"  of '{metrics['positive_class']}'" if "positive_class" in metrics else " (macro one-vs-rest)"))
+        if metrics.get("auprc") is not None:
+            lines.append(f"AUPRC     {metrics['auprc']:.4f}")
+        if metrics.get("sensitivity") is not None and metrics.get("specificity") is not None:
+            lines.append(f"sensitivity {metrics['sensitivity']:.4f}  specificity {metrics['specificity']:.4f}  "
+                         f"at threshold {metrics['threshold']:.4f} ({metrics['threshold_from']})")
+        if "ece" in metrics:
+            lines.append(f"ECE       {metrics['ece']:.4f}")
+        lines += ["",
                  f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
         for name, c in metrics["per_class"].items():
             lines.append(f"{name[:23]:<24}{c['precision']:>10.3f}{c['recall']:>10.3f}{c['f1']:>10.3f}{c['support']:>9}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tlmulti import choices
 from tlmulti.data import Examples
 from tlmulti.recipe import DataConfig, choice
@@ -28,8 +30,23 @@ class AugmentConfig:
 
 
 @dataclass
-class ImageDataConfig(DataConfig):
-    """``image_size`` [H, W] (empty: the backbone's contract); ``path_column`` of manifests."""
+class IntensityConfig:
+    """How raw medical values become the 0..255 pixels models take, one transform per file:
+    ``normalize``: auto (8-bit unchanged, wider by percentiles) | percentile | minmax | window
+    (``window`` [center, width], e.g. a CT window in HU, or the DICOM file's own) | none, with
+    ``percentiles`` [low, high]; ``slice_axis``: the NIfTI axis cut into 2-D slices (2: axial)."""
+
+    normalize: str = choice("auto", choices.INTENSITY_NORMALIZATIONS)
+    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    window: list[float] = field(default_factory=list)
+    slice_axis: int = 2
+
+
+@dataclass
+class ImageDataConfig(IntensityConfig, DataConfig):
+    """``image_size`` [H, W] (empty: the backbone's contract); ``path_column`` of manifests.
+    Files: PNG / JPEG / BMP / GIF, 8/16-bit and float TIFF, DICOM, NIfTI volumes (one example per
+    slice, all slices of a volume in one split)."""
 
     image_size: list[int] = field(default_factory=list)
     path_column: str = "path"
@@ -54,11 +71,22 @@ class ImageTaskMixin:
         return ImagePreprocessing(self.image_size(), self.channels(),
                                   self.spec.input.get("normalization", "unit"), name="preprocess")
 
+    def intensity(self) -> dict:
+        data = self.recipe.data
+        return {"normalize": data.normalize, "percentiles": tuple(data.percentiles),
+                "window": tuple(data.window) if data.window else None, "axis": data.slice_axis}
+
     def read_inputs(self, items):
-        from tlmulti.data.images import image_files, load_images
+        from tlmulti.data.images import image_files, load_files
 
         files = [f for item in items for f in image_files(item)]
-        return load_images(files, self.image_size(), self.channels()), [str(f) for f in files]
+        x, origin = load_files(files, self.image_size(), self.channels(), **self.intensity())
+        counts = np.bincount(origin, minlength=len(files))
+        names, seen = [], {}
+        for i in origin:
+            k = seen[i] = seen.get(i, -1) + 1
+            names.append(str(files[i]) if counts[i] == 1 else f"{files[i]}#slice{k}")
+        return x, names
 
 
 class ImageClassification(ImageTaskMixin, ClassificationTask):
@@ -67,10 +95,30 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
     data_config = ImageDataConfig
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
-        from tlmulti.data.images import IMAGE_SUFFIXES, image_files, load_images
+        from tlmulti.data.images import CLASSIFICATION_SUFFIXES, image_files
 
-        return self.read_files(ref, classes, labelled, IMAGE_SUFFIXES, image_files,
-                               lambda paths: load_images(paths, self.image_size(), self.channels()))
+        examples = self.read_files(ref, classes, labelled, CLASSIFICATION_SUFFIXES, image_files,
+                                   lambda paths: np.asarray(paths, dtype=object))
+        return self.load_pixels(examples)
+
+    def load_pixels(self, examples: Examples) -> Examples:
+        """Examples whose ``x`` holds file paths -> the same with pixels, one example per 2-D
+        image (a volume's slices share its labels and columns, and get a ``slice`` column)."""
+        from tlmulti.data.images import load_files
+
+        x, origin = load_files(list(examples.x), self.image_size(), self.channels(), **self.intensity())
+        if len(origin) == len(examples):
+            examples.x = x
+            return examples
+        slices = examples.subset(origin)
+        slices.x = x
+        starts = np.searchsorted(origin, origin)
+        slices.meta["slice"] = (np.arange(len(origin)) - starts).tolist()
+        return slices
+
+    def default_split_by(self, examples) -> str | None:
+        """Slices of one volume never straddle train and validation."""
+        return "path" if "slice" in examples.meta else None
 
     def example_content(self, examples, i):
         return {"kind": "image", "image": examples.x[i]}

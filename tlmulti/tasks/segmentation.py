@@ -37,7 +37,7 @@ from tlmulti.data import Examples
 from tlmulti.errors import DataError, RecipeError, TlmultiError
 from tlmulti.recipe import DataConfig, choice
 from tlmulti.tasks.base import ModelParts, Task, resolve_groups
-from tlmulti.tasks.image_classification import ImageTaskMixin
+from tlmulti.tasks.image_classification import ImageTaskMixin, IntensityConfig
 
 N_OVERLAYS = 4
 
@@ -55,7 +55,7 @@ class SegmentationAugmentConfig:
 
 
 @dataclass
-class SegmentationDataConfig(DataConfig):
+class SegmentationDataConfig(IntensityConfig, DataConfig):
     """Segmentation data: folders, masks, classes, medical formats, tiling.
 
     ``classes``: names by id (0 = background); default: from the masks (``background``,
@@ -77,10 +77,6 @@ class SegmentationDataConfig(DataConfig):
     binarize_masks: bool = False
     tile: list[int] = field(default_factory=list)
     tile_stride: list[int] = field(default_factory=list)
-    normalize: str = choice("auto", choices.INTENSITY_NORMALIZATIONS)
-    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    window: list[float] = field(default_factory=list)
-    slice_axis: int = 2
     skip_empty_slices: bool = False
     augment: SegmentationAugmentConfig = field(default_factory=SegmentationAugmentConfig)
 
@@ -150,7 +146,7 @@ class Segmentation(ImageTaskMixin, Task):
             raise RecipeError(f"Key 'data.percentiles'{where} must be [low, high], got {data.percentiles}.")
         if data.window and len(data.window) != 2:
             raise RecipeError(f"Key 'data.window'{where} must be [center, width], got {data.window}.")
-        for key in ("limit_per_class", "group_column"):
+        for key in ("limit_per_class", "group_column", "split_by", "positive_class", "threshold"):
             if getattr(data, key):
                 raise RecipeError(f"Key 'data.{key}'{where} does not apply to segmentation; remove it.")
         if getattr(data, "holdout", None):
@@ -180,13 +176,19 @@ class Segmentation(ImageTaskMixin, Task):
         stride = self._pair(data.tile_stride) if data.tile_stride else (max(tile[0] // 2, 1), max(tile[1] // 2, 1))
         return tile, stride
 
+    #: Without a recipe, tiles shrink from the backbone's input size in steps of 32 px (not below
+    #: 128) until the training images give at least this many.
+    MIN_DERIVED_TILES = 24
+
     def derive_defaults(self) -> None:
         """Without ``data.tile`` and ``data.image_size``: tile images larger than the backbone's
-        input contract at that size (half-tile stride) instead of shrinking them; the tile size
-        is written into the saved recipe."""
+        input contract instead of shrinking them, at the largest size from the contract down to
+        128 px (steps of 32) that cuts the training images into at least
+        :attr:`MIN_DERIVED_TILES` tiles (half-tile stride); the tile size is written into the
+        saved recipe."""
         from tlmulti.data.manifest import resolve_source
         from tlmulti.data.masks import data_folders
-        from tlmulti.data.medical import list_files, read_stack
+        from tlmulti.data.medical import list_files, read_stack, tile_starts
 
         data = self.recipe.data
         if data.tile or data.image_size or not data.train:
@@ -195,10 +197,26 @@ class Segmentation(ImageTaskMixin, Task):
         files = list_files(images)
         if not files:
             return
-        stack, _ = read_stack(files[0], axis=data.slice_axis)
+        sample = files[:50]  # shapes of a sample, scaled to the folder
+        shapes = [read_stack(f, axis=data.slice_axis)[0].shape[:3] for f in sample]
         h, w = self._pair(self.spec.input.get("size") or [224, 224])
-        if stack.shape[1] > h or stack.shape[2] > w:
-            data.tile = [h, w]
+        if not any(H > h or W > w for _, H, W in shapes):
+            return
+
+        def tiles(th, tw):
+            n = sum(k * len(tile_starts(H, th, max(1, th // 2))) * len(tile_starts(W, tw, max(1, tw // 2)))
+                    for k, H, W in shapes)
+            return n * len(files) / len(sample)
+
+        chosen = (h, w)
+        for step in range(0, max(h, w)):
+            th, tw = h - 32 * step, w - 32 * step
+            if min(th, tw) < min(128, h, w):
+                break
+            chosen = (th, tw)
+            if tiles(th, tw) >= self.MIN_DERIVED_TILES:
+                break
+        data.tile = list(chosen)
 
     # -- reading: whole images (slides) first, tiles after the split (see Task.load_splits) -------
     def read_split(self, ref, classes=None, labelled: bool = True):

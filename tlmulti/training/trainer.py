@@ -285,6 +285,8 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
     task.derive_defaults()
     train_ex, val_ex, test_ex = task.load_splits()
     task.classes = train_ex.classes
+    if hasattr(task, "check_decision"):
+        task.check_decision(train_ex.classes)  # data.positive_class / data.threshold, before any training
     if recipe.backbone.weights_lock:
         check_lock(recipe.backbone.weights_lock, task.spec, recipe.backbone.weights)
     strategy = get_strategy(recipe.distribute)
@@ -298,10 +300,13 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
         if resume is None:
             runs.begin_run(run_dir, recipe, task, train_ex.classes, summary,
                            run_card(recipe, task.spec, {"train": train_ex, "val": val_ex, "test": test_ex}))
+            runs.write_splits(run_dir, {"train": train_ex, "val": val_ex, "test": test_ex})
         history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, adapter, resume=resume)
         model = parts.assemble(backbone_training=False, augment=True)
     train_seconds = time.perf_counter() - t_start
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
+    if hasattr(task, "choose_threshold"):
+        task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
     if test_ex is not None:
         metrics["test"] = task.evaluate(model, test_ex)
     metrics["timing"] = {
@@ -325,5 +330,5 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
                      headline=task.headline(metrics), task=recipe.task, metrics=metrics, history=history,
                      summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
                      classes=train_ex.classes)
-    runs.finish_run(run_dir, recipe, model, metrics, history)
+    runs.finish_run(run_dir, recipe, model, metrics, history, threshold=getattr(task, "threshold", None))
     return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)
