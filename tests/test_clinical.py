@@ -270,3 +270,16 @@ def test_real_nifti_and_multiframe_sources_give_one_example_per_slice():
     assert x.shape == (2 * volume.shape[2], 32, 32, 3) and x.dtype == np.uint8
     assert origin.tolist() == [0] * volume.shape[2] + [1] * volume.shape[2]
     assert x.max() == 255 and x.min() == 0
+
+
+def test_bootstrap_auroc_by_ranks_matches_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from tlmulti.evaluation import _rank_auroc
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, (4, 300)).astype(bool)
+    scores = np.round(rng.random((4, 300)) * 0.5 + 0.3 * y, 2)  # rounded: many ties
+    expected = [roc_auc_score(y[i], scores[i]) for i in range(4)]
+    np.testing.assert_allclose(_rank_auroc(y, scores), expected, rtol=1e-12)
+    assert np.isnan(_rank_auroc(np.zeros((1, 5), bool), np.arange(5.0)[None]))[0]

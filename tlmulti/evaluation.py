@@ -130,20 +130,12 @@ def clinical_metrics(y_true, probs, classes, positive: int | None = None, thresh
     out["ece"] = cal["ece"]
     out["calibration"] = cal["bins"]
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        n = len(y_true)
-        correct = probs.argmax(axis=1) == y_true
-        accs, aurocs = [], []
-        pos = 1 if positive is None else positive
-        for _ in range(bootstrap):
-            idx = rng.integers(0, n, n)
-            accs.append(correct[idx].mean())
-            a = auroc(y_true[idx], probs[idx], pos if len(classes) == 2 else None)
-            if a is not None:
-                aurocs.append(a)
+        pos = (1 if positive is None else positive) if len(classes) == 2 else None
+        accs, aurocs = _bootstrap(y_true, probs, pos, bootstrap, seed)
         out["ci"] = {"level": 0.95, "resamples": int(bootstrap), "seed": int(seed),
                      "accuracy": [float(v) for v in np.percentile(accs, [2.5, 97.5])],
-                     "auroc": [float(v) for v in np.percentile(aurocs, [2.5, 97.5])] if aurocs else None}
+                     "auroc": [float(v) for v in np.nanpercentile(aurocs, [2.5, 97.5])]
+                     if np.isfinite(aurocs).any() else None}
     return out
 
 
@@ -198,6 +190,43 @@ def segmentation_metrics(cm, classes: list[str]) -> dict:
         "per_class": per_class,
         "confusion_matrix": cm.astype(np.int64).tolist(),
     }
+
+
+def _rank_auroc(positive, scores) -> np.ndarray:
+    """AUROC of each row (Mann-Whitney U from average ranks, as scikit-learn's ties give); NaN
+    where a row has no positive or no negative."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=1)
+    n_pos = positive.sum(axis=1)
+    n_neg = positive.shape[1] - n_pos
+    u = (ranks * positive).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _bootstrap(y_true, probs, positive, resamples: int, seed: int, chunk: int = 100):
+    """Accuracy and AUROC (of ``positive``, or macro one-vs-rest) of ``resamples`` seeded bootstrap
+    resamples, computed a chunk of resamples at a time."""
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    correct = probs.argmax(axis=1) == y_true
+    classes = [positive] if positive is not None else range(probs.shape[1])
+    accs, aurocs = [], []
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, (min(chunk, resamples - start), n))
+        accs.append(correct[idx].mean(axis=1))
+        per_class = np.stack([_rank_auroc(y_true[idx] == c, probs[idx, c]) for c in classes])
+        aurocs.append(_nanmean_rows(per_class))
+    return np.concatenate(accs), np.concatenate(aurocs)
+
+
+def _nanmean_rows(values) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; NaN where a column has no value."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis=0)
+    count = finite.sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def best_f1_threshold(y_true, scores) -> float:
@@ -256,12 +285,12 @@ def multilabel_metrics(y_true, probs, classes, thresholds=None, bootstrap: int =
     if bootstrap and len(y_true):
         rng = np.random.default_rng(seed)
         values = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(y_true), len(y_true))
-            scores = [roc_auc_score(y_true[idx, i], probs[idx, i]) for i in range(len(classes))
-                      if 0 < y_true[idx, i].sum() < len(idx)]
-            if scores:
-                values.append(np.mean(scores))
+        for start in range(0, bootstrap, 100):
+            idx = rng.integers(0, len(y_true), (min(100, bootstrap - start), len(y_true)))
+            values.append(_nanmean_rows(np.stack([_rank_auroc(y_true[idx, i] > 0, probs[idx, i])
+                                                  for i in range(len(classes))])))
+        values = np.concatenate(values)
         out["ci"] = {"level": 0.95, "resamples": int(bootstrap), "seed": int(seed),
-                     "macro_auroc": [float(v) for v in np.percentile(values, [2.5, 97.5])] if values else None}
+                     "macro_auroc": [float(v) for v in np.nanpercentile(values, [2.5, 97.5])]
+                     if np.isfinite(values).any() else None}
     return out
