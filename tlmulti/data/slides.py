@@ -158,6 +158,32 @@ def to_examples(slides: list[Slide], classes: list[str], size, channels: int, ti
     return Examples(x=x, y=y, classes=list(classes), meta=meta)
 
 
+def derived_tile(shapes, contract, n_files: int, min_tiles: int = 24):
+    """The tile for images of ``shapes`` (``(slices, H, W)`` of a sample of ``n_files`` files)
+    with a backbone whose input contract is ``contract`` (H, W): None when no image is larger
+    (resize instead), else the largest size from the contract down to 128 px in steps of 32 that
+    cuts the images into at least ``min_tiles`` tiles at half-tile stride."""
+    from tlmulti.data.medical import tile_starts
+
+    h, w = (int(v) for v in contract)
+    if not shapes or not any(H > h or W > w for _, H, W in shapes):
+        return None
+
+    def tiles(th, tw):
+        n = sum(k * len(tile_starts(H, th, max(1, th // 2))) * len(tile_starts(W, tw, max(1, tw // 2)))
+                for k, H, W in shapes)
+        return n * n_files / len(shapes)
+
+    chosen, smallest = (h, w), min(128, h, w)
+    for th, tw in ((h - 32 * k, w - 32 * k) for k in range(max(h, w))):
+        if min(th, tw) < smallest:
+            break
+        chosen = (th, tw)
+        if tiles(th, tw) >= min_tiles:
+            break
+    return list(chosen)
+
+
 def split_slides(slides: list[Slide], fraction: float, seed: int = 0, tiled: bool = False):
     """(train, val) slides with no file, slice or pixel in both: whole files when there are
     several, else a block of slices, else (``tiled``) a band of rows at the bottom of the image."""

@@ -185,6 +185,15 @@ class Task:
         training files themselves (text columns, clip length); the run saves the recipe with
         them, so it reproduces the run."""
 
+    #: A decision threshold chosen on validation data and saved with the run (classification).
+    threshold: Any = None
+
+    def check_decision(self, classes: list[str]) -> None:
+        """Check recipe values that decide predictions (positive class, threshold) before training."""
+
+    def choose_threshold(self, val_metrics: dict) -> None:
+        """Keep what the validation metrics chose for the test set and later evaluations."""
+
     def input_summary(self, train: Examples, parts: ModelParts | None = None) -> dict:
         """What the inputs look like next to what the model is fed (for the data summary)."""
         return {}
@@ -311,10 +320,6 @@ class ClassificationTask(Task):
             return group_by
         column = self.recipe.data.group_column
         return column if column and column in examples.meta else None
-
-    #: The decision threshold on the positive class's probability (two classes): chosen on the
-    #: validation data after training and saved with the run (``run.json``), or ``data.threshold``.
-    threshold: float | None = None
 
     def check_decision(self, classes: list[str]) -> None:
         """``data.positive_class`` and ``data.threshold`` fit these classes (checked before training)."""

@@ -188,35 +188,20 @@ class Segmentation(ImageTaskMixin, Task):
         saved recipe."""
         from tlmulti.data.manifest import resolve_source
         from tlmulti.data.masks import data_folders
-        from tlmulti.data.medical import list_files, read_stack, tile_starts
+        from tlmulti.data.medical import list_files, read_stack
+        from tlmulti.data.slides import derived_tile
 
         data = self.recipe.data
         if data.tile or data.image_size or not data.train:
             return
         images, _ = data_folders(resolve_source(data.train), data.images_dir, data.masks_dir)
         files = list_files(images)
-        if not files:
-            return
         sample = files[:50]  # shapes of a sample, scaled to the folder
         shapes = [read_stack(f, axis=data.slice_axis)[0].shape[:3] for f in sample]
-        h, w = self._pair(self.spec.input.get("size") or [224, 224])
-        if not any(H > h or W > w for _, H, W in shapes):
-            return
-
-        def tiles(th, tw):
-            n = sum(k * len(tile_starts(H, th, max(1, th // 2))) * len(tile_starts(W, tw, max(1, tw // 2)))
-                    for k, H, W in shapes)
-            return n * len(files) / len(sample)
-
-        chosen = (h, w)
-        for step in range(0, max(h, w)):
-            th, tw = h - 32 * step, w - 32 * step
-            if min(th, tw) < min(128, h, w):
-                break
-            chosen = (th, tw)
-            if tiles(th, tw) >= self.MIN_DERIVED_TILES:
-                break
-        data.tile = list(chosen)
+        tile = derived_tile(shapes, self._pair(self.spec.input.get("size") or [224, 224]), len(files),
+                            self.MIN_DERIVED_TILES)
+        if tile:
+            data.tile = tile
 
     # -- reading: whole images (slides) first, tiles after the split (see Task.load_splits) -------
     def read_split(self, ref, classes=None, labelled: bool = True):

@@ -285,8 +285,7 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
     task.derive_defaults()
     train_ex, val_ex, test_ex = task.load_splits()
     task.classes = train_ex.classes
-    if hasattr(task, "check_decision"):
-        task.check_decision(train_ex.classes)  # data.positive_class / data.threshold, before any training
+    task.check_decision(train_ex.classes)  # data.positive_class / data.threshold, before any training
     if recipe.backbone.weights_lock:
         check_lock(recipe.backbone.weights_lock, task.spec, recipe.backbone.weights)
     strategy = get_strategy(recipe.distribute)
@@ -305,8 +304,7 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
         model = parts.assemble(backbone_training=False, augment=True)
     train_seconds = time.perf_counter() - t_start
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
-    if hasattr(task, "choose_threshold"):
-        task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
+    task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
     if test_ex is not None:
         metrics["test"] = task.evaluate(model, test_ex)
     metrics["timing"] = {
@@ -330,5 +328,5 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
                      headline=task.headline(metrics), task=recipe.task, metrics=metrics, history=history,
                      summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
                      classes=train_ex.classes)
-    runs.finish_run(run_dir, recipe, model, metrics, history, threshold=getattr(task, "threshold", None))
+    runs.finish_run(run_dir, recipe, model, metrics, history, threshold=task.threshold)
     return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)
