@@ -283,3 +283,19 @@ def test_bootstrap_auroc_by_ranks_matches_scikit_learn_with_ties():
     expected = [roc_auc_score(y[i], scores[i]) for i in range(4)]
     np.testing.assert_allclose(_rank_auroc(y, scores), expected, rtol=1e-12)
     assert np.isnan(_rank_auroc(np.zeros((1, 5), bool), np.arange(5.0)[None]))[0]
+
+
+def test_split_by_works_for_text_manifests(tmp_path):
+    from tlmulti.recipe import from_dict
+    from tlmulti.training.trainer import make_task
+
+    rows = [{"text": f"message {i} about {'cats' if i % 2 else 'dogs'}", "label": "cat" if i % 2 else "dog",
+             "thread": f"t{i // 4}"} for i in range(40)]
+    with open(tmp_path / "mails.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label", "thread"])
+        writer.writeheader()
+        writer.writerows(rows)
+    task = make_task(from_dict({"task": "text_classification",
+                                "data": {"train": str(tmp_path / "mails.csv"), "split_by": "thread"}}))
+    train, val, _ = task.load_splits()
+    assert len(val) and not set(train.meta["thread"]) & set(val.meta["thread"])
