@@ -324,6 +324,9 @@ class ClassificationTask(Task):
     def check_decision(self, classes: list[str]) -> None:
         """``data.positive_class`` and ``data.threshold`` fit these classes (checked before training)."""
         self.positive_index(classes)
+        self.check_threshold()
+
+    def check_threshold(self) -> None:
         threshold = self.recipe.data.threshold
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise RecipeError(f"Key 'data.threshold' must be a probability between 0 and 1, got {threshold}.")
@@ -342,8 +345,7 @@ class ClassificationTask(Task):
                               f"({', '.join(classes)}).")
         return classes.index(str(name))
 
-    def metrics_from(self, probs, examples: Examples, group_by: str | None = None,
-                     bootstrap: int | None = None) -> dict:
+    def metrics_from(self, probs, examples: Examples, group_by: str | None = None) -> dict:
         from tlmulti.evaluation import classification_metrics
 
         column = self.group_column(examples, group_by)
@@ -355,7 +357,7 @@ class ClassificationTask(Task):
         ev = self.recipe.evaluation
         return classification_metrics(examples.y, probs, examples.classes, groups,
                                       positive=self.positive_index(examples.classes), threshold=threshold, threshold_from=source,
-                                      bootstrap=ev.bootstrap if bootstrap is None else bootstrap,
+                                      bootstrap=ev.bootstrap,
                                       seed=self.recipe.seed, bins=ev.calibration_bins)
 
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:

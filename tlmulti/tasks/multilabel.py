@@ -106,10 +106,9 @@ class MultiLabelImageClassification(ImageClassification):
         data = self.recipe.data
         if data.positive_class:
             raise RecipeError("Key 'data.positive_class' does not apply to multi-label data (every label is scored).")
-        if data.threshold is not None and not 0.0 <= float(data.threshold) <= 1.0:
-            raise RecipeError(f"Key 'data.threshold' must be a probability between 0 and 1, got {data.threshold}.")
+        self.check_threshold()
 
-    def metrics_from(self, probs, examples: Examples, group_by: str | None = None, bootstrap: int | None = None) -> dict:
+    def metrics_from(self, probs, examples: Examples, group_by: str | None = None) -> dict:
         from tlmulti.evaluation import grouped_accuracy, multilabel_metrics
 
         self.check_decision(examples.classes)
@@ -120,7 +119,7 @@ class MultiLabelImageClassification(ImageClassification):
         elif self.threshold is not None:
             thresholds, source = self.threshold, "validation data (best F1 per label)"
         out = multilabel_metrics(examples.y, probs, examples.classes, thresholds,
-                                 bootstrap=ev.bootstrap if bootstrap is None else bootstrap, seed=self.recipe.seed,
+                                 bootstrap=ev.bootstrap, seed=self.recipe.seed,
                                  threshold_from=source)
         column = self.group_column(examples, group_by)
         if column:
