@@ -79,14 +79,6 @@ def convert(array: np.ndarray, size=None, channels: int = 3) -> np.ndarray:
     return array
 
 
-def load_images(paths, size, channels: int = 3) -> np.ndarray:
-    """Stack of images ``(N, H, W, channels)`` uint8."""
-    out = np.empty((len(paths), int(size[0]), int(size[1]), channels), dtype=np.uint8)
-    for i, p in enumerate(paths):
-        out[i] = load_image(p, size, channels)
-    return out
-
-
 def load_slices(path, size, channels: int = 3, normalize: str = "auto", percentiles=(0.5, 99.5),
                 window=None, axis: int = 2) -> np.ndarray:
     """The 2-D images of one file as ``(n, H, W, channels)`` uint8: ``n`` is 1 for a photo or a
