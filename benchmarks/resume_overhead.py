@@ -69,7 +69,6 @@ def _timed_phases(per_class, size, deterministic, with_checkpoints, tmp):
 import time, tlmulti
 from tlmulti.tasks import make_task
 from tlmulti.training.trainer import fine_tune
-from tlmulti.training.adaptation import make_adapter
 import keras
 r = tlmulti.load_recipe({str(Path(__file__).resolve().parents[1] / 'recipes' / 'vision' / 'fashion_mnist.yaml')!r},
     overrides=["data.limit_per_class={per_class}", "data.image_size=[{size}, {size}]", "phases.0.epochs=8",

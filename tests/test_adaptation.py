@@ -1,4 +1,4 @@
-"""Domain adaptation in the shared trainer: gradient reversal, CORAL, AdaBN, end-to-end runs."""
+"""Domain adaptation: the losses, the label-free score, the guard, DANN on a toy shift, every method end to end."""
 
 import json
 
@@ -73,6 +73,169 @@ def test_grouped_metrics_match_a_hand_count():
     assert full["accuracy"] == pytest.approx(0.5) and full["by_group"]["b"]["accuracy"] == 0.5
 
 
+def test_mmd_zero_for_identical_batches_and_grows_with_the_shift():
+    from tlmulti.training.adaptation import mmd_loss
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(32, 4)).astype("float32")
+    b = rng.normal(size=(32, 4)).astype("float32")
+    assert float(mmd_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    near, far = float(mmd_loss(a, b + 0.5)), float(mmd_loss(a, b + 3.0))
+    assert 0 < near < far
+
+
+def test_information_maximisation_and_pseudo_label_losses():
+    from tlmulti.training.adaptation import confident_pseudo_label_loss, information_maximisation
+
+    confident_diverse = np.array([[0.99, 0.01], [0.01, 0.99]], "float32")
+    confident_collapsed = np.array([[0.99, 0.01], [0.99, 0.01]], "float32")
+    uncertain = np.full((2, 2), 0.5, "float32")
+    im = {k: float(information_maximisation(v)) for k, v in
+          (("diverse", confident_diverse), ("collapsed", confident_collapsed), ("uncertain", uncertain))}
+    assert im["diverse"] < im["collapsed"] and im["diverse"] < im["uncertain"]
+    assert im["uncertain"] == pytest.approx(0.0, abs=1e-5)  # log 2 - log 2
+    # only predictions at or above the threshold count: -log(0.95) / 2 for one of two rows
+    probs = np.array([[0.95, 0.05], [0.6, 0.4]], "float32")
+    assert float(confident_pseudo_label_loss(probs, 0.9)) == pytest.approx(-np.log(0.95) / 2, rel=1e-4)
+    assert float(confident_pseudo_label_loss(probs, 0.99)) == 0.0
+
+
+def test_label_free_score_ranks_the_better_model_first():
+    from tlmulti.training.adaptation import class_prior, label_free_scores
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    prior = class_prior(truth, 3)
+    good = np.eye(3)[truth] * 0.9 + 0.1 / 3  # right, confident, classes as in training
+    collapsed = np.tile([0.9, 0.05, 0.05], (300, 1))  # confident, one class
+    unsure = np.full((300, 3), 1 / 3) + rng.normal(0, 0.01, (300, 3))
+    scores = {name: label_free_scores(np.clip(p, 1e-3, 1), prior)["score"]
+              for name, p in (("good", good), ("collapsed", collapsed), ("unsure", unsure))}
+    assert max(scores, key=scores.get) == "good"
+    assert scores["good"] > scores["collapsed"] + 0.3 and scores["good"] > scores["unsure"] + 0.3
+    # pixels (segmentation) and labels (multi-label) too
+    masks = rng.integers(0, 2, (4, 8, 8))
+    seg = label_free_scores(np.eye(2)[masks] * 0.98 + 0.01, class_prior(masks, 2))
+    assert seg["score"] > label_free_scores(np.full((4, 8, 8, 2), 0.5), class_prior(masks, 2))["score"]
+    multi = rng.integers(0, 2, (50, 4))
+    assert label_free_scores(multi * 0.98 + 0.01, class_prior(multi, 4, True), sigmoid=True)["score"] > \
+        label_free_scores(np.full((50, 4), 0.5), class_prior(multi, 4, True), sigmoid=True)["score"]
+
+
+def test_select_prefers_the_best_score_never_past_the_guard_and_source_only_on_ties():
+    from tlmulti.training.adaptation import select
+
+    c = {"none": {"score": -0.30}, "dann": {"score": -0.10, "guard": "tripped"},
+         "coral": {"score": -0.20, "guard": "ok"}, "adabn": {"skipped": "no BatchNorm"},
+         "mmd": {"score": -0.29, "guard": "ok"}}
+    assert select(c, 0.02) == "coral"
+    assert select(c, 0.2) == "none"  # coral beats source-only by 0.10 only
+    c["coral"]["guard"] = "tripped"
+    assert select(c, 0.0) == "mmd" and select(c, 0.02) == "none"
+
+
+# -- a toy two-domain problem: two moons, the target rotated by 35 degrees (Ganin et al. 2016) -----
+class _ToyTask:
+    output_activation = "softmax"
+
+    def __init__(self, target):
+        self.target = target
+
+    def compile_args(self):
+        import keras
+
+        return {"loss": keras.losses.SparseCategoricalCrossentropy(),
+                "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+
+    def class_weight(self, examples):
+        return None
+
+    def read(self, ref, classes=None, labelled=True):
+        return self.target
+
+
+def _moons(seed, degrees):
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(400, noise=0.1, random_state=seed)
+    t = np.deg2rad(degrees)
+    return (x @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]).T).astype("float32"), y
+
+
+def _toy(method, seed=0, **adaptation):
+    """Source-only training on two moons, then ``method``; returns (target accuracy before,
+    after, source val accuracy before, after, the adaptation record)."""
+    import keras
+
+    from tlmulti.data import Examples
+    from tlmulti.recipe import from_dict
+    from tlmulti.tasks.base import ModelParts
+    from tlmulti.training.adaptation import adapt
+    from tlmulti.training.trainer import fine_tune
+
+    keras.utils.set_random_seed(seed)
+    xs, ys = _moons(seed, 0)
+    xt, _ = _moons(seed + 1, 35)
+    xe, ye = _moons(seed + 2, 35)
+    train, val = Examples(xs[:300], ys[:300], ["a", "b"]), Examples(xs[300:], ys[300:], ["a", "b"])
+    inp = keras.Input((2,))
+    h = keras.layers.Dense(32, activation="relu", name="g1_dense")(inp)
+    backbone = keras.Model(inp, keras.layers.Dense(32, activation="relu", name="g2_dense")(h), name="mlp")
+    feats = keras.Input((32,))
+    head = keras.Model(feats, keras.layers.Dense(2, activation="softmax")(feats))
+    parts = ModelParts(inputs=keras.Input((2,)), backbone=backbone, head=head,
+                       groups={g: [backbone.get_layer(f"{g}_dense")] for g in ("g1", "g2")})
+    recipe = from_dict({"name": "toy", "seed": seed, "data": {"batch_size": 32},
+                        "phases": [{"name": "all", "epochs": 40, "learning_rate": 0.01, "unfreeze": "all"}],
+                        "callbacks": {"early_stopping": {"enabled": False}, "verbose": 0},
+                        "adaptation": {"method": method, "target_data": "toy", "epochs": 40, **adaptation}})
+    task = _ToyTask(Examples(xt, None, ["a", "b"]))
+    fine_tune(parts, task, train, val, recipe)
+
+    def accuracy(x, y):
+        return float((parts.assemble(augment=False).predict(x, verbose=0).argmax(1) == y).mean())
+
+    before = accuracy(xe, ye), accuracy(val.x, val.y)
+    record = adapt(parts, task, train, val, recipe)
+    return before[0], accuracy(xe, ye), before[1], accuracy(val.x, val.y), record
+
+
+def test_dann_on_a_toy_shift_keeps_source_accuracy_and_improves_the_target():
+    target_before, target_after, source_before, source_after, record = _toy("dann", guard=0.05)
+    assert source_before >= 0.97 and source_after >= source_before - 0.03
+    assert target_after >= target_before + 0.05, (target_before, target_after)
+    assert record["chosen"] == "dann" and record["candidates"]["dann"]["guard"] == "ok"
+    assert record["candidates"]["dann"]["epochs_run"] == 40
+
+
+def test_guard_puts_back_weights_when_a_method_wrecks_source_validation(capfd):
+    from tlmulti import registry
+    from tlmulti.training.adaptation import _Training
+
+    class Wreck(_Training):
+        """Pushes every prediction towards class 0 (a method gone wrong)."""
+
+        def target_loss(self, y_s, f_s, y_t, f_t, strength):
+            from keras import ops
+
+            return -10.0 * (ops.mean(ops.log(ops.clip(y_t[:, 0], 1e-6, 1.0))) + ops.mean(ops.log(ops.clip(y_s[:, 0], 1e-6, 1.0))))
+
+    import sys
+
+    sys.modules[__name__].Wreck = Wreck
+    registry.register_adaptation("wreck", implementation=f"{__name__}:Wreck", replace=True)
+    try:
+        _, _, source_before, source_after, record = _toy("wreck", guard=0.05, schedule="constant")
+    finally:
+        registry._ADAPTATIONS.pop("wreck")
+    c = record["candidates"]["wreck"]
+    assert c["guard"] == "tripped" and c["guard_tripped_at_epoch"] <= 3
+    assert min(c["source_val_by_epoch"]) < source_before - 0.05  # it did fall past the margin ...
+    assert source_after >= source_before - 0.05  # ... and the weights within the margin came back
+    err = capfd.readouterr().err
+    assert "adaptation method 'wreck' lowered source validation accuracy" in err and "adaptation.guard 0.05" in err
+
+
 def _target_folder(tmp_path):
     """Unlabelled target images: the same classes, darker and lower contrast, no class folders."""
     root = write_image_folder(tmp_path / "target_src", per_class=4, seed=3)
@@ -86,34 +249,97 @@ def _target_folder(tmp_path):
     return flat
 
 
-@pytest.mark.parametrize("method", ["adabn", "dann", "coral"])
-def test_end_to_end_adaptation(method, tiny_backbone, image_folder, tmp_path):
-    import tlmulti
+METHODS = ["adabn", "test_time_bn", "dann", "coral", "mmd", "entropy", "self_training"]
 
+
+def _adapted(tiny_backbone, image_folder, tmp_path, method, **extra):
     recipe = _recipe(tiny_backbone, image_folder, phases=[
         {"name": "head", "epochs": 1, "learning_rate": 0.01},
         {"name": "ft", "epochs": 2, "learning_rate": 0.005, "unfreeze": "top:2"}],
-        adaptation={"method": method, "target_data": str(_target_folder(tmp_path)), "weight": 1.0})
+        adaptation={"method": method, "target_data": str(_target_folder(tmp_path)), "weight": 1.0, "epochs": 2,
+                    **extra})
     recipe.data.test = str(image_folder)
+    return recipe
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_end_to_end_adaptation(method, tiny_backbone, image_folder, tmp_path):
+    import tlmulti
+
+    recipe = _adapted(tiny_backbone, image_folder, tmp_path, method)
     run = tlmulti.train(recipe, out=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["adaptation"] == {"method": method, "weight": 1.0, "target_examples": 8}
-    if method in ("dann", "coral"):
-        import csv
-
-        rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
-        losses = [float(r[f"{method}_loss"]) for r in rows if r.get(f"{method}_loss")]
-        assert losses and all(np.isfinite(losses)) and max(losses) > 0  # the alignment loss was trained
+    a = metrics["adaptation"]
+    assert (a["method"], a["chosen"], a["target_examples"]) == (method, method, 8)
+    assert set(a["candidates"]) == {"none", method}
+    c = a["candidates"][method]
+    assert c["guard"] in ("ok", "tripped") and np.isfinite(c["score"]) and 0 <= c["target_entropy"] <= 1
+    if method in ("adabn", "test_time_bn"):
+        # against the same run without adaptation: block1 (never trained: not in top:2) keeps its
+        # kernel, and its BatchNorm statistics moved towards the target images
+        recipe.adaptation.method = "none"
+        plain = tlmulti.train(recipe, out=tmp_path / "plain")
+        layer = lambda m, name: m.get_layer("tiny_cnn").get_layer(name)  # noqa: E731
+        np.testing.assert_array_equal(np.array(layer(run.model, "block1_conv").kernel),
+                                      np.array(layer(plain.model, "block1_conv").kernel))
+        if c["guard"] == "ok":
+            assert not np.allclose(np.array(layer(run.model, "block1_bn").moving_mean),
+                                   np.array(layer(plain.model, "block1_bn").moving_mean))
         return
-    # AdaBN: against the same run without adaptation, block1 (never trained: not in top:2) has the
-    # same kernel, and its BatchNorm statistics were re-estimated on the target images
-    recipe.adaptation.method = "none"
-    plain = tlmulti.train(recipe, out=tmp_path / "plain")
-    layer = lambda m, name: m.get_layer("tiny_cnn").get_layer(name)  # noqa: E731
-    np.testing.assert_array_equal(np.array(layer(run.model, "block1_conv").kernel),
-                                  np.array(layer(plain.model, "block1_conv").kernel))
-    assert not np.allclose(np.array(layer(run.model, "block1_bn").moving_mean),
-                           np.array(layer(plain.model, "block1_bn").moving_mean))
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert c["epochs_run"] >= 1 and len(c["source_val_by_epoch"]) == c["epochs_run"]
+    assert len(rows) == 3  # the source phases' epochs; the stage is recorded in metrics.json
+
+
+def test_auto_records_every_candidate_and_keeps_one(tiny_backbone, image_folder, tmp_path):
+    import tlmulti
+
+    run = tlmulti.train(_adapted(tiny_backbone, image_folder, tmp_path, "auto"), out=tmp_path / "run")
+    a = json.loads((tmp_path / "run" / "metrics.json").read_text())["adaptation"]
+    assert set(a["candidates"]) == {"none", *METHODS}
+    assert all("score" in c for c in a["candidates"].values())  # the tiny CNN has BatchNorm: all apply
+    assert a["chosen"] in a["candidates"] and a["candidates"][a["chosen"]].get("guard") != "tripped"
+    best = max(c["score"] for c in a["candidates"].values() if c.get("guard") != "tripped")
+    chosen = a["candidates"][a["chosen"]]["score"]
+    assert chosen == best or (a["chosen"] == "none" and best <= chosen + 0.02)
+    assert run.metrics["adaptation"]["chosen"] == a["chosen"]
+
+
+def test_auto_skips_what_does_not_apply_and_candidates_restrict_it(tiny_backbone, image_folder, tmp_path):
+    import tlmulti
+
+    recipe = _adapted(tiny_backbone, image_folder, tmp_path, "auto", candidates=["dann", "entropy"])
+    recipe.phases = recipe.phases[:1]  # no phase unfreezes a group: feature alignment cannot act
+    a = tlmulti.train(recipe, out=tmp_path / "run").metrics["adaptation"]
+    assert set(a["candidates"]) == {"none", "dann", "entropy"}
+    assert "no layer group trains" in a["candidates"]["dann"]["skipped"]
+    assert a["unfrozen_groups"] == [] and "score" in a["candidates"]["entropy"]  # trains the head only
+
+
+def test_adaptation_method_without_batchnorm_fails_before_training(image_folder, tmp_path):
+    import tlmulti
+    from tlmulti import registry
+    from tlmulti.errors import TlmultiError
+
+    def no_bn(spec, weights, input_shape):
+        import keras
+
+        x = keras.Input(input_shape or (16, 16, 3))
+        y = keras.layers.Conv2D(4, 3, name="block1_conv")(x)
+        return keras.Model(x, y, name="plain")
+
+    registry.register_backbone("plain_cnn.test", source="builder", families=("vision",), builder=no_bn,
+                               input={"size": [16, 16], "channels": 3, "normalization": "unit"},
+                               layer_groups={"block1": ["block1_.*"]}, description="no BatchNorm", replace=True)
+    try:
+        recipe = _adapted("plain_cnn.test", image_folder, tmp_path, "test_time_bn")
+        with pytest.raises(TlmultiError, match="'test_time_bn' needs BatchNorm layers"):
+            tlmulti.train(recipe, out=tmp_path / "run")
+    finally:
+        registry.unregister_backbone("plain_cnn.test")
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing left
 
 
 def test_dann_without_an_unfreeze_phase_is_a_clear_error(tiny_backbone, image_folder, tmp_path):
@@ -122,7 +348,7 @@ def test_dann_without_an_unfreeze_phase_is_a_clear_error(tiny_backbone, image_fo
 
     recipe = _recipe(tiny_backbone, image_folder,
                      adaptation={"method": "dann", "target_data": str(_target_folder(tmp_path))})
-    with pytest.raises(RecipeError, match="no phase unfreezes"):
+    with pytest.raises(RecipeError, match="aligns backbone features, and no phase unfreezes"):
         tlmulti.train(recipe, out=tmp_path / "run")
 
 

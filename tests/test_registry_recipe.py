@@ -113,7 +113,7 @@ def test_choices_are_checked_at_any_depth_with_key_and_values():
         from_dict({"head": {"pooling": "bogus"}})
     with pytest.raises(RecipeError, match=r"'data.features.scale'.* must be one of"):
         from_dict({"task": "speech_classification", "data": {"features": {"scale": "loud"}}})
-    with pytest.raises(RecipeError, match=r"'adaptation.method'.* must be one of none, adabn, dann, coral"):
+    with pytest.raises(RecipeError, match=r"'adaptation.method'.* must be one of none, auto, adabn, test_time_bn, dann, coral, mmd, entropy, self_training"):
         from_dict({"adaptation": {"method": "magic"}})
     with pytest.raises(RecipeError, match=r"'phases.0.epochs'.* must be 0 or more, got -1"):
         from_dict({"phases": [{"epochs": -1}]})

@@ -207,6 +207,21 @@ def test_missing_parts(tmp_path):
     assert "odd" in page and "gone.png" in page and "<img" not in page
 
 
+def test_adaptation_candidates_table(tmp_path):
+    adaptation = {"method": "auto", "chosen": "adabn", "target_examples": 200, "criterion": "entropy and balance",
+                  "guard": {"metric": "accuracy", "margin": 0.02, "source_only": 0.9},
+                  "candidates": {"none": {"source_val": 0.9, "target_entropy": 0.4, "target_balance_kl": 0.2,
+                                          "score": -0.6},
+                                 "adabn": {"source_val": 0.89, "target_entropy": 0.2, "target_balance_kl": 0.05,
+                                           "score": -0.25, "guard": "ok"},
+                                 "dann": {"skipped": "no <layer> group trains"}}}
+    page = write_report(tmp_path, title="t", headline="h", task="image_classification",
+                        metrics={"test": {"accuracy": 0.8}, "timing": {"train_seconds": 3.0},
+                                 "adaptation": adaptation}, history=[]).read_text()
+    assert "kept <b>adabn</b>" in page and "source-only" in page and "-0.25" in page
+    assert "not applicable: no &lt;layer&gt; group trains" in page
+
+
 CHROMIUM = shutil.which("chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -158,12 +158,28 @@ class CallbacksConfig:
 
 @dataclass
 class AdaptationConfig:
-    """Unsupervised domain adaptation to unlabelled ``target_data`` (see the trainer)."""
+    """Unsupervised domain adaptation to unlabelled ``target_data``, after the source phases (see
+    :mod:`tlmulti.training.adaptation`). ``method``: one method, ``auto`` (try source-only and
+    every applicable method, keep the best label-free score) or ``none``. ``weight``: the target
+    loss's weight (reached at the end of the ramp); ``epochs``: length of the stage (``auto``:
+    about 150 optimizer steps, 2 to 10 epochs); ``learning_rate`` and ``unfreeze``: default to
+    those of the last phase that unfroze a group; ``guard``: the largest drop of the source
+    validation metric accepted before a method's weights are put back; ``candidates``: the
+    methods ``auto`` tries (empty: all); ``select_margin``: how much a method's score must beat
+    source-only's for ``auto`` to keep it; ``confidence``: the pseudo-label threshold of
+    ``self_training``."""
 
     method: str = choice("none", registry.adaptation_methods)
     target_data: Optional[str] = None
     weight: float = at_least(1.0, 0.0)
     schedule: str = choice("ramp", choices.ADAPTATION_SCHEDULES)
+    epochs: Union[int, str] = at_least("auto", 1, auto=True)
+    learning_rate: Optional[float] = at_least(None, 0.0)
+    unfreeze: Optional[Union[str, list[str]]] = None
+    guard: float = at_least(0.02, 0.0)
+    candidates: list[str] = field(default_factory=list)
+    select_margin: float = at_least(0.02, 0.0)
+    confidence: float = at_least(0.9, 0.0)
 
 
 @dataclass
@@ -435,7 +451,8 @@ TRAIN_FLAGS = (
     Flag("--weights", "backbone.weights", "Local weights file or preset folder for the backbone.", path=True),
     Flag("--epochs", "phases.*.epochs", "Epochs of every phase (per phase: --set phases.N.epochs=E).", kind=int),
     Flag("--batch-size", "data.batch_size", "Batch size.", kind=int),
-    Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method.",
+    Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method (auto: try each, keep the best "
+         "label-free target score).",
          choices=registry.adaptation_methods),
     Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
     Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",

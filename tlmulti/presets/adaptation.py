@@ -3,18 +3,18 @@
 from tlmulti.registry import register_adaptation, register_dataset
 
 register_adaptation("none", implementation="", description="no adaptation: train on the source data only")
-register_adaptation(
-    "adabn", implementation="tlmulti.training.adaptation:AdaBN",
-    description="re-estimate every BatchNorm layer's moving statistics on target data after training",
-)
-register_adaptation(
-    "dann", implementation="tlmulti.training.adaptation:DANN",
-    description="domain classifier behind gradient reversal, in the phases that train the backbone",
-)
-register_adaptation(
-    "coral", implementation="tlmulti.training.adaptation:CORAL",
-    description="match source and target feature covariances, in the phases that train the backbone",
-)
+register_adaptation("auto", implementation="",
+                    description="run source-only and every applicable method; keep the best label-free target score")
+for _name, _cls, _what in (
+    ("adabn", "AdaBN", "re-estimate every BatchNorm layer's moving statistics on target data"),
+    ("test_time_bn", "TestTimeBN", "mix source and target BatchNorm statistics (prior N=16)"),
+    ("dann", "DANN", "domain classifier behind gradient reversal on pooled backbone features"),
+    ("coral", "CORAL", "match source and target feature covariances"),
+    ("mmd", "MMD", "multi-kernel maximum mean discrepancy between source and target features"),
+    ("entropy", "Entropy", "information maximisation: confident, diverse target predictions"),
+    ("self_training", "SelfTraining", "train on confident target pseudo-labels"),
+):
+    register_adaptation(_name, implementation=f"tlmulti.training.adaptation:{_cls}", description=_what)
 
 register_dataset(
     "nuclei-shift", builder="tlmulti.datasets.nuclei_shift:build", splits=("target", "test"),

@@ -537,6 +537,31 @@ def _examples(examples) -> str:
 # footer
 
 
+def _adaptation_section(adaptation: dict) -> str:
+    """Which adaptation method was kept, and every candidate's source-validation metric, guard
+    and label-free target scores."""
+    guard = adaptation.get("guard") if isinstance(adaptation.get("guard"), dict) else {}
+    metric = guard.get("metric", "metric")
+    head = (f"<h3>Domain adaptation</h3><p>Method <b>{_esc(adaptation.get('method'))}</b>, kept "
+            f"<b>{_esc(adaptation.get('chosen'))}</b>; {_cell(adaptation.get('target_examples'))} unlabelled target "
+            f"examples; guard: source validation {_esc(metric)} may fall by at most {_cell(guard.get('margin'))}. "
+            f"Label-free score: {_esc(adaptation.get('criterion', ''))}.</p>")
+    rows = []
+    for name, c in (adaptation.get("candidates") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        label = "source-only" if name == "none" else name
+        if "skipped" in c:
+            rows.append(f"<tr><th>{_esc(label)}</th><td colspan=5>not applicable: {_esc(c['skipped'])}</td></tr>")
+            continue
+        rows.append(f"<tr><th>{_esc(label)}</th><td>{_cell(c.get('source_val'))}</td>"
+                    f"<td>{_cell(c.get('target_entropy'))}</td><td>{_cell(c.get('target_balance_kl'))}</td>"
+                    f"<td>{_cell(c.get('score'))}</td><td>{_esc(c.get('guard', '—'))}</td></tr>")
+    if not rows:
+        return head
+    return head + _table(["method", f"source val {metric}", "target entropy", "balance KL", "score", "guard"], rows)
+
+
 def _footer(metrics: dict) -> str:
     timing = metrics.get("timing") or {}
     phases = [p for p in metrics.get("phases") or [] if isinstance(p, dict)]
@@ -557,8 +582,7 @@ def _footer(metrics: dict) -> str:
         parts.append("<p>Time: " + " · ".join(bits) + "</p>")
     adaptation = metrics.get("adaptation")
     if isinstance(adaptation, dict) and adaptation:
-        parts.append("<p>Domain adaptation: " + ", ".join(
-            f"{_esc(k)} {_cell(v)}" for k, v in adaptation.items()) + "</p>")
+        parts.append(_adaptation_section(adaptation))
     if phases:
         rows = []
         for p in phases:

@@ -1,33 +1,53 @@
-"""Unsupervised domain adaptation in the shared trainer: AdaBN, DANN and CORAL.
+"""Unsupervised domain adaptation: a stage after the source phases, one class per method.
 
-All three use unlabelled target data (``adaptation.target_data``, read by the task's own reader
-with labels ignored) and work for every task, because they act on the backbone's features:
+Every method starts from the model the recipe's phases trained on the labelled source data (the
+*source-only* model) and uses unlabelled target data (``adaptation.target_data``, read by the
+task's own reader with labels ignored). Methods, all tasks:
 
-* ``adabn`` (Li et al. 2016): after training, every BatchNorm layer's moving mean and variance
-  are re-estimated on the target data (a cumulative average over target batches). Nothing else
-  changes; the saved model is the adapted one. Needs BatchNorm layers somewhere in the model.
-* ``dann`` (Ganin et al. 2016): a small domain classifier on pooled backbone features, behind a
-  gradient-reversal layer, trained jointly with the task head in the phases that train the
-  backbone. The reversal weight ramps from 0 to ``adaptation.weight`` with
-  ``2 / (1 + exp(-10 p)) - 1`` over each phase (``schedule: constant`` keeps it fixed).
-* ``coral`` (Sun & Saenko 2016, Deep CORAL): adds ``weight * ||C_s - C_t||_F^2 / (4 d^2)``, the
-  distance between source and target feature covariances, to the task loss in the phases that
-  train the backbone.
+* statistics (no training): ``adabn`` (Li et al. 2016) replaces every BatchNorm layer's moving
+  mean and variance by their average over target batches; ``test_time_bn`` (Schneider et al.
+  2020) mixes source and target statistics, ``(N * source + n * target) / (N + n)`` with prior
+  strength ``N = 16`` and ``n`` the batch size. Both need BatchNorm layers;
+* training: the backbone groups of the last phase that unfroze any (or ``adaptation.unfreeze``)
+  and the head train for ``adaptation.epochs`` on batches of labelled source plus unlabelled
+  target examples, with the source task loss plus ``strength`` times the method's target loss:
+  ``dann`` (Ganin et al. 2016: a domain classifier, two hidden layers of 256 with BatchNorm at
+  ten times the learning rate, behind a gradient-reversal layer), ``coral`` (Deep CORAL: feature
+  covariance distance), ``mmd`` (multi-kernel Gaussian MMD, Long et al. 2015), ``entropy``
+  (information maximisation: mean prediction entropy minus the entropy of the mean prediction,
+  as in SHOT) and ``self_training`` (cross-entropy on target predictions above
+  ``adaptation.confidence``, as in FixMatch without strong augmentation). ``strength`` ramps
+  from 0 to ``adaptation.weight`` as ``2 / (1 + exp(-10 p)) - 1`` over the stage (``schedule:
+  constant`` keeps it fixed), the learning rate anneals as ``lr / (1 + 10 p) ** 0.75`` (Ganin et
+  al.), and gradients are clipped to global norm 1. The feature-alignment methods (dann, coral,
+  mmd) act on pooled backbone features, so they need a group that trains.
 
-Phases with a frozen backbone are unchanged (their cached features cannot move), so DANN and
-CORAL need at least one phase that unfreezes a group.
+A **guard** watches the task's first metric (accuracy, IoU) on the labelled *source* validation
+set: a training method whose value falls more than ``adaptation.guard`` below the source-only
+model's is stopped and the weights of its last epoch within the margin (the source-only weights if
+none) are put back, with a warning naming the method. A statistics method is checked the same way
+by re-estimating its statistics on the source validation inputs.
+
+Target labels are absent, so each method's target predictions get a **label-free score**:
+``-(mean entropy) - KL(mean prediction || class prior of the training labels)``, both divided by
+``log K`` (confident predictions whose class mix looks like the source's score high; a collapse
+to one class or uncertain predictions score low). ``method: auto`` runs source-only and every
+applicable method (``adaptation.candidates`` to restrict them) and keeps the highest score, never
+a method past the guard, and source-only unless a method beats it by ``adaptation.select_margin``.
+Every candidate's scores go to ``metrics.json`` (``adaptation.candidates``).
 
 Example recipe section::
 
     adaptation:
-      method: coral
+      method: auto                        # or adabn, test_time_bn, dann, coral, mmd, entropy, self_training
       target_data: data/hospital_b/       # unlabelled images of the target domain
-      weight: 1.0
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 import keras
 import numpy as np
@@ -35,6 +55,9 @@ from keras import ops
 
 from tlmulti.errors import RecipeError, TlmultiError
 from tlmulti.training.freezing import all_sublayers, is_batchnorm
+
+CRITERION = "-(target entropy) - KL(target class mix || training class prior), both / log K"
+PRIOR_STRENGTH = 16  # N of test-time BatchNorm (Schneider et al. 2020)
 
 
 @keras.saving.register_keras_serializable(package="tlmulti")
@@ -76,6 +99,85 @@ def coral_loss(source, target):
     return ops.sum(diff * diff) / (4.0 * d * d)
 
 
+def mmd_loss(source, target, kernels: int = 5, multiplier: float = 2.0):
+    """Squared maximum mean discrepancy with a sum of Gaussian kernels whose bandwidths are the
+    mean pairwise squared distance times ``multiplier ** (k - kernels // 2)`` (DAN's estimator)."""
+    s, t = ops.cast(source, "float32"), ops.cast(target, "float32")
+    x = ops.concatenate([s, t], axis=0)
+    sq = ops.sum(x * x, axis=1)
+    dist = ops.maximum(sq[:, None] + sq[None, :] - 2.0 * ops.matmul(x, ops.transpose(x)), 0.0)
+    n = ops.cast(ops.shape(x)[0], "float32")
+    bandwidth = ops.stop_gradient(ops.sum(dist) / ops.maximum(n * n - n, 1.0))
+    bandwidth = ops.maximum(bandwidth, 1e-6)
+    kernel = sum(ops.exp(-dist / (bandwidth * multiplier ** (k - kernels // 2))) for k in range(kernels))
+    ns = ops.shape(s)[0]
+    k_ss, k_tt, k_st = kernel[:ns, :ns], kernel[ns:, ns:], kernel[:ns, ns:]
+    return ops.mean(k_ss) + ops.mean(k_tt) - 2.0 * ops.mean(k_st)
+
+
+def _distributions(probs, sigmoid: bool):
+    """Predictions as rows of class distributions: softmax outputs flattened over any spatial
+    axes (pixels), sigmoid outputs as one two-class distribution per label."""
+    if sigmoid:
+        p = ops.reshape(probs, (-1, 1))
+        return ops.concatenate([1.0 - p, p], axis=1)
+    return ops.reshape(probs, (-1, ops.shape(probs)[-1]))
+
+
+def information_maximisation(probs, sigmoid: bool = False):
+    """Mean prediction entropy minus the entropy of the mean prediction (to be minimised)."""
+    p = ops.clip(ops.cast(_distributions(probs, sigmoid), "float32"), 1e-7, 1.0)
+    entropy = -ops.mean(ops.sum(p * ops.log(p), axis=1))
+    mean = ops.mean(p, axis=0)
+    return entropy + ops.sum(mean * ops.log(mean))
+
+
+def confident_pseudo_label_loss(probs, threshold: float, sigmoid: bool = False):
+    """Cross-entropy of predictions against their own argmax where its probability is at least
+    ``threshold``, averaged over all predictions (unconfident ones count as zero)."""
+    p = ops.clip(ops.cast(_distributions(probs, sigmoid), "float32"), 1e-7, 1.0)
+    confidence = ops.stop_gradient(ops.max(p, axis=1))
+    target = ops.stop_gradient(ops.one_hot(ops.argmax(p, axis=1), ops.shape(p)[1]))
+    mask = ops.cast(confidence >= threshold, "float32")
+    return ops.mean(mask * -ops.sum(target * ops.log(p), axis=1))
+
+
+def label_free_scores(probs: np.ndarray, prior: np.ndarray, sigmoid: bool = False) -> dict:
+    """Target-prediction scores needing no target labels (higher ``score`` is better).
+
+    ``probs``: predicted probabilities (examples x classes, or x pixels x classes; sigmoid
+    outputs per label); ``prior``: the training labels' class frequencies (per label for
+    sigmoid: the positive rate). ``entropy`` is the mean prediction entropy and ``balance_kl``
+    the KL divergence of the mean prediction from the prior, each divided by ``log K``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if sigmoid:
+        p = np.clip(probs.reshape(-1, probs.shape[-1]), 1e-7, 1 - 1e-7)
+        entropy = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))) / math.log(2)
+        q, r = p.mean(axis=0), np.clip(np.asarray(prior, np.float64), 1e-7, 1 - 1e-7)
+        kl = float(np.mean(q * np.log(q / r) + (1 - q) * np.log((1 - q) / (1 - r)))) / math.log(2)
+    else:
+        k = probs.shape[-1]
+        p = np.clip(probs.reshape(-1, k), 1e-12, 1.0)
+        entropy = float(np.mean(-np.sum(p * np.log(p), axis=1))) / math.log(k)
+        q, r = p.mean(axis=0), np.clip(np.asarray(prior, np.float64), 1e-12, 1.0)
+        r = r / r.sum()
+        kl = float(np.sum(q * np.log(q / r))) / math.log(k)
+    return {"target_entropy": round(entropy, 4), "target_balance_kl": round(kl, 4),
+            "score": round(-entropy - kl, 4)}
+
+
+def class_prior(y, num_outputs: int, sigmoid: bool = False) -> np.ndarray:
+    """Class frequencies of training labels (class ids of any shape: images, pixels), or the
+    positive rate per label for multi-label targets."""
+    y = np.asarray(y)
+    if sigmoid:
+        return y.reshape(-1, num_outputs).astype(float).mean(axis=0)
+    ids = y.reshape(-1).astype(int)
+    ids = ids[(ids >= 0) & (ids < num_outputs)]
+    counts = np.bincount(ids, minlength=num_outputs).astype(float)
+    return counts / max(counts.sum(), 1.0)
+
+
 def pool_features(features):
     """One vector per example from any backbone output: pooled output of a dict, the deepest of a
     list of feature maps, spatial/temporal average of a map or sequence."""
@@ -93,24 +195,37 @@ def pool_features(features):
 
 
 def ramp(progress: float) -> float:
-    """DANN's reversal-weight ramp, 0 at the start of a phase to 1 at its end."""
+    """DANN's weight ramp, 0 at the start of the stage to 1 at its end."""
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
+@keras.saving.register_keras_serializable(package="tlmulti")
+class AnnealedRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Ganin et al.'s annealing: ``rate / (1 + 10 p) ** 0.75`` with ``p`` the stage's progress."""
+
+    def __init__(self, rate: float, total_steps: int):
+        self.rate, self.total_steps = float(rate), max(int(total_steps), 1)
+
+    def __call__(self, step):
+        p = ops.minimum(ops.cast(step, "float32") / float(self.total_steps), 1.0)
+        return self.rate / ops.power(1.0 + 10.0 * p, 0.75)
+
+    def get_config(self):
+        return {"rate": self.rate, "total_steps": self.total_steps}
+
+
 class AdaptationModel(keras.Model):
-    """Task model plus an alignment loss between source and target features (DANN or CORAL).
+    """Task model trained on batches ``((x_source, y_source), x_target)`` with the task loss on
+    the source plus ``strength`` times the method's ``target_loss``; predicts and validates like
+    the task model alone."""
 
-    ``align(f_source, f_target)`` returns the alignment loss, added to the task loss. Trained
-    on batches ``((x_source, y_source), x_target)``; predicts and validates like the task model
-    alone.
-    """
-
-    def __init__(self, joint, align, align_name: str, align_layers=(), **kwargs):
+    def __init__(self, joint, method, extra_layers=(), **kwargs):
         super().__init__(**kwargs)
         self.joint = joint
-        self.align = align
-        self.align_layers = list(align_layers)  # tracked, so their weights train
-        self.align_tracker = keras.metrics.Mean(name=f"{align_name}_loss")
+        self.method = method
+        self.extra_layers = list(extra_layers)  # tracked, so their weights train
+        self.strength = keras.Variable(0.0, trainable=False, name="strength")
+        self.target_tracker = keras.metrics.Mean(name=f"{method.name}_loss")
 
     def call(self, x, training=False):
         return self.joint(x, training=training)[0]
@@ -121,16 +236,15 @@ class AdaptationModel(keras.Model):
         (x_s, y_s), x_t = data
         with tf.GradientTape() as tape:
             y_pred, f_s = self.joint(x_s, training=True)
-            _, f_t = self.joint(x_t, training=True)
+            y_t, f_t = self.joint(x_t, training=True)
             loss = self.compute_loss(x=x_s, y=y_s, y_pred=y_pred)
-            align = self.align(f_s, f_t)
-            total = loss + align
+            extra = self.method.target_loss(y_pred, f_s, y_t, f_t, self.strength)
+            total = loss + extra
         variables = self.trainable_variables
-        grads = tape.gradient(total, variables)
-        self.optimizer.apply(grads, variables)
-        self.align_tracker.update_state(align)
+        self.optimizer.apply(tape.gradient(total, variables), variables)
+        self.target_tracker.update_state(extra)
         for metric in self.metrics:
-            if metric is self.align_tracker:
+            if metric is self.target_tracker:
                 continue
             if metric.name == "loss":
                 metric.update_state(loss)
@@ -140,121 +254,223 @@ class AdaptationModel(keras.Model):
 
     @property
     def metrics(self):
-        return super().metrics + [self.align_tracker]
+        return super().metrics + [self.target_tracker]
 
 
-class _RampCallback(keras.callbacks.Callback):
-    def __init__(self, reversal, weight: float, total_steps: int, schedule: str):
+class _Strength(keras.callbacks.Callback):
+    """Sets the model's ``strength`` to ``weight * ramp(p)`` (or ``weight``) before each batch."""
+
+    def __init__(self, weight: float, total_steps: int, schedule: str):
         super().__init__()
-        self.reversal, self.weight, self.total, self.schedule = reversal, weight, max(total_steps, 1), schedule
-        self.step = 0
+        self.weight, self.total, self.schedule, self.step = weight, max(total_steps, 1), schedule, 0
 
     def on_train_batch_begin(self, batch, logs=None):
         p = min(self.step / self.total, 1.0)
-        value = self.weight * (ramp(p) if self.schedule == "ramp" else 1.0)
-        self.reversal.scale.assign(value)
+        self.model.strength.assign(self.weight * (ramp(p) if self.schedule == "ramp" else 1.0))
         self.step += 1
 
 
+class _Guard(keras.callbacks.Callback):
+    """Stops training when ``val_<metric>`` falls more than ``margin`` below ``base`` and puts
+    back the weights of the last epoch within the margin (those at the start if none)."""
+
+    def __init__(self, metric: str, base: float, margin: float):
+        super().__init__()
+        self.key, self.base, self.margin = f"val_{metric}", base, margin
+        self.safe, self.tripped_at, self.values = None, None, []
+
+    def on_train_begin(self, logs=None):
+        self.safe = self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.key)
+        if value is None:
+            return
+        self.values.append(float(value))
+        if value < self.base - self.margin:
+            self.tripped_at = epoch + 1
+            self.model.stop_training = True
+        else:
+            self.safe = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.tripped_at is not None:
+            self.model.set_weights(self.safe)
+
+
 class Adapter:
-    """One adaptation method, as the trainer calls it: ``wrap`` a phase's model, ``dataset`` adds
-    target batches, ``callbacks`` per phase, ``finish`` after the last phase. Subclasses are
-    registered by name (``tlmulti.registry.register_adaptation``); ``trains_backbone`` says that
-    the method acts only in phases that unfreeze a group."""
+    """One adaptation method. ``run(stage)`` changes the model parts in place, starting from the
+    source-only weights, and returns what it recorded; ``not_applicable(stage)`` says why the
+    method cannot run on this model (None when it can). Subclasses are registered by name
+    (:func:`tlmulti.registry.register_adaptation`)."""
 
     name = ""
-    trains_backbone = False
-    needs_features = False
+    needs_batchnorm = False
 
-    def __init__(self, recipe, task):
-        config = recipe.adaptation
-        if not config.target_data:
-            raise RecipeError("Key 'adaptation.target_data' is required with adaptation.method "
-                              f"'{config.method}': give unlabelled target-domain data (--target-data).")
-        self.method = config.method
-        self.weight = config.weight
-        self.schedule = config.schedule
-        self.target = task.read(config.target_data, classes=None, labelled=False)
-        if len(self.target) == 0:
-            raise TlmultiError(f"Target data '{config.target_data}' has no examples.")
-        self.batch_size = recipe.data.batch_size
+    def __init__(self, name: str, config, task):
+        self.name, self.config, self.task = name, config, task
 
-    def wrap(self, parts, backbone_training, recipe):
-        return parts.assemble(backbone_training=backbone_training, augment=True)
+    def not_applicable(self, stage) -> str | None:
+        if self.needs_batchnorm and not batchnorm_layers(stage.model):
+            return "the model has no BatchNorm layers (VGG16 and Whisper have none)"
+        return None
 
-    def dataset(self, source_ds, recipe, seed: int):
-        return source_ds
-
-    def callbacks(self, steps_per_epoch: int, epochs: int):
-        return []
-
-    def finish(self, parts, recipe):
-        pass
-
-
-class AdaBN(Adapter):
-    """AdaBN: after training, every BatchNorm layer's moving statistics come from target data."""
-
-    def finish(self, parts, recipe):
-        adapt_batchnorm(parts, self.target.x, self.batch_size)
-
-
-class _FeatureAlignment(Adapter):
-    """Methods that add a loss between pooled source and target features while the backbone
-    trains: the phase model also returns the features, and target batches ride along."""
-
-    trains_backbone = True
-
-    def alignment(self, dim: int):
-        """``(align(f_s, f_t) -> loss, layers that train with it)``."""
+    def run(self, stage) -> dict:
         raise NotImplementedError
 
-    def wrap(self, parts, backbone_training, recipe):
-        feats = parts.features(parts.inputs, training=backbone_training, augment=True)
+
+class _Statistics(Adapter):
+    """Methods that only re-estimate BatchNorm statistics. Guard: the same re-estimation on the
+    source validation inputs, scored on their labels."""
+
+    needs_batchnorm = True
+
+    def restat(self, stage, x) -> None:
+        raise NotImplementedError
+
+    def run(self, stage) -> dict:
+        before = stage.snapshot()
+        if stage.has_val:
+            self.restat(stage, stage.val.x)
+            check = stage.source_metric()
+            stage.restore(before)
+        else:
+            check = None
+        self.restat(stage, stage.target.x)
+        return {"source_val": check}
+
+
+class AdaBN(_Statistics):
+    """AdaBN: every BatchNorm layer's moving statistics from target batches."""
+
+    def restat(self, stage, x):
+        adapt_batchnorm(stage.parts, x, stage.batch_size)
+
+
+class TestTimeBN(_Statistics):
+    """Test-time BatchNorm with a source prior: ``(N * source + n * target) / (N + n)`` for the
+    moving mean and variance, ``N = 16``, ``n`` the batch size (Schneider et al. 2020)."""
+
+    def restat(self, stage, x):
+        layers = batchnorm_layers(stage.model)
+        source = [(np.array(l.moving_mean), np.array(l.moving_variance)) for l in layers]
+        adapt_batchnorm(stage.parts, x, stage.batch_size)
+        n, prior = float(stage.batch_size), float(PRIOR_STRENGTH)
+        for l, (mean, var) in zip(layers, source):
+            l.moving_mean.assign((prior * mean + n * np.array(l.moving_mean)) / (prior + n))
+            l.moving_variance.assign((prior * var + n * np.array(l.moving_variance)) / (prior + n))
+
+
+class _Training(Adapter):
+    """Methods that train on source and target batches with an extra target loss."""
+
+    aligns_features = False
+    extra_lr_multiplier = 1.0
+
+    def not_applicable(self, stage):
+        if self.aligns_features and not stage.unfrozen:
+            return ("it aligns backbone features and no layer group trains: no phase unfreezes one; "
+                    "set adaptation.unfreeze (e.g. top:2)")
+        return super().not_applicable(stage)
+
+    def extra_layers(self, dim: int) -> list:
+        return []
+
+    def target_loss(self, y_s, f_s, y_t, f_t, strength):
+        raise NotImplementedError
+
+    def run(self, stage) -> dict:
+        parts, recipe, config = stage.parts, stage.recipe, self.config
+        stage.set_trainable()
+        feats = parts.features(parts.inputs, training=None, augment=True)
         joint = keras.Model(parts.inputs, [parts.head(feats), pool_features(feats)], name="joint")
-        align, layers = self.alignment(joint.outputs[1].shape[-1])
-        return AdaptationModel(joint, align, self.method, layers, name="adapted")
+        extra = self.extra_layers(int(joint.outputs[1].shape[-1]))
+        model = AdaptationModel(joint, self, extra, name="adapted")
+        total = stage.steps_per_epoch * stage.epochs
+        multipliers = dict(stage.multipliers)
+        multipliers.update({id(v): self.extra_lr_multiplier for layer in extra for v in layer.trainable_weights})
+        from tlmulti.training.optimizers import make_optimizer
 
-    def dataset(self, source_ds, recipe, seed: int):
-        import tensorflow as tf
+        optimizer = make_optimizer(recipe.optimizer, AnnealedRate(stage.learning_rate, total), multipliers,
+                                   global_clipnorm=1.0)
+        model.compile(optimizer=optimizer, **self.task.compile_args())
+        callbacks = [_Strength(config.weight, total, config.schedule)]
+        guard = None
+        if stage.has_val:
+            guard = _Guard(stage.metric, stage.base, config.guard)
+            callbacks.append(guard)
+        history = model.fit(stage.batches(), validation_data=stage.val_dataset(), epochs=stage.epochs,
+                            steps_per_epoch=stage.steps_per_epoch, callbacks=callbacks, shuffle=False,
+                            verbose=stage.verbose)
+        out = {"epochs_run": len(history.history.get("loss", []))}
+        if guard is not None:
+            out["source_val_by_epoch"] = [round(v, 4) for v in guard.values]
+            out["source_val"] = stage.source_metric()
+            if guard.tripped_at is not None:
+                out["guard_tripped_at_epoch"] = guard.tripped_at
+        return out
 
-        from tlmulti.data.pipeline import make_dataset
 
-        target = make_dataset(self.target.x, None, self.batch_size, shuffle=True, seed=seed).repeat()
-        return tf.data.Dataset.zip((source_ds, target))
+class DANN(_Training):
+    """DANN: a domain classifier (two hidden layers of 256 with BatchNorm, as the
+    Transfer-Learning-Library's, at 10x the learning rate) on pooled features behind gradient
+    reversal whose scale is the ramped strength. BatchNorm keeps the classifier alive whatever
+    the scale of the backbone's features (unnormalised features saturate a plain MLP's first
+    loss and kill its ReLUs: the classifier then outputs a constant and gives no signal)."""
+
+    aligns_features = True
+    extra_lr_multiplier = 10.0
+
+    def extra_layers(self, dim):
+        self.reversal = GradientReversal(0.0, name="gradient_reversal")
+        layers = [keras.Input((dim,))]
+        for _ in range(2):
+            layers += [keras.layers.Dense(256), keras.layers.BatchNormalization(), keras.layers.ReLU()]
+        self.domain_head = keras.Sequential(layers + [keras.layers.Dense(1)], name="domain_classifier")
+        return [self.domain_head, self.reversal]
+
+    def target_loss(self, y_s, f_s, y_t, f_t, strength):
+        self.reversal.scale.assign(strength)
+        logits = self.domain_head(self.reversal(ops.concatenate([f_s, f_t], axis=0)), training=True)
+        labels = ops.concatenate([ops.zeros((ops.shape(f_s)[0], 1)), ops.ones((ops.shape(f_t)[0], 1))], 0)
+        return ops.mean(keras.losses.binary_crossentropy(labels, logits, from_logits=True))
 
 
-class CORAL(_FeatureAlignment):
-    """Deep CORAL: ``weight`` times the covariance distance of source and target features."""
+class CORAL(_Training):
+    """Deep CORAL: the covariance distance of pooled source and target features."""
 
-    def alignment(self, dim):
-        return (lambda f_s, f_t: self.weight * coral_loss(f_s, f_t)), []
+    aligns_features = True
+
+    def target_loss(self, y_s, f_s, y_t, f_t, strength):
+        return strength * coral_loss(f_s, f_t)
 
 
-class DANN(_FeatureAlignment):
-    """DANN: a domain classifier on pooled features behind a gradient-reversal layer whose weight
-    ramps to ``adaptation.weight`` over each phase. The classifier is built once and shared by
-    the phases that train the backbone."""
+class MMD(_Training):
+    """Multi-kernel MMD between pooled source and target features."""
 
-    domain_head = None
-    reversal = None
+    aligns_features = True
 
-    def alignment(self, dim):
-        if self.domain_head is None:
-            self.reversal = GradientReversal(0.0, name="gradient_reversal")
-            self.domain_head = keras.Sequential([
-                keras.Input((dim,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1),
-            ], name="domain_classifier")
+    def target_loss(self, y_s, f_s, y_t, f_t, strength):
+        return strength * mmd_loss(f_s, f_t)
 
-        def align(f_s, f_t):
-            logits = self.domain_head(self.reversal(ops.concatenate([f_s, f_t], axis=0)), training=True)
-            labels = ops.concatenate([ops.zeros((ops.shape(f_s)[0], 1)), ops.ones((ops.shape(f_t)[0], 1))], 0)
-            return ops.mean(keras.losses.binary_crossentropy(labels, logits, from_logits=True))
 
-        return align, [self.domain_head, self.reversal]
+class Entropy(_Training):
+    """Information maximisation on target predictions: confident, and diverse over the batch."""
 
-    def callbacks(self, steps_per_epoch: int, epochs: int):
-        return [_RampCallback(self.reversal, self.weight, steps_per_epoch * epochs, self.schedule)]
+    def target_loss(self, y_s, f_s, y_t, f_t, strength):
+        return strength * information_maximisation(y_t, self.task.output_activation == "sigmoid")
+
+
+class SelfTraining(_Training):
+    """Confident pseudo-labels: target predictions above ``adaptation.confidence`` as labels."""
+
+    def target_loss(self, y_s, f_s, y_t, f_t, strength):
+        return strength * confident_pseudo_label_loss(y_t, self.config.confidence,
+                                                      self.task.output_activation == "sigmoid")
+
+
+def batchnorm_layers(model) -> list:
+    return [l for l in all_sublayers(model) if is_batchnorm(l)]
 
 
 def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
@@ -265,12 +481,10 @@ def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
     from tlmulti.data.pipeline import make_dataset
 
     model = parts.assemble(backbone_training=None, augment=False)
-    layers = [l for l in all_sublayers(model) if is_batchnorm(l)]
+    layers = batchnorm_layers(model)
     if not layers:
-        raise TlmultiError(
-            "AdaBN needs BatchNorm layers, and this model has none (e.g. VGG16 backbones); "
-            "use adaptation.method dann or coral instead."
-        )
+        raise TlmultiError("AdaBN needs BatchNorm layers, and this model has none (e.g. VGG16 backbones); "
+                           "use adaptation.method dann, coral, mmd, entropy or self_training instead.")
     others = [v for v in model.weights if not any(v is w for l in layers for w in (l.moving_mean, l.moving_variance))]
     before = [np.array(v) for v in others]
     saved = [(l.trainable, l.momentum) for l in layers]
@@ -289,21 +503,212 @@ def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
     return len(layers)
 
 
-def make_adapter(recipe, task, parts):
-    """The adapter registered for ``recipe.adaptation.method``, or None for ``none``."""
+class Stage:
+    """What every method shares: the model parts at their source-only weights, the data, the
+    groups that train, the stage's length and learning rate, and the source-validation metric."""
+
+    def __init__(self, parts, task, train, val, target, recipe, verbose: int = 0):
+        from tlmulti.training.freezing import group_multipliers, resolve_unfreeze
+
+        self.parts, self.task, self.train, self.val, self.target, self.recipe = parts, task, train, val, target, recipe
+        self.verbose = verbose
+        self.batch_size = recipe.data.batch_size
+        self.model = parts.assemble(backbone_training=False, augment=False, name="stage")
+        config = recipe.adaptation
+        tuning = [p for p in recipe.phases if p.epochs and resolve_unfreeze(p.unfreeze, list(parts.groups))]
+        last = tuning[-1] if tuning else (recipe.phases[-1] if recipe.phases else None)
+        unfreeze = config.unfreeze if config.unfreeze is not None else (last.unfreeze if tuning else "none")
+        self.unfrozen = resolve_unfreeze(unfreeze, list(parts.groups), "adaptation.unfreeze")
+        self.batchnorm = last.batchnorm if last is not None else "frozen"
+        self.learning_rate = config.learning_rate or (last.learning_rate if last is not None else 1e-4)
+        lr_decay = last.lr_decay if tuning else 1.0
+        group_lr = last.group_lr if tuning else {}
+        mults = group_multipliers(parts.groups, self.unfrozen, lr_decay, group_lr)
+        self.multipliers = {id(v): mults[g] for g in self.unfrozen for layer in parts.groups[g]
+                            for v in layer.trainable_weights}
+        self.steps_per_epoch = max(1, -(-len(train) // self.batch_size))
+        if config.epochs == "auto":  # about 150 steps, 2 to 10 epochs
+            config.epochs = int(min(max(round(150 / self.steps_per_epoch), 2), 10))
+        self.epochs = int(config.epochs)
+        self.has_val = len(val) > 0
+        compiled = task.compile_args()
+        self.metric = compiled["metrics"][0].name
+        self.sigmoid = getattr(task, "output_activation", "softmax") == "sigmoid"
+        self.base = self.source_metric() if self.has_val else None
+
+    def snapshot(self) -> list:
+        return self.model.get_weights()
+
+    def restore(self, weights: list) -> None:
+        self.model.set_weights(weights)
+
+    def set_trainable(self) -> None:
+        from tlmulti.training.freezing import set_trainable
+
+        set_trainable(self.parts.backbone, self.parts.groups, self.unfrozen, self.batchnorm)
+
+    def val_dataset(self):
+        from tlmulti.data.pipeline import make_dataset
+
+        return make_dataset(self.val.x, self.val.y, self.batch_size) if self.has_val else None
+
+    def batches(self):
+        """Source training batches (shuffled per epoch, paired augmentation) zipped with an endless
+        stream of shuffled target batches."""
+        import tensorflow as tf
+
+        from tlmulti.data.pipeline import make_dataset, make_epoch_dataset
+
+        seed = self.recipe.seed + 7000
+        source = make_epoch_dataset(self.train.x, self.train.y, self.batch_size, seed=seed, epochs=self.epochs,
+                                    augment=self.parts.augment_pairs)
+        target = make_dataset(self.target.x, None, self.batch_size, shuffle=True, seed=seed).repeat()
+        return tf.data.Dataset.zip((source, target))
+
+    def source_metric(self) -> float:
+        """The task's first metric on the source validation set with the current weights."""
+        metric = self.task.compile_args()["metrics"][0]
+        model = self.parts.assemble(backbone_training=False, augment=False, name="check")
+        model.compile(loss=self.task.compile_args()["loss"], metrics=[metric])
+        return round(float(model.evaluate(self.val_dataset(), return_dict=True, verbose=0)[self.metric]), 4)
+
+    def target_scores(self) -> dict:
+        from tlmulti.data.pipeline import make_dataset
+
+        probs = self.model.predict(make_dataset(self.target.x, None, self.batch_size), verbose=0)
+        if not self.sigmoid and probs.ndim > 2 and probs[..., 0].size > 400_000:
+            stride = int(np.ceil(probs[..., 0].size / 400_000))
+            probs = probs.reshape(-1, probs.shape[-1])[::stride]
+        prior = class_prior(self.train.y, probs.shape[-1], self.sigmoid)
+        return label_free_scores(probs, prior, self.sigmoid)
+
+
+def method_names() -> list[str]:
+    """The methods ``auto`` tries: every registered one with an implementation."""
     from tlmulti import registry
 
-    method = recipe.adaptation.method
-    spec = registry.get_adaptation(method)
-    if not spec.implementation:
-        return None
-    cls = registry.resolve(spec.implementation)
-    if cls.trains_backbone:
+    return [n for n in registry.adaptation_methods() if registry.get_adaptation(n).implementation]
+
+
+def make_method(name: str, config, task) -> Adapter:
+    from tlmulti import registry
+
+    return registry.resolve(registry.get_adaptation(name).implementation)(name, config, task)
+
+
+def check_adaptation(recipe, task, parts) -> None:
+    """Before any training: the target data is named and an explicit method can run on this model."""
+    config = recipe.adaptation
+    if config.method == "none":
+        return
+    if not config.target_data:
+        raise RecipeError("Key 'adaptation.target_data' is required with adaptation.method "
+                          f"'{config.method}': give unlabelled target-domain data (--target-data).")
+    unknown = [c for c in config.candidates if c not in method_names()]
+    if unknown:
+        raise RecipeError(f"Key 'adaptation.candidates' names {', '.join(unknown)}, not adaptation methods; "
+                          f"valid: {', '.join(method_names())}.")
+    if config.method != "auto":
         from tlmulti.training.freezing import resolve_unfreeze
 
-        if not any(resolve_unfreeze(p.unfreeze, list(parts.groups)) for p in recipe.phases if p.epochs):
-            raise RecipeError(
-                f"adaptation.method '{method}' acts in phases that train the backbone, and no phase "
-                "unfreezes a layer group; add a phase with unfreeze (e.g. top:2)."
-            )
-    return cls(recipe, task)
+        method = make_method(config.method, config, task)
+        if getattr(method, "aligns_features", False):
+            groups = list(parts.groups)
+            trains = resolve_unfreeze(config.unfreeze, groups, "adaptation.unfreeze") if config.unfreeze else \
+                any(resolve_unfreeze(p.unfreeze, groups) for p in recipe.phases if p.epochs)
+            if not trains:
+                raise RecipeError(f"adaptation.method '{config.method}' aligns backbone features, and no phase "
+                                  "unfreezes a layer group; add a phase with unfreeze (e.g. top:2) or set "
+                                  "adaptation.unfreeze.")
+        if method.needs_batchnorm and not batchnorm_layers(parts.assemble(augment=False)):
+            raise TlmultiError(f"adaptation.method '{config.method}' needs BatchNorm layers, and this model has "
+                               "none (VGG16 and Whisper have none); use dann, coral, mmd, entropy, self_training "
+                               "or auto instead.")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def adapt(parts, task, train, val, recipe, verbose: int = 0, each=None) -> dict | None:
+    """Run the recipe's adaptation (one method, or ``auto``) on ``parts``, which hold the
+    source-only model; leaves ``parts`` at the chosen candidate's weights and returns the record
+    written to ``metrics.json`` (None for ``method: none``). ``each(name)``, when given, is called
+    with ``parts`` at every candidate's weights (``none`` first): benchmarks score candidates on
+    labelled target data with it."""
+    config = recipe.adaptation
+    if config.method == "none":
+        return None
+    target = task.read(config.target_data, classes=None, labelled=False)
+    if len(target) == 0:
+        raise TlmultiError(f"Target data '{config.target_data}' has no examples.")
+    stage = Stage(parts, task, train, val, target, recipe, verbose)
+    auto = config.method == "auto"
+    names = (list(config.candidates) or method_names()) if auto else [config.method]
+    source = stage.snapshot()
+    candidates = {"none": {"source_val": stage.base, **stage.target_scores()}}
+    states = {"none": source}
+    if each is not None:
+        each("none")
+    for name in names:
+        method = make_method(name, config, task)
+        reason = method.not_applicable(stage)
+        if reason:
+            candidates[name] = {"skipped": reason}
+            continue
+        stage.restore(source)
+        t0 = time.perf_counter()
+        if verbose:
+            print(f"adaptation: {name}", flush=True)
+        record = method.run(stage)
+        check = record.get("source_val")
+        tripped = "guard_tripped_at_epoch" in record or (
+            isinstance(method, _Statistics) and check is not None and check < stage.base - config.guard)
+        if tripped:
+            if isinstance(method, _Statistics):
+                stage.restore(source)
+            _warn(f"adaptation method '{name}' lowered source validation {stage.metric} from {stage.base:.4f} to "
+                  f"{min(record.get('source_val_by_epoch') or [check]):.4f}, more than adaptation.guard "
+                  f"{config.guard}; " + ("source-only weights kept." if isinstance(method, _Statistics) else
+                                         "the weights of its last epoch within the margin were put back."))
+        record.update(stage.target_scores())
+        record["guard"] = "tripped" if tripped else ("ok" if stage.has_val else "no validation set")
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        candidates[name] = record
+        states[name] = stage.snapshot()
+        if each is not None:
+            each(name)
+    chosen = select(candidates, config.select_margin) if auto else config.method
+    stage.restore(states[chosen])
+    report = {"method": config.method, "chosen": chosen, "weight": config.weight,
+              "target_examples": len(target), "epochs": stage.epochs, "unfrozen_groups": stage.unfrozen,
+              "guard": {"metric": stage.metric, "margin": config.guard, "source_only": stage.base},
+              "criterion": CRITERION, "candidates": candidates}
+    print(format_candidates(report), flush=True)
+    return report
+
+
+def select(candidates: dict, margin: float) -> str:
+    """The candidate with the highest label-free score, among those the guard let through;
+    source-only (``none``) unless another beats its score by more than ``margin``."""
+    eligible = {n: c["score"] for n, c in candidates.items() if "score" in c and c.get("guard") != "tripped"}
+    best = max(eligible, key=lambda n: (eligible[n], n == "none"))
+    if best != "none" and eligible[best] <= eligible["none"] + margin:
+        return "none"
+    return best
+
+
+def format_candidates(report: dict) -> str:
+    """The adaptation table printed after training: one row per candidate."""
+    metric = report["guard"]["metric"]
+    lines = [f"Adaptation ({report['method']}): kept '{report['chosen']}'. Label-free score: {report['criterion']}.",
+             f"  {'method':<14}{'source val ' + metric:>22}{'target entropy':>16}{'balance KL':>12}{'score':>9}  guard"]
+    for name, c in report["candidates"].items():
+        label = "source-only" if name == "none" else name
+        if "skipped" in c:
+            lines.append(f"  {label:<14}not applicable: {c['skipped']}")
+            continue
+        val = "—" if c.get("source_val") is None else f"{c['source_val']:.4f}"
+        lines.append(f"  {label:<14}{val:>22}{c['target_entropy']:>16.4f}{c['target_balance_kl']:>12.4f}"
+                     f"{c['score']:>9.4f}  {c.get('guard', '—')}")
+    return "\n".join(lines)

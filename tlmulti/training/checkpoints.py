@@ -6,7 +6,7 @@ After every epoch (and between phases) ``RUN/checkpoint/`` holds:
   history rows and phase records so far, and the early-stopping state (wait, best value, best
   epoch);
 * ``weights.npz``: every variable of the model parts (backbone, head, augmentation layers with
-  their random-generator states, a domain classifier), in a fixed order;
+  their random-generator states), in a fixed order;
 * ``optimizer.npz``: the optimizer's variables (moments, iteration count, so the learning-rate
   schedule continues), and ``best.npz``: the weights early stopping would restore.
 
@@ -30,13 +30,10 @@ import numpy as np
 FOLDER = "checkpoint"
 
 
-def tracked_layers(parts, adapter=None) -> dict:
+def tracked_layers(parts) -> dict:
     """The layers whose variables a checkpoint holds, by role."""
     layers = {"backbone": parts.backbone, "head": parts.head, "augment": parts.augment,
               "preprocess": parts.preprocess}
-    if adapter is not None:
-        layers["domain_head"] = getattr(adapter, "domain_head", None)
-        layers["reversal"] = getattr(adapter, "reversal", None)
     return {k: v for k, v in layers.items() if v is not None}
 
 
@@ -76,14 +73,14 @@ def load_state(run_dir) -> dict | None:
         return None
 
 
-def save(run_dir, state: dict, parts, adapter=None, optimizer=None, best_weights=None) -> None:
+def save(run_dir, state: dict, parts, optimizer=None, best_weights=None) -> None:
     """Write the checkpoint (atomically: a new folder renamed over the old one)."""
     run_dir = Path(run_dir)
     tmp = run_dir / f".{FOLDER}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     arrays = {}
-    for role, layer in tracked_layers(parts, adapter).items():
+    for role, layer in tracked_layers(parts).items():
         arrays.update({f"{role}.{i}": np.asarray(v) for i, v in enumerate(_variables(layer))})
     np.savez(tmp / "weights.npz", **arrays)
     if optimizer is not None and optimizer.built:
@@ -99,16 +96,15 @@ def save(run_dir, state: dict, parts, adapter=None, optimizer=None, best_weights
     shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_weights(run_dir, parts, adapter=None) -> None:
-    """Put the saved variables back into every part the checkpoint holds (a part created later,
-    such as a domain classifier, keeps its fresh values until a checkpoint includes it)."""
+def restore_weights(run_dir, parts) -> None:
+    """Put the saved variables back into every part the checkpoint holds."""
     folder = Path(run_dir) / FOLDER
     with np.load(folder / "weights.npz", allow_pickle=False) as data:
         saved = {}
         for key in data.files:
             role, _, i = key.rpartition(".")
             saved.setdefault(role, {})[int(i)] = data[key]
-    for role, layer in tracked_layers(parts, adapter).items():
+    for role, layer in tracked_layers(parts).items():
         if role in saved:
             values = [saved[role][i] for i in range(len(saved[role]))]
             _assign(_variables(layer), values, role, folder)
@@ -156,11 +152,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """Records the history row of each epoch and writes the checkpoint after it."""
 
     def __init__(self, run_dir, phase_index: int, phase_name: str, epoch0: int, history: list, records: list,
-                 parts, adapter=None, early_stopping=None, extra_state: dict | None = None):
+                 parts, early_stopping=None, extra_state: dict | None = None):
         super().__init__()
         self.run_dir, self.phase_index, self.phase_name = run_dir, phase_index, phase_name
         self.epoch0, self.history, self.records = epoch0, history, records
-        self.parts, self.adapter, self.early_stopping = parts, adapter, early_stopping
+        self.parts, self.early_stopping = parts, early_stopping
         self.extra_state = extra_state or {}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -173,5 +169,5 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state = {"phase": self.phase_index, "epoch": epoch + 1, "phase_done": bool(self.model.stop_training),
                  "history": self.history, "records": self.records,
                  "early_stopping": es.state() if es is not None else None, **self.extra_state}
-        save(self.run_dir, state, self.parts, self.adapter, optimizer=self.model.optimizer,
+        save(self.run_dir, state, self.parts, optimizer=self.model.optimizer,
              best_weights=es.best_weights if es is not None else None)

@@ -53,13 +53,17 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", ste
         warmup_target=learning_rate if warm else None, warmup_steps=warm)
 
 
-def make_optimizer(config, learning_rate, multipliers: dict[int, float] | None = None):
+def make_optimizer(config, learning_rate, multipliers: dict[int, float] | None = None,
+                   global_clipnorm: float | None = None):
     """Optimizer named by ``config.name`` at ``learning_rate`` (a number or a schedule);
-    ``multipliers`` maps ``id(variable)`` to an LR scale."""
+    ``multipliers`` maps ``id(variable)`` to an LR scale; ``global_clipnorm`` clips the norm of
+    all gradients together unless the recipe's ``optimizer.clipnorm`` clips each one."""
     base = _CLASSES[config.name]
     kwargs = {"learning_rate": learning_rate}
     if config.clipnorm:
         kwargs["clipnorm"] = config.clipnorm
+    elif global_clipnorm:
+        kwargs["global_clipnorm"] = global_clipnorm
     if config.name == "adamw":
         kwargs["weight_decay"] = config.weight_decay or 0.004
     elif config.weight_decay:

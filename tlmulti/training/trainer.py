@@ -96,13 +96,10 @@ def derive_phase_lengths(recipe: Recipe, n_train: int) -> None:
             phase.patience = max(2, round(phase.epochs / 5))
 
 
-def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, adapter=None,
-              resume: dict | None = None):
+def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, resume: dict | None = None):
     """Run the recipe's phases on ``parts``; returns (history rows, phase records).
 
-    ``adapter`` (domain adaptation, see :mod:`tlmulti.training.adaptation`) builds the model of
-    phases that train end to end, adds target batches to their data, and runs after the last
-    phase. With ``run_dir``, a checkpoint is written after every epoch and between phases
+    With ``run_dir``, a checkpoint is written after every epoch and between phases
     (:mod:`tlmulti.training.checkpoints`); ``resume`` (a checkpoint's state) continues from it.
     """
     import keras
@@ -120,7 +117,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     records = list(resume["records"]) if resume else []
     if run_dir is not None and resume is None:  # training has begun: from here the folder is kept
         checkpoints.save(run_dir, {"phase": 0, "epoch": 0, "phase_done": False, "history": [], "records": [],
-                                   "early_stopping": None}, parts, adapter)
+                                   "early_stopping": None}, parts)
     cache = None  # (train features, val features), valid while the backbone is unchanged
     es_config = recipe.callbacks.early_stopping
     for i, phase in enumerate(recipe.phases):
@@ -130,8 +127,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             continue  # finished before the interruption; its record is in ``records``
         unfrozen = resolve_unfreeze(phase.unfreeze, group_names, f"phases.{i}.unfreeze")
         set_trainable(parts.backbone, parts.groups, unfrozen, phase.batchnorm)
-        use_cache = phase.cache_features is True or (phase.cache_features == "auto" and not unfrozen
-                                                     and (adapter is None or not adapter.needs_features))
+        use_cache = phase.cache_features is True or (phase.cache_features == "auto" and not unfrozen)
         mults = group_multipliers(parts.groups, unfrozen, phase.lr_decay, phase.group_lr)
         by_var = {id(v): mults[g] for g in unfrozen for layer in parts.groups[g] for v in layer.trainable_weights}
         rate = learning_rate_schedule(phase.learning_rate, phase.schedule, steps_per_epoch * phase.epochs, phase.warmup)
@@ -146,7 +142,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             records.append(record)
             continue
         if resuming and use_cache:
-            checkpoints.restore_weights(run_dir, parts, adapter)  # before the cache reads the backbone
+            checkpoints.restore_weights(run_dir, parts)  # before the cache reads the backbone
         if use_cache:
             if cache is None:
                 t0 = time.perf_counter()
@@ -155,14 +151,10 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                 record["cache_seconds"] = time.perf_counter() - t0
             model, x_train, x_val = parts.head, cache[0], cache[1]
         else:
-            backbone_training = None if unfrozen else False
-            if adapter is not None:
-                model = adapter.wrap(parts, backbone_training, recipe)
-            else:
-                model = parts.assemble(backbone_training=backbone_training, augment=True)
+            model = parts.assemble(backbone_training=None if unfrozen else False, augment=True)
             x_train, x_val = train.x, val.x
         if resuming and not use_cache:
-            checkpoints.restore_weights(run_dir, parts, adapter)  # after wrap() made any domain classifier
+            checkpoints.restore_weights(run_dir, parts)
         model.compile(optimizer=optimizer, **task.compile_args())
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
         initial = int(resume["epoch"]) if resuming else 0
@@ -181,10 +173,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             callbacks.append(es)
         if recipe.callbacks.tensorboard and run_dir is not None:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
-        if adapter is not None and not use_cache:
-            callbacks += adapter.callbacks(steps_per_epoch, phase.epochs)
-        callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records,
-                                                     parts, adapter, es))
+        callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es))
         if resuming and resume.get("phase_done"):  # early stopping had ended it: keep its best epoch
             best = checkpoints.best_weights(run_dir)
             if best is not None and es_config.restore_best_weights:
@@ -192,8 +181,6 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         elif initial < phase.epochs:
             train_ds = make_epoch_dataset(x_train, train.y, batch, seed=recipe.seed + 1000 * i, epochs=phase.epochs,
                                           initial_epoch=initial, augment=None if use_cache else parts.augment_pairs)
-            if adapter is not None and not use_cache:
-                train_ds = adapter.dataset(train_ds, recipe, seed=recipe.seed + i)
             model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, initial_epoch=initial,
                       steps_per_epoch=steps_per_epoch, class_weight=class_weight, shuffle=False,
                       callbacks=callbacks, verbose=_verbosity(recipe))
@@ -204,9 +191,9 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         records.append(record)
         if run_dir is not None:  # between phases: the next one starts from here
             checkpoints.save(run_dir, {"phase": i + 1, "epoch": 0, "phase_done": False, "history": history,
-                                       "records": records, "early_stopping": None}, parts, adapter)
-    if adapter is not None:
-        adapter.finish(parts, recipe)
+                                       "records": records, "early_stopping": None}, parts)
+    if resume is not None and resume["phase"] >= len(recipe.phases):
+        checkpoints.restore_weights(run_dir, parts)  # every phase had finished: its weights
     return history, records
 
 
@@ -271,7 +258,7 @@ def _guarded(run_dir: Path, body) -> Run:
 def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
     import keras
 
-    from tlmulti.training.adaptation import make_adapter
+    from tlmulti.training.adaptation import adapt, check_adaptation
     from tlmulti.training.card import check_lock, run_card
 
     t_start = time.perf_counter()
@@ -294,13 +281,17 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
         summary = summarize({"train": train_ex, "val": val_ex, "test": test_ex},
                             inputs=task.input_summary(train_ex, parts))
         print(format_summary(summary), flush=True)
-        adapter = make_adapter(recipe, task, parts)
+        check_adaptation(recipe, task, parts)
         derive_phase_lengths(recipe, len(train_ex))
         if resume is None:
             runs.begin_run(run_dir, recipe, task, train_ex.classes, summary,
                            run_card(recipe, task.spec, {"train": train_ex, "val": val_ex, "test": test_ex}))
             runs.write_splits(run_dir, {"train": train_ex, "val": val_ex, "test": test_ex})
-        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, adapter, resume=resume)
+        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, resume=resume)
+        t_adapt = time.perf_counter()
+        adaptation = adapt(parts, task, train_ex, val_ex, recipe, verbose=_verbosity(recipe))
+        if adaptation is not None:
+            adaptation["seconds"] = round(time.perf_counter() - t_adapt, 3)
         model = parts.assemble(backbone_training=False, augment=True)
     train_seconds = time.perf_counter() - t_start
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
@@ -313,9 +304,8 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
         "total_seconds": round(time.perf_counter() - t_start, 3),
     }
     metrics["phases"] = records
-    if adapter is not None:
-        metrics["adaptation"] = {"method": adapter.method, "weight": adapter.weight,
-                                 "target_examples": len(adapter.target)}
+    if adaptation is not None:
+        metrics["adaptation"] = adaptation
     metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
                        "classes": len(train_ex.classes)}
     if test_ex is not None and recipe.output.plots:
