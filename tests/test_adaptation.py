@@ -45,18 +45,35 @@ def test_ramp_schedule():
     assert ramp(0.0) == 0.0 and ramp(1.0) == pytest.approx(0.9999, abs=1e-3) and 0.4 < ramp(0.1) < 0.5
 
 
-def test_adabn_changes_only_batchnorm_moving_statistics(tiny_backbone, image_folder):
+def test_adabn_changes_only_batchnorm_statistics_and_normalises_target_as_source(tiny_backbone, image_folder):
+    import keras
+
     from tlmulti.training.adaptation import adapt_batchnorm
 
     task, parts, train, val = _build(_recipe(tiny_backbone, image_folder))
     model = parts.assemble()
+    bn = parts.backbone.get_layer("block1_bn")
     stats = {id(v) for l in model._flatten_layers() if l.__class__.__name__ == "BatchNormalization"
              for v in (l.moving_mean, l.moving_variance)}
     before = {id(v): np.array(v) for v in model.weights}
-    shifted = np.clip(train.x.astype(int) * 0.5 + 60, 0, 255).astype("uint8")
-    assert adapt_batchnorm(parts, shifted, batch_size=4) == 3
+    # the same data as source and target: nothing moves
+    assert adapt_batchnorm(parts, train.x, train.x) == 3
     for v in model.weights:
-        changed = not np.array_equal(before[id(v)], np.array(v))
+        np.testing.assert_allclose(np.array(v), before[id(v)], rtol=1e-4, atol=1e-5)
+    shifted = np.clip(train.x.astype(int) * 0.5 + 60, 0, 255).astype("uint8")
+    pre = keras.Model(parts.backbone.input, parts.backbone.get_layer("block1_conv").output)
+
+    def normalised(x):
+        a = pre(parts.preprocess(x) if parts.preprocess is not None else x).numpy().reshape(-1, bn.moving_mean.shape[0])
+        return (a - np.array(bn.moving_mean)) / np.sqrt(np.array(bn.moving_variance) + bn.epsilon)
+
+    source = normalised(train.x.astype("float32"))
+    assert adapt_batchnorm(parts, shifted, train.x) == 3
+    target = normalised(shifted.astype("float32"))
+    np.testing.assert_allclose(target.mean(0), source.mean(0), atol=1e-3)
+    np.testing.assert_allclose(target.std(0), source.std(0), rtol=1e-3)
+    for v in model.weights:
+        changed = not np.allclose(before[id(v)], np.array(v))
         assert changed == (id(v) in stats), v.path
 
 

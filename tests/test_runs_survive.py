@@ -63,7 +63,8 @@ class Crash(Exception):
 
 # save calls: 1 = start, 2-4 = phase 0 epochs, 5 = between phases, 6-8 = phase 1 epochs, 9 = end
 @pytest.mark.parametrize("point,where", [(1, "before the first epoch (feature cache)"), (3, "mid-phase, cached"),
-                                         (5, "between phases"), (7, "mid-phase, fine-tuning")])
+                                         (5, "between phases"), (7, "mid-phase, fine-tuning"),
+                                         (9, "after the last phase (evaluation or adaptation)")])
 def test_resume_after_a_crash_gives_the_uninterrupted_run(point, where, tiny_backbone, data, reference, tmp_path,
                                                            monkeypatch):
     import tlmulti

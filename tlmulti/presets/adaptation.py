@@ -17,6 +17,12 @@ for _name, _cls, _what in (
     register_adaptation(_name, implementation=f"tlmulti.training.adaptation:{_cls}", description=_what)
 
 register_dataset(
+    "fashion-mnist-scanner", builder="tlmulti.datasets.fashion_scanner:build", splits=("target", "test"),
+    description="Fashion-MNIST as from another scanner (inverted, blurred, noisy): 1,000 unlabelled target / "
+                "1,000 labelled test PNGs",
+    source="Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+register_dataset(
     "nuclei-shift", builder="tlmulti.datasets.nuclei_shift:build", splits=("target", "test"),
     description="Nuclei image with a simulated microscope shift (illumination ramp, gamma, blur, noise)",
     source="PyPI wheel stardist==0.9.2, as for 'nuclei'",

@@ -4,10 +4,12 @@ Every method starts from the model the recipe's phases trained on the labelled s
 *source-only* model) and uses unlabelled target data (``adaptation.target_data``, read by the
 task's own reader with labels ignored). Methods, all tasks:
 
-* statistics (no training): ``adabn`` (Li et al. 2016) replaces every BatchNorm layer's moving
-  mean and variance by their average over target batches; ``test_time_bn`` (Schneider et al.
-  2020) mixes source and target statistics, ``(N * source + n * target) / (N + n)`` with prior
-  strength ``N = 16`` and ``n`` the batch size. Both need BatchNorm layers;
+* statistics (no training): ``adabn`` (Li et al. 2016) sets every BatchNorm layer's moving mean
+  and variance so that target inputs are normalised as source inputs were (see
+  :func:`adapt_batchnorm`; with BatchNorm trained on the source this is AdaBN's target
+  statistics); ``test_time_bn`` (Schneider et al. 2020) first mixes source and target
+  statistics, ``(N * source + n * target) / (N + n)`` with prior strength ``N = 16`` and ``n`` the
+  batch size. Both need BatchNorm layers;
 * training: the backbone groups of the last phase that unfroze any (or ``adaptation.unfreeze``)
   and the head train for ``adaptation.epochs`` on batches of labelled source plus unlabelled
   target examples, with the source task loss plus ``strength`` times the method's target loss:
@@ -341,24 +343,19 @@ class _Statistics(Adapter):
 
 
 class AdaBN(_Statistics):
-    """AdaBN: every BatchNorm layer's moving statistics from target batches."""
+    """AdaBN: BatchNorm statistics that normalise target inputs as the source ones were."""
 
     def restat(self, stage, x):
-        adapt_batchnorm(stage.parts, x, stage.batch_size)
+        adapt_batchnorm(stage.parts, x, stage.train.x)
 
 
 class TestTimeBN(_Statistics):
-    """Test-time BatchNorm with a source prior: ``(N * source + n * target) / (N + n)`` for the
-    moving mean and variance, ``N = 16``, ``n`` the batch size (Schneider et al. 2020)."""
+    """Test-time BatchNorm with a source prior (Schneider et al. 2020): the target statistics are
+    first mixed with the source ones, ``(N * source + n * target) / (N + n)``, ``N = 16`` and
+    ``n`` the batch size, then applied as AdaBN's are."""
 
     def restat(self, stage, x):
-        layers = batchnorm_layers(stage.model)
-        source = [(np.array(l.moving_mean), np.array(l.moving_variance)) for l in layers]
-        adapt_batchnorm(stage.parts, x, stage.batch_size)
-        n, prior = float(stage.batch_size), float(PRIOR_STRENGTH)
-        for l, (mean, var) in zip(layers, source):
-            l.moving_mean.assign((prior * mean + n * np.array(l.moving_mean)) / (prior + n))
-            l.moving_variance.assign((prior * var + n * np.array(l.moving_variance)) / (prior + n))
+        adapt_batchnorm(stage.parts, x, stage.train.x, prior=PRIOR_STRENGTH, batch=stage.batch_size)
 
 
 class _Training(Adapter):
@@ -473,33 +470,84 @@ def batchnorm_layers(model) -> list:
     return [l for l in all_sublayers(model) if is_batchnorm(l)]
 
 
-def adapt_batchnorm(parts, target_x, batch_size: int = 32) -> int:
-    """Replace every BatchNorm layer's moving statistics by their average over target batches.
+STATISTICS_EXAMPLES = 256  # examples (one batch) from which BatchNorm statistics are measured
 
-    Only moving means and variances change. Returns the number of BatchNorm layers adapted.
-    """
-    from tlmulti.data.pipeline import make_dataset
 
-    model = parts.assemble(backbone_training=None, augment=False)
+def _channel_moments(x, axis: int):
+    import tensorflow as tf
+
+    axes = [a for a in range(len(x.shape)) if a != axis % len(x.shape)]
+    mean, var = tf.nn.moments(tf.cast(x, "float32"), axes=axes)
+    return mean.numpy().astype(np.float64), var.numpy().astype(np.float64)
+
+
+def _sample(x, n: int, seed: int = 0):
+    size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    idx = np.sort(np.random.default_rng(seed).permutation(size)[:n])
+    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+
+
+def adapt_batchnorm(parts, target_x, source_x, prior: float = 0.0, batch: int = 32,
+                    examples: int = STATISTICS_EXAMPLES) -> int:
+    """Set every BatchNorm layer's moving statistics so that target inputs are normalised the way
+    source inputs were; returns the number of layers changed (only their moving mean and variance).
+
+    For each layer, with ``(m, v)`` its moving statistics, ``(mu_s, var_s)`` the statistics of its
+    input on source examples and ``(mu_t, var_t)`` on target examples, the new statistics make the
+    normalised target activations have the mean and variance the source ones had:
+    ``v' = var_t (v + eps) / var_s - eps`` and ``m' = mu_t - sqrt(v' + eps) (mu_s - m) / sqrt(v + eps)``.
+    When a layer's statistics were measured on the source (BatchNorm trained there) this is
+    AdaBN's ``(mu_t, var_t)``; when they are still ImageNet's (BatchNorm frozen while fine-tuning)
+    plain replacement would also move the source away from what the head learnt, and this does
+    not. ``prior > 0`` (test-time BN) first mixes the target statistics with the source ones,
+    ``(prior * source + batch * target) / (prior + batch)``.
+
+    Statistics are measured on one batch of up to ``examples`` source and target examples, the
+    source pass with the model as trained, the target pass layer after layer as adapted so far
+    (exact, in one forward pass, because each layer sees the whole batch)."""
+    import tensorflow as tf
+
+    model = parts.assemble(backbone_training=False, augment=False, name="statistics")
     layers = batchnorm_layers(model)
     if not layers:
         raise TlmultiError("AdaBN needs BatchNorm layers, and this model has none (e.g. VGG16 backbones); "
                            "use adaptation.method dann, coral, mmd, entropy or self_training instead.")
-    others = [v for v in model.weights if not any(v is w for l in layers for w in (l.moving_mean, l.moving_variance))]
-    before = [np.array(v) for v in others]
-    saved = [(l.trainable, l.momentum) for l in layers]
-    for l in layers:
-        l.trainable = True
-    try:
-        for k, batch in enumerate(make_dataset(target_x, None, batch_size)):
+    source_stats: dict[int, tuple] = {}
+    originals = {id(l): l.call for l in layers}
+
+    def recording(layer):
+        def call(inputs, *args, **kwargs):
+            source_stats[id(layer)] = _channel_moments(inputs, layer.axis)
+            return originals[id(layer)](inputs, training=False)
+        return call
+
+    def adapting(layer):
+        def call(inputs, *args, **kwargs):
+            mu_t, var_t = _channel_moments(inputs, layer.axis)
+            mu_s, var_s = source_stats[id(layer)]
+            if prior:
+                mu_t, var_t = (prior * mu_s + n * mu_t) / (prior + n), (prior * var_s + n * var_t) / (prior + n)
+            m, v, eps = np.array(layer.moving_mean, np.float64), np.array(layer.moving_variance, np.float64), layer.epsilon
+            new_v = np.maximum(var_t * (v + eps) / np.maximum(var_s, 1e-12) - eps, 0.0)
+            new_m = mu_t - np.sqrt(new_v + eps) * (mu_s - m) / np.sqrt(v + eps)
+            layer.moving_mean.assign(new_m.astype(np.float32))
+            layer.moving_variance.assign(new_v.astype(np.float32))
+            return originals[id(layer)](inputs, training=False)
+        return call
+
+    def run(x, wrap):
+        for l in layers:
+            l.call = wrap(l)
+        try:
+            xs = _sample(x, examples)
+            model({k: tf.constant(v) for k, v in xs.items()} if isinstance(xs, dict) else tf.constant(xs), training=False)
+        finally:
             for l in layers:
-                l.momentum = k / (k + 1.0)  # cumulative average over batches
-            model(batch, training=True)
-    finally:
-        for l, (trainable, momentum) in zip(layers, saved):
-            l.trainable, l.momentum = trainable, momentum
-        for v, value in zip(others, before):
-            v.assign(value)  # a training-mode pass may touch nothing else; make sure of it
+                l.call = originals[id(l)]
+
+    n = float(batch)
+    run(source_x, recording)
+    run(target_x, adapting)
     return len(layers)
 
 
