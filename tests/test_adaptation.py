@@ -376,3 +376,31 @@ def test_adaptation_without_target_data_names_the_key(tiny_backbone, image_folde
     recipe = _recipe(tiny_backbone, image_folder, adaptation={"method": "adabn"})
     with pytest.raises(RecipeError, match="adaptation.target_data"):
         tlmulti.train(recipe, out=tmp_path / "run")
+
+
+def test_fashion_scanner_shift_dataset(tmp_path):
+    """The other-scanner target: inverted, blurred, noisy; target and test disjoint, target unlabelled."""
+    import gzip
+
+    from PIL import Image
+
+    from tlmulti.datasets.fashion_scanner import build
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 5).astype(np.uint8)
+    x = np.zeros((50, 28, 28), np.uint8)
+    x[:, 8:20, 8:20] = 220  # a bright garment on a black background
+    x = np.clip(x.astype(int) + rng.integers(0, 20, x.shape), 0, 255).astype(np.uint8)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0" * 16 + x.tobytes()))
+    (src / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0" * 8 + y.tobytes()))
+    build(tmp_path / "out", per_class=2, offset=1, source=src)
+    target = sorted((tmp_path / "out" / "target").glob("*.png"))
+    test = sorted((tmp_path / "out" / "test").rglob("*.png"))
+    assert len(target) == 20 and len(test) == 20 and all(p.parent.name == "target" for p in target)
+    assert {p.name for p in target}.isdisjoint({p.name for p in test})
+    assert len({p.parent.name for p in test}) == 10
+    a = np.asarray(Image.open(test[0])).astype(float)
+    assert a[0:4, 0:4].mean() > 180 and a[12:16, 12:16].mean() < 80  # inverted: dark garment, bright ground
+    assert 0 < a[0:4, 0:4].std()  # noise
