@@ -136,3 +136,21 @@ def test_cli_help_lists_text_options():
         assert result.exit_code == 0, result.output
     train_help = runner.invoke(main, ["text", "train", "--help"]).output
     assert "--text-column" in train_help and "--label-column" in train_help and "--max-length" in train_help
+
+
+def test_text_adaptation_auto_on_unlabelled_texts(tiny_run, tmp_path, monkeypatch):
+    """Adaptation runs for text too: target texts without labels, every candidate recorded."""
+    import tlmulti
+
+    monkeypatch.setenv("TLMULTI_HOME", str(tiny_run["root"] / "home"))
+    target = tmp_path / "target.txt"
+    target.write_text("\n".join(t.upper() for t, _, _ in tiny_texts(16, 5)) + "\n")
+    recipe = tiny_recipe(tiny_run["train"], tiny_run["test"], **{
+        "adaptation.method": "auto", "adaptation.target_data": str(target), "adaptation.epochs": 1,
+        "adaptation.candidates": "[adabn, dann, entropy]"})
+    run = tlmulti.train(recipe, out=tmp_path / "run")
+    a = json.loads((tmp_path / "run" / "metrics.json").read_text())["adaptation"]
+    assert a["target_examples"] == 16 and set(a["candidates"]) == {"none", "adabn", "dann", "entropy"}
+    assert "no BatchNorm layers" in a["candidates"]["adabn"]["skipped"]  # BERT has LayerNorm
+    assert all(np.isfinite(a["candidates"][m]["score"]) for m in ("none", "dann", "entropy"))
+    assert (tmp_path / "run" / "model.keras").is_file() and run.metrics["adaptation"]["chosen"] == a["chosen"]

@@ -314,7 +314,7 @@ class Adapter:
 
     def not_applicable(self, stage) -> str | None:
         if self.needs_batchnorm and not batchnorm_layers(stage.model):
-            return "the model has no BatchNorm layers (VGG16 and Whisper have none)"
+            return "the model has no BatchNorm layers (VGG16, Whisper and BERT-family encoders have none)"
         return None
 
     def run(self, stage) -> dict:
@@ -670,7 +670,7 @@ def check_adaptation(recipe, task, parts) -> None:
                                   "adaptation.unfreeze.")
         if method.needs_batchnorm and not batchnorm_layers(parts.assemble(augment=False)):
             raise TlmultiError(f"adaptation.method '{config.method}' needs BatchNorm layers, and this model has "
-                               "none (VGG16 and Whisper have none); use dann, coral, mmd, entropy, self_training "
+                               "none (VGG16, Whisper and BERT-family encoders have none); use dann, coral, mmd, entropy, self_training "
                                "or auto instead.")
 
 
