@@ -670,8 +670,8 @@ def check_adaptation(recipe, task, parts) -> None:
                                   "adaptation.unfreeze.")
         if method.needs_batchnorm and not batchnorm_layers(parts.assemble(augment=False)):
             raise TlmultiError(f"adaptation.method '{config.method}' needs BatchNorm layers, and this model has "
-                               "none (VGG16, Whisper and BERT-family encoders have none); use dann, coral, mmd, entropy, self_training "
-                               "or auto instead.")
+                               "none (VGG16, Whisper and BERT-family encoders use none); use dann, coral, mmd, "
+                               "entropy, self_training or auto instead.")
 
 
 def _warn(message: str) -> None:
