@@ -31,3 +31,35 @@ def test_default_image_recipe_transfers_with_real_weights(tmp_path):
     for name, moved in (("stem_conv", False), ("block3a_project_conv", False), ("block7a_project_conv", True)):
         same = np.array_equal(pretrained.get_layer(name).kernel.numpy(), tuned.get_layer(name).kernel.numpy())
         assert same != moved, name
+
+
+def test_adaptation_auto_on_the_other_scanner_shift(tmp_path):
+    """The other-scanner recipe on a slice, with the offline Lite0: every candidate is scored on
+    the labelled shifted test images (which adaptation never sees); auto must not lose more than
+    a point against source-only, and the BatchNorm methods must recover a clear part of the shift."""
+    import keras
+
+    import tlmulti
+    from tlmulti import runs
+    from tlmulti.tasks import make_task
+    from tlmulti.training.adaptation import adapt
+    from tlmulti.training.trainer import fine_tune
+
+    recipe = runs.absolute_paths(tlmulti.load_recipe("recipes/vision/fashion_scanner_shift.yaml", overrides=[
+        "data.limit_per_class=60", "data.image_size=[64, 64]", "phases.0.epochs=10", "phases.1.epochs=1",
+        "adaptation.epochs=2", "adaptation.candidates=[adabn, test_time_bn, entropy]", "callbacks.verbose=0"]))
+    keras.utils.set_random_seed(0)
+    task = make_task(recipe)
+    train, val, test = task.load_splits()
+    task.classes = train.classes
+    parts = task.build(train.classes)
+    fine_tune(parts, task, train, val, recipe)
+    scores = {}
+
+    def each(name):
+        scores[name] = task.evaluate(parts.assemble(augment=False), test)["accuracy"]
+
+    report = adapt(parts, task, train, val, recipe, each=each)
+    assert set(scores) == {"none", "adabn", "test_time_bn", "entropy"}
+    assert scores[report["chosen"]] >= scores["none"] - 0.01, (report["chosen"], scores)
+    assert max(scores["adabn"], scores["test_time_bn"]) >= scores["none"] + 0.05, scores
