@@ -308,6 +308,21 @@ def test_end_to_end_adaptation(method, tiny_backbone, image_folder, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert c["epochs_run"] >= 1 and len(c["source_val_by_epoch"]) == c["epochs_run"]
     assert len(rows) == 3  # the source phases' epochs; the stage is recorded in metrics.json
+    if method == "entropy":  # the model before adaptation is kept: evaluate --compare source-only
+        from click.testing import CliRunner
+
+        from tlmulti.cli import main
+
+        result = CliRunner().invoke(main, ["vision", "evaluate", str(tmp_path / "run"), "--data", str(image_folder),
+                                           "--compare", "source-only", "--json"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.output[result.output.index("{"):])
+        assert out["compare_dir"].endswith("(source-only)") and out["run"]["n"] == out["compare"]["n"] == 12
+        assert out["compare"]["loss"] != out["run"]["loss"]  # two different models
+        plain = tlmulti.train(_recipe(tiny_backbone, image_folder), out=tmp_path / "plain")
+        result = CliRunner().invoke(main, ["vision", "evaluate", str(plain.dir), "--data", str(image_folder),
+                                           "--compare", "source-only"])
+        assert result.exit_code != 0 and "has no source_only.keras" in result.output
 
 
 def test_auto_records_every_candidate_and_keeps_one(tiny_backbone, image_folder, tmp_path):

@@ -265,8 +265,12 @@ def _run_spec(name: str, info: dict):
             feature_layers=tuple(saved["feature_layers"]), options=saved.get("options", {}))
 
 
-def load_run(run_dir):
-    """(recipe, task, model) of a finished run; errors name the missing file."""
+SOURCE_ONLY_MODEL = "source_only.keras"  # a run with adaptation: the model before it
+
+
+def load_run(run_dir, model_file: str = "model.keras"):
+    """(recipe, task, model) of a finished run; errors name the missing file. ``model_file``:
+    another model of the run (``source_only.keras``: the model before domain adaptation)."""
 
     import tlmulti.layers  # noqa: F401  registers custom layers
     from tlmulti.recipe import load_recipe, task_class
@@ -290,7 +294,10 @@ def load_run(run_dir):
         task.threshold = info["threshold"]
     from tlmulti.backbones.local import load_keras_file
 
-    model = load_keras_file(run_dir / "model.keras")
+    if not (run_dir / model_file).is_file():
+        raise RunError(f"Run '{run_dir}' has no {model_file}: only runs trained with adaptation.method other than "
+                       "none keep their source-only model.")
+    model = load_keras_file(run_dir / model_file)
     return recipe, task, model
 
 

@@ -198,7 +198,8 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
     @click.option("--data", required=True, help="Labelled data to evaluate on.")
     @click.option("--group-by", help="Also report accuracy per value of this column, and the worst group.")
     @click.option("--compare", "compare_dir", type=click.Path(file_okay=False),
-                  help="Another run folder to evaluate on the same data, side by side.")
+                  help="Another run folder to evaluate on the same data, side by side; 'source-only': "
+                       "this run's model before domain adaptation.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the 'test' section shape).")
     @trust_option
     @user_errors
@@ -211,7 +212,13 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
         examples = task.read(resolve_path(data), classes=task.classes)
         metrics = task.evaluate(model, examples, group_by=group_by)
         if compare_dir:
-            _, other_task, other_model = load_run(compare_dir)
+            if compare_dir == "source-only":
+                from tlmulti.runs import SOURCE_ONLY_MODEL
+
+                _, other_task, other_model = load_run(run_dir, SOURCE_ONLY_MODEL)
+                compare_dir = f"{run_dir} (source-only)"
+            else:
+                _, other_task, other_model = load_run(compare_dir)
             other = other_task.evaluate(other_model, other_task.read(resolve_path(data), classes=other_task.classes),
                                         group_by=group_by)
             metrics = {"run": metrics, "compare": other, "run_dir": str(run_dir), "compare_dir": str(compare_dir)}

@@ -289,6 +289,8 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
             runs.write_splits(run_dir, {"train": train_ex, "val": val_ex, "test": test_ex})
         history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, resume=resume)
         t_adapt = time.perf_counter()
+        if recipe.adaptation.method != "none":  # kept beside the adapted model, for evaluate --compare source-only
+            runs.save_model(parts.assemble(backbone_training=False, augment=True), run_dir / runs.SOURCE_ONLY_MODEL)
         adaptation = adapt(parts, task, train_ex, val_ex, recipe, verbose=_verbosity(recipe))
         if adaptation is not None:
             adaptation["seconds"] = round(time.perf_counter() - t_adapt, 3)
