@@ -105,3 +105,21 @@ def test_multilabel_errors(tiny_backbone, tmp_path):
     result = CliRunner().invoke(main, ["vision", "train", "--data", str(tmp_path / "train"), *TINY,
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code != 0 and "must be a manifest" in result.output
+
+
+def test_multilabel_adaptation_scores_per_label(tiny_backbone, tmp_path):
+    """Sigmoid outputs: entropy, self-training and the label-free score work per label."""
+    train, _ = _findings(tmp_path / "train", 40, seed=0)
+    target = tmp_path / "target"
+    _findings(target, 12, seed=2)
+    (target / "findings.csv").unlink()  # a folder of unlabelled images
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), *TINY, "--adapt", "auto",
+                                       "--target-data", str(target), "--set", "adaptation.epochs=1",
+                                       "--set", "adaptation.candidates=[entropy, self_training, adabn]",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    a = json.loads((out / "metrics.json").read_text())["adaptation"]
+    assert set(a["candidates"]) == {"none", "entropy", "self_training", "adabn"}
+    assert all(0 <= a["candidates"][m]["target_entropy"] <= 1 for m in a["candidates"])
+    assert "kept" in result.output and a["chosen"] in a["candidates"]

@@ -136,3 +136,19 @@ def test_bad_recipe_values_name_the_key(tiny_backbone):
             recipe = tlmulti.load_recipe(task="segmentation",
                                          overrides=[f"backbone.name={tiny_backbone}", f"{key}={value}"])
             make_task(recipe).feature_layers()
+
+
+def test_adaptation_auto_on_segmentation(tiny_backbone, seg_data, tmp_path):
+    """Every method runs on per-pixel outputs: scores over pixels, the class prior from masks."""
+    target = write_seg_folder(tmp_path / "target", 2, seed=9)
+    import shutil
+
+    shutil.rmtree(target / "masks")  # unlabelled
+    run = tlmulti.train(tiny_recipe(tiny_backbone, seg_data, **{
+        "adaptation.method": "auto", "adaptation.target_data": str(target), "adaptation.epochs": 1}),
+        out=tmp_path / "run")
+    a = json.loads((run.dir / "metrics.json").read_text())["adaptation"]
+    methods = {"adabn", "test_time_bn", "dann", "coral", "mmd", "entropy", "self_training"}
+    assert set(a["candidates"]) == {"none", *methods} and a["guard"]["metric"] == "iou"
+    assert all(np.isfinite(a["candidates"][m]["score"]) for m in a["candidates"])
+    assert (run.dir / "source_only.keras").is_file() and 0 <= run.metrics["test"]["mean_dice"] <= 1

@@ -48,6 +48,8 @@ class MultiLabelImageClassification(ImageClassification):
 
         data = self.recipe.data
         source = resolve_source(ref)
+        if source.is_dir() and not labelled:  # unlabelled images (adaptation target data)
+            return super().read(ref, classes, labelled=False)
         if source.is_dir():
             raise DataError(f"Multi-label data '{source}' must be a manifest with 'path' and "
                             f"'{data.labels_column}' columns (labels joined by '{data.separator}'), not a folder.")
@@ -59,7 +61,7 @@ class MultiLabelImageClassification(ImageClassification):
         sets = [[t.strip() for t in str(r.get("label") or "").split(data.separator) if t.strip()] for r in rows]
         if classes is None:
             classes = sorted(set().union(*sets))
-            if not classes:
+            if not classes and labelled:
                 raise DataError(f"Manifest '{source}' has no labels in column '{data.labels_column}'.")
         index = {c: i for i, c in enumerate(classes)}
         y = np.zeros((len(rows), len(classes)), np.float32)

@@ -311,6 +311,7 @@ class Adapter:
 
     def __init__(self, name: str, config, task):
         self.name, self.config, self.task = name, config, task
+        self.sigmoid = getattr(task, "output_activation", "softmax") == "sigmoid"  # multi-label outputs
 
     def not_applicable(self, stage) -> str | None:
         if self.needs_batchnorm and not batchnorm_layers(stage.model):
@@ -455,15 +456,14 @@ class Entropy(_Training):
     """Information maximisation on target predictions: confident, and diverse over the batch."""
 
     def target_loss(self, y_s, f_s, y_t, f_t, strength):
-        return strength * information_maximisation(y_t, self.task.output_activation == "sigmoid")
+        return strength * information_maximisation(y_t, self.sigmoid)
 
 
 class SelfTraining(_Training):
     """Confident pseudo-labels: target predictions above ``adaptation.confidence`` as labels."""
 
     def target_loss(self, y_s, f_s, y_t, f_t, strength):
-        return strength * confident_pseudo_label_loss(y_t, self.config.confidence,
-                                                      self.task.output_activation == "sigmoid")
+        return strength * confident_pseudo_label_loss(y_t, self.config.confidence, self.sigmoid)
 
 
 def batchnorm_layers(model) -> list:
