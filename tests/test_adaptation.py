@@ -419,3 +419,29 @@ def test_fashion_scanner_shift_dataset(tmp_path):
     a = np.asarray(Image.open(test[0])).astype(float)
     assert a[0:4, 0:4].mean() > 180 and a[12:16, 12:16].mean() < 80  # inverted: dark garment, bright ground
     assert 0 < a[0:4, 0:4].std()  # noise
+
+
+def test_target_batches_do_not_move_batchnorm_moving_statistics(tiny_backbone, image_folder, tmp_path):
+    """With BatchNorm layers that train, the stage's moving statistics follow source batches only."""
+    import keras
+
+    from tlmulti.training.adaptation import AdaptationModel, Entropy, pool_features
+
+    task, parts, train, val = _build(_recipe(tiny_backbone, image_folder))
+    from tlmulti.training.freezing import set_trainable
+
+    set_trainable(parts.backbone, parts.groups, ["block3"], "train")
+    feats = parts.features(parts.inputs, training=None)
+    joint = keras.Model(parts.inputs, [parts.head(feats), pool_features(feats)])
+    method = Entropy("entropy", _recipe(tiny_backbone, image_folder).adaptation, task)
+    model = AdaptationModel(joint, method)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), **task.compile_args())
+    bn = parts.backbone.get_layer("block3_bn")
+    x = train.x[:4].astype("float32")
+    dark = (x * 0.1).astype("float32")
+    model.train_step(((x, train.y[:4]), dark))
+    with_target = np.array(bn.moving_mean)
+    bn.moving_mean.assign(np.zeros_like(with_target))
+    bn.moving_variance.assign(np.ones_like(with_target))
+    model.train_step(((x, train.y[:4]), x))  # same source batch, another target batch
+    np.testing.assert_allclose(np.array(bn.moving_mean), with_target, rtol=1e-5, atol=1e-6)

@@ -219,7 +219,7 @@ class AnnealedRate(keras.optimizers.schedules.LearningRateSchedule):
 class AdaptationModel(keras.Model):
     """Task model trained on batches ``((x_source, y_source), x_target)`` with the task loss on
     the source plus ``strength`` times the method's ``target_loss``; predicts and validates like
-    the task model alone."""
+    the task model alone. BatchNorm moving statistics follow the source batches only."""
 
     def __init__(self, joint, method, extra_layers=(), **kwargs):
         super().__init__(**kwargs)
@@ -228,6 +228,8 @@ class AdaptationModel(keras.Model):
         self.extra_layers = list(extra_layers)  # tracked, so their weights train
         self.strength = keras.Variable(0.0, trainable=False, name="strength")
         self.target_tracker = keras.metrics.Mean(name=f"{method.name}_loss")
+        # moving statistics that only source batches may update (see train_step)
+        self.source_statistics = [v for l in batchnorm_layers(joint) for v in (l.moving_mean, l.moving_variance)]
 
     def call(self, x, training=False):
         return self.joint(x, training=training)[0]
@@ -238,7 +240,15 @@ class AdaptationModel(keras.Model):
         (x_s, y_s), x_t = data
         with tf.GradientTape() as tape:
             y_pred, f_s = self.joint(x_s, training=True)
-            y_t, f_t = self.joint(x_t, training=True)
+            # the target pass normalises with its own batch statistics, but BatchNorm layers that
+            # train keep the source's moving statistics: a source/target mixture would shift
+            # what the model computes on source data (and what the guard measures)
+            kept = [tf.identity(v) for v in self.source_statistics]
+            with tf.control_dependencies(kept):
+                y_t, f_t = self.joint(x_t, training=True)
+            with tf.control_dependencies([y_t, f_t]):
+                for v, value in zip(self.source_statistics, kept):
+                    v.assign(value)
             loss = self.compute_loss(x=x_s, y=y_s, y_pred=y_pred)
             extra = self.method.target_loss(y_pred, f_s, y_t, f_t, self.strength)
             total = loss + extra
