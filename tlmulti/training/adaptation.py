@@ -264,6 +264,11 @@ class AdaptationModel(keras.Model):
                 metric.update_state(y_s, y_pred)
         return self.get_metrics_result()
 
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs.pop(self.target_tracker.name, None)  # a training-only loss: no val_ column for it
+        return logs
+
     @property
     def metrics(self):
         return super().metrics + [self.target_tracker]
