@@ -158,3 +158,17 @@ def test_failed_run_leaves_no_half_written_folder(tiny_backbone, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         tlmulti.train(recipe, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_feature_cache_reports_progress_unless_quiet(tiny_backbone, image_folder, capsys):
+    from tlmulti.training.trainer import fine_tune
+
+    recipe = _recipe(tiny_backbone, image_folder)
+    task, parts, train, val = _build(recipe)
+    fine_tune(parts, task, train, val, recipe)  # callbacks.verbose 0: nothing printed
+    assert "Computing backbone features" not in capsys.readouterr().out
+    recipe.callbacks.verbose = 2
+    fine_tune(parts, task, train, val, recipe)
+    out = capsys.readouterr().out
+    assert f"Computing backbone features once for the frozen phase: {len(train)} training and {len(val)} " \
+           "validation examples" in out and "Features cached in" in out

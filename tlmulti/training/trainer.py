@@ -147,8 +147,15 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             if cache is None:
                 t0 = time.perf_counter()
                 fm = parts.feature_model()
-                cache = tuple(fm.predict(make_dataset(ex.x, None, batch), verbose=0) for ex in (train, val))
+                verbose = _verbosity(recipe)
+                if verbose:  # minutes on a CPU for thousands of images: say what is happening
+                    print(f"Computing backbone features once for the frozen phase: {len(train)} training and "
+                          f"{len(val)} validation examples", flush=True)
+                cache = tuple(fm.predict(make_dataset(ex.x, None, batch), verbose=verbose if len(ex) else 0)
+                              for ex in (train, val))
                 record["cache_seconds"] = time.perf_counter() - t0
+                if verbose:
+                    print(f"Features cached in {record['cache_seconds']:.1f} s", flush=True)
             model, x_train, x_val = parts.head, cache[0], cache[1]
         else:
             model = parts.assemble(backbone_training=None if unfrozen else False, augment=True)
