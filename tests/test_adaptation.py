@@ -445,3 +445,21 @@ def test_target_batches_do_not_move_batchnorm_moving_statistics(tiny_backbone, i
     bn.moving_variance.assign(np.ones_like(with_target))
     model.train_step(((x, train.y[:4]), x))  # same source batch, another target batch
     np.testing.assert_allclose(np.array(bn.moving_mean), with_target, rtol=1e-5, atol=1e-6)
+
+
+def test_a_statistics_method_past_the_guard_keeps_the_source_only_model(tiny_backbone, image_folder, tmp_path,
+                                                                        monkeypatch, capfd):
+    import keras
+
+    import tlmulti
+    from tlmulti.training import adaptation
+
+    values = iter([0.9, 0.5])  # source-only, then the statistics re-estimated on source validation
+    monkeypatch.setattr(adaptation.Stage, "source_metric", lambda self: next(values))
+    run = tlmulti.train(_adapted(tiny_backbone, image_folder, tmp_path, "adabn"), out=tmp_path / "run")
+    c = run.metrics["adaptation"]["candidates"]["adabn"]
+    assert c["guard"] == "tripped" and c["source_val"] == 0.5 and "tripped" not in c
+    assert "lowered source validation accuracy from 0.9000 to 0.5000" in capfd.readouterr().err
+    source = keras.saving.load_model(tmp_path / "run" / "source_only.keras", safe_mode=True)
+    layer = lambda m: m.get_layer("tiny_cnn").get_layer("block1_bn")  # noqa: E731
+    np.testing.assert_array_equal(np.array(layer(run.model).moving_mean), np.array(layer(source).moving_mean))

@@ -189,9 +189,10 @@ class Adapter:
 
 class _Statistics(Adapter):
     """Methods that only re-estimate BatchNorm statistics. Guard: the same re-estimation on the
-    source validation inputs, scored on their labels."""
+    source validation inputs, scored on their labels; past the margin the source-only model stays."""
 
     needs_batchnorm = True
+    fallback = "source-only weights kept."
 
     def restat(self, stage, x) -> None:
         raise NotImplementedError
@@ -204,6 +205,8 @@ class _Statistics(Adapter):
             stage.restore(before)
         else:
             check = None
+        if check is not None and check < stage.base - self.config.guard:
+            return {"source_val": check, "tripped": True}  # ``before``: the source-only model
         self.restat(stage, stage.target.x)
         return {"source_val": check}
 
@@ -229,6 +232,7 @@ class _Training(Adapter):
 
     aligns_features = False
     extra_lr_multiplier = 1.0
+    fallback = "the weights of its last epoch within the margin were put back."
 
     def not_applicable(self, stage):
         if self.aligns_features and not stage.unfrozen:
@@ -271,6 +275,7 @@ class _Training(Adapter):
             out["source_val"] = stage.source_metric()
             if guard.tripped_at is not None:
                 out["guard_tripped_at_epoch"] = guard.tripped_at
+                out["tripped"] = True
         return out
 
 
@@ -395,9 +400,9 @@ class Stage:
 
     def source_metric(self) -> float:
         """The task's first metric on the source validation set with the current weights."""
-        metric = self.task.compile_args()["metrics"][0]
+        compiled = self.task.compile_args()
         model = self.parts.assemble(backbone_training=False, augment=False, name="check")
-        model.compile(loss=self.task.compile_args()["loss"], metrics=[metric])
+        model.compile(loss=compiled["loss"], metrics=compiled["metrics"][:1])
         return round(float(model.evaluate(self.val_dataset(), return_dict=True, verbose=0)[self.metric]), 4)
 
     def target_scores(self) -> dict:
@@ -489,16 +494,11 @@ def adapt(parts, task, train, val, recipe, verbose: int = 0, each=None) -> dict 
         if verbose:
             print(f"adaptation: {name}", flush=True)
         record = method.run(stage)
-        check = record.get("source_val")
-        tripped = "guard_tripped_at_epoch" in record or (
-            isinstance(method, _Statistics) and check is not None and check < stage.base - config.guard)
+        tripped = record.pop("tripped", False)
         if tripped:
-            if isinstance(method, _Statistics):
-                stage.restore(source)
+            lowest = min(record.get("source_val_by_epoch") or [record["source_val"]])
             _warn(f"adaptation method '{name}' lowered source validation {stage.metric} from {stage.base:.4f} to "
-                  f"{min(record.get('source_val_by_epoch') or [check]):.4f}, more than adaptation.guard "
-                  f"{config.guard}; " + ("source-only weights kept." if isinstance(method, _Statistics) else
-                                         "the weights of its last epoch within the margin were put back."))
+                  f"{lowest:.4f}, more than adaptation.guard {config.guard}; {method.fallback}")
         record.update(stage.target_scores())
         record["guard"] = "tripped" if tripped else ("ok" if stage.has_val else "no validation set")
         record["seconds"] = round(time.perf_counter() - t0, 2)
