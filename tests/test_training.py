@@ -104,12 +104,30 @@ def test_feature_cache_equals_uncached_training(tiny_backbone, image_folder):
     for cache in (True, False):
         recipe = _recipe(tiny_backbone, image_folder,
                          phases=[{"epochs": 3, "learning_rate": 0.05, "cache_features": cache}])
+        recipe.cache.dtype = "float32"  # exact: float16 storage is tested against this below
         task, parts, train, val = _build(recipe)
         keras.utils.set_random_seed(1)
         fine_tune(parts, task, train, val, recipe)
         heads.append(_weights(parts.head.layers))
     for a, b in zip(*heads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_float16_feature_cache_trains_the_head_within_tolerance(tiny_backbone, image_folder):
+    import keras
+
+    from tlmulti.training.trainer import fine_tune
+
+    heads = []
+    for dtype in ("float32", "float16"):
+        recipe = _recipe(tiny_backbone, image_folder, phases=[{"epochs": 3, "learning_rate": 0.05}])
+        recipe.cache.dtype = dtype
+        task, parts, train, val = _build(recipe)
+        keras.utils.set_random_seed(1)
+        fine_tune(parts, task, train, val, recipe)
+        heads.append(_weights(parts.head.layers))
+    diffs = [np.max(np.abs(a - b)) for a, b in zip(*heads)]
+    assert 0 < max(diffs) < 2e-3  # stored at half precision (not bit-identical), trained the same
 
 
 def test_train_writes_complete_run_folder_and_never_overwrites(tiny_backbone, image_folder, tmp_path):
@@ -166,9 +184,13 @@ def test_feature_cache_reports_progress_unless_quiet(tiny_backbone, image_folder
     recipe = _recipe(tiny_backbone, image_folder)
     task, parts, train, val = _build(recipe)
     fine_tune(parts, task, train, val, recipe)  # callbacks.verbose 0: nothing printed
-    assert "Computing backbone features" not in capsys.readouterr().out
+    assert "backbone features" not in capsys.readouterr().out.lower()
     recipe.callbacks.verbose = 2
+    fine_tune(parts, task, train, val, recipe)  # the same backbone and inputs: read back from disk
+    out = capsys.readouterr().out
+    assert f"Backbone features for the frozen phase: {len(train)} training and {len(val)} validation examples" in out
+    assert f"Backbone features of {len(train)} examples read from the cache" in out
+    recipe.cache.disk = False
     fine_tune(parts, task, train, val, recipe)
     out = capsys.readouterr().out
-    assert f"Computing backbone features once for the frozen phase: {len(train)} training and {len(val)} " \
-           "validation examples" in out and "Features cached in" in out
+    assert "read from the cache" not in out and "Features ready in" in out

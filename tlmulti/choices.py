@@ -18,6 +18,9 @@ ADAPTATION_SCHEDULES = ("ramp", "constant")
 CLASS_WEIGHTS = (None, "balanced")
 CLASSIFICATION_LOSSES = ("crossentropy", "focal")
 CACHE_FEATURES = ("auto", True, False)
+STREAMING = ("auto", True, False)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+CACHE_DTYPES = ("float16", "float32")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Heads

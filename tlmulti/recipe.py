@@ -81,7 +81,11 @@ class DataConfig:
     seen in both the training and the test data is an error (``--split-by``).
     ``positive_class`` (two classes; default the second in sorted order) is the class AUROC,
     AUPRC, sensitivity and specificity are of; ``threshold`` is the decision threshold on its
-    probability (default: chosen on the validation data by Youden's J)."""
+    probability (default: chosen on the validation data by Youden's J).
+
+    ``streaming``: read examples from their files in the input pipeline instead of decoding
+    them all before training (``auto``: when the decoded inputs would exceed 1 GiB); memory then
+    stays flat however many files there are."""
 
     train: Optional[str] = None
     val: Optional[str] = None
@@ -96,6 +100,7 @@ class DataConfig:
     split_by: Optional[str] = None
     positive_class: Optional[str] = None
     threshold: Optional[float] = None
+    streaming: Union[bool, str] = choice("auto", choices.STREAMING)
 
 
 @dataclass
@@ -183,6 +188,16 @@ class AdaptationConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The frozen phase's feature cache (:mod:`tlmulti.data.cache`): ``disk`` keeps features
+    under ``$TLMULTI_HOME/cache/features`` for later runs (false: in memory, this run only);
+    ``dtype`` float16 (half the size; float32 where a value would overflow) or float32."""
+
+    disk: bool = True
+    dtype: str = choice("float16", choices.CACHE_DTYPES)
+
+
+@dataclass
 class EvaluationConfig:
     """``bootstrap``: resamples of the test set for 95% confidence intervals of accuracy and AUROC
     (0: none; seeded with the recipe's seed); ``calibration_bins``: bins of the expected
@@ -213,6 +228,8 @@ class Recipe:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     distribute: str = choice("auto", choices.DISTRIBUTE)
+    precision: str = choice("float32", choices.PRECISIONS)  # Keras dtype policy while building and training
+    cache: CacheConfig = field(default_factory=CacheConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe

@@ -23,6 +23,7 @@ _COMMANDS = {
     "backbones": ("tlmulti.cli.commands", "backbones", "List backbones; save a trained one by name."),
     "weights": ("tlmulti.cli.commands", "weights", "Offline weights: list, import, path."),
     "datasets": ("tlmulti.cli.commands", "datasets", "Built-in datasets made from installed packages."),
+    "cache": ("tlmulti.cli.commands", "cache", "The feature cache reused across runs: list, clear."),
 }
 
 

@@ -253,3 +253,42 @@ def datasets_prepare(name, force):
     from tlmulti.datasets import prepare
 
     click.echo(f"{name}: {prepare(name, force=force)}")
+
+
+@click.group()
+def cache():
+    """The frozen-phase feature cache under $TLMULTI_HOME/cache/features."""
+
+
+@cache.command("list")
+@user_errors
+def cache_list():
+    """Entries: key, backbone, examples, size, dtype, last use."""
+    from tlmulti.data import cache as feature_cache
+
+    found = feature_cache.entries()
+    if not found:
+        click.echo(f"No cached features in {feature_cache.root()}.")
+        return
+    click.echo(f"{'key':<34}{'backbone':<30}{'examples':>9}{'MiB':>9}  {'dtype':<8}last used")
+    for m in found:
+        if m.get("corrupt"):
+            click.echo(f"{m['key']:<34}{'(corrupt: no meta.json)':<30}{'':>9}{m['bytes'] / 2**20:>9.1f}")
+            continue
+        desc = m.get("description", {})
+        dtypes = ",".join(sorted({o["dtype"].lstrip("<>|=") for o in m.get("outputs", [])}))
+        click.echo(f"{m['key']:<34}{str(desc.get('backbone', ''))[:29]:<30}{m.get('examples', 0):>9}"
+                   f"{m.get('bytes', 0) / 2**20:>9.1f}  {dtypes:<8}{m.get('last_used', '')}")
+    total = sum(m.get("bytes", 0) for m in found)
+    click.echo(f"{len(found)} entries, {total / 2**20:.1f} MiB in {feature_cache.root()}")
+
+
+@cache.command("clear")
+@click.argument("keys", nargs=-1)
+@user_errors
+def cache_clear(keys):
+    """Delete the entries KEYS (every entry when none is given); runs compute them again when needed."""
+    from tlmulti.data import cache as feature_cache
+
+    n, freed = feature_cache.clear(list(keys))
+    click.echo(f"Deleted {n} feature cache entr{'y' if n == 1 else 'ies'} ({freed / 2**20:.1f} MiB freed).")

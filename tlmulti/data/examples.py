@@ -113,8 +113,12 @@ def limit_per_class(labels, n: int, seed: int = 0) -> np.ndarray:
 
 def concat(first: Examples, second: Examples) -> Examples:
     """``first`` followed by ``second`` (same classes); meta columns missing on one side are None."""
+    from tlmulti.data.lazy import FileArray
+
     if isinstance(first.x, dict):
         x = {k: np.concatenate([first.x[k], second.x[k]]) for k in first.x}
+    elif isinstance(first.x, FileArray) and isinstance(second.x, FileArray):
+        x = first.x.concatenate(second.x)
     else:
         x = np.concatenate([np.asarray(first.x), np.asarray(second.x)])
     y = None if first.y is None or second.y is None else np.concatenate([first.y, second.y])

@@ -98,14 +98,75 @@ def load_slices(path, size, channels: int = 3, normalize: str = "auto", percenti
                              size, channels) for im in images])
 
 
-def load_files(paths, size, channels: int = 3, **intensity) -> tuple[np.ndarray, np.ndarray]:
+def load_files(paths, size, channels: int = 3, progress: bool | None = None, **intensity) -> tuple[np.ndarray, np.ndarray]:
     """Every 2-D image of ``paths`` stacked ``(N, H, W, channels)`` uint8, and for each the index
-    of the file it came from (a volume gives one image per slice)."""
-    stacks = [load_slices(p, size, channels, **intensity) for p in paths]
+    of the file it came from (a volume gives one image per slice). Over 1,000 files, a progress
+    line shows the files read (``progress`` forces it on or off)."""
+    paths = list(paths)
+    bar = _progress(len(paths), "Reading image files", progress)
+    stacks = []
+    for i, p in enumerate(paths):
+        stacks.append(load_slices(p, size, channels, **intensity))
+        if bar is not None and ((i + 1) % 200 == 0 or i + 1 == len(paths)):
+            bar.update(i + 1)
     origin = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
     if not stacks:
         return np.empty((0, int(size[0]), int(size[1]), channels), np.uint8), origin
     return np.concatenate(stacks), origin
+
+
+def _progress(n: int, what: str, show: bool | None):
+    import sys
+
+    if show is False or (show is None and n < 1000):
+        return None
+    import keras
+
+    print(f"{what}: {n}", flush=True)
+    return keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, unit_name="file")
+
+
+def single_image(path) -> bool:
+    """True when a file holds one 2-D image (a photo, a single-frame DICOM or single-page TIFF),
+    read from its header only; NIfTI volumes and multi-frame files hold several."""
+    from tlmulti.data import medical
+
+    suffix = medical.suffix_of(path)
+    if suffix in medical.PLAIN_SUFFIXES:
+        return True
+    try:
+        if suffix in medical.DICOM_SUFFIXES:
+            import pydicom
+
+            return int(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "NumberOfFrames", 1) or 1) == 1
+        if suffix in medical.TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                series = tif.series[0]
+                axes = series.axes.replace("S", "")
+                return len(axes) <= 2
+    except Exception:  # unreadable: decoding it reports the file the usual way
+        return True
+    return False
+
+
+def stream_files(paths, size, channels: int = 3, **intensity):
+    """A :class:`~tlmulti.data.lazy.FileArray` of ``paths`` (one image each), decoded exactly
+    as :func:`load_files` decodes them, but one file at a time in the input pipeline."""
+    from functools import partial
+
+    from tlmulti.data.lazy import FileArray
+
+    h, w = int(size[0]), int(size[1])
+    load = partial(_load_one, size=(h, w), channels=channels, intensity=dict(intensity))
+    describe = {"reader": "images", "size": [h, w], "channels": channels,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in intensity.items()}}
+    return FileArray([str(p) for p in paths], load, (h, w, channels), np.uint8, describe)
+
+
+def _load_one(path, size, channels, intensity) -> np.ndarray:
+    return load_slices(path, size, channels, **intensity)[0]
 
 
 def image_info(paths, limit: int = 5000) -> dict:

@@ -1,9 +1,16 @@
-"""tf.data pipelines from in-memory examples (arrays, dicts of arrays, or strings).
+"""tf.data pipelines from examples: in-memory arrays (dicts of arrays, strings) or inputs read
+by index (:class:`~tlmulti.data.lazy.FileArray` files, memory-mapped cached features).
 
 :func:`make_dataset` batches examples for prediction and validation. :func:`make_epoch_dataset`
 is what training reads: the order of epoch ``e`` (and the draws of paired augmentation) are a
 pure function of ``(seed, e)``, so a run resumed from its checkpoint after epoch ``e`` sees
 exactly the batches it would have seen without the interruption.
+
+In-memory inputs are sliced from tensors (the fast path for small data). Inputs read by index
+are never held whole: the pipeline shuffles example indices (the same permutation the in-memory
+path draws for the same seed, so both give the same batches), then decodes each example or
+gathers each batch in parallel with prefetch; memory depends on the batch size, not on the
+number of examples.
 """
 
 from __future__ import annotations
@@ -25,6 +32,67 @@ def _slices(x, y=None):
     return tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
 
 
+def _parts(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _fetch(x, y, per_example: bool):
+    """A function from index tensor(s) to ``x`` (or ``(x, y)``) tensors, reading lazy inputs with
+    ``tf.numpy_function``; in-memory parts (labels) are gathered from tensors."""
+    import tensorflow as tf
+
+    from tlmulti.data.lazy import FileArray, is_lazy
+
+    parts = _parts(x)
+    lazy = [i for i, a in enumerate(parts) if is_lazy(a)]
+    kept = {i: tf.constant(np.asarray(a)) for i, a in enumerate(parts) if i not in lazy}
+    y_t = None if y is None else tf.constant(np.asarray(y))
+
+    def read(idx):
+        idx = np.atleast_1d(idx)
+        out = []
+        for i in lazy:
+            a = parts[i]
+            if isinstance(a, FileArray):
+                out.append(np.stack([a.load(a.items[j]) for j in idx]).astype(a.dtype, copy=False))
+            else:
+                out.append(np.asarray(a[np.sort(idx)][np.argsort(np.argsort(idx))]))
+        return out
+
+    def fetch(idx):
+        got = tf.numpy_function(read, [idx], [tf.as_dtype(parts[i].dtype) for i in lazy], stateful=False)
+        values = []
+        for i, a in enumerate(parts):
+            if i in kept:
+                values.append(tf.gather(kept[i], idx))
+            else:
+                t = got[lazy.index(i)]
+                shape = tuple(a.shape[1:])
+                t = tf.reshape(t, shape) if per_example else tf.ensure_shape(t, (None,) + shape)
+                if t.dtype == tf.float16:  # features cached at half precision: computed on as float32
+                    t = tf.cast(t, tf.float32)
+                values.append(t)
+        xs = tuple(values) if isinstance(x, (list, tuple)) else values[0]
+        return xs if y_t is None else (xs, tf.gather(y_t, idx))
+
+    return fetch
+
+
+def _indexed(x, y, batch_size: int, order=None, augment=None, per_example: bool = False):
+    """Batches of lazy ``x`` read by index: ``order`` (a dataset of indices) or 0..n-1."""
+    import tensorflow as tf
+
+    n = len(_parts(x)[0])
+    ds = order if order is not None else tf.data.Dataset.range(n)
+    if augment is not None or per_example:
+        ds = ds.map(_fetch(x, y, per_example=True), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augment is not None:
+            ds = augment(ds)
+        return ds.batch(batch_size)
+    return ds.batch(batch_size).map(_fetch(x, y, per_example=False), num_parallel_calls=tf.data.AUTOTUNE,
+                                    deterministic=True)
+
+
 def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None):
     """Batched ``tf.data.Dataset`` of ``(x, y)`` (or ``x`` alone when ``y`` is None).
 
@@ -36,6 +104,15 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
     """
     import tensorflow as tf
 
+    from tlmulti.data.lazy import is_lazy
+
+    if is_lazy(x):
+        n = len(_parts(x)[0])
+        order = tf.data.Dataset.range(n)
+        if shuffle:
+            order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        each = None if augment is None else (lambda ds: ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE))
+        return _indexed(x, y, batch_size, order, each).prefetch(tf.data.AUTOTUNE)
     ds = _slices(x, y)
     if shuffle:
         n = len(y) if y is not None else int(ds.cardinality())
@@ -54,16 +131,25 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
     """
     import tensorflow as tf
 
-    base = _slices(x, y)
+    from tlmulti.data.lazy import is_lazy
+
+    lazy = is_lazy(x)
     n = len(y)
+    base = tf.data.Dataset.range(n) if lazy else _slices(x, y)
 
     def one_epoch(epoch: int):
         ds = base.shuffle(n, seed=epoch * 1_000_003 + seed, reshuffle_each_iteration=False)
-        if augment is not None:
-            pair = epoch + 7919 * seed
-            ds = ds.enumerate().map(
+        pair = epoch + 7919 * seed
+
+        def paired(d):
+            return d.enumerate().map(
                 lambda i, xy: augment(xy[0], xy[1], tf.stack([tf.constant(pair, tf.int32), tf.cast(i, tf.int32)])),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        if lazy:
+            return _indexed(x, y, batch_size, ds, None if augment is None else paired)
+        if augment is not None:
+            ds = paired(ds)
         return ds.batch(batch_size)
 
     out = None

@@ -171,10 +171,10 @@ class SpeechClassification(ClassificationTask):
 
     # -- data -----------------------------------------------------------------------------------
     def read(self, ref, classes=None, labelled=True) -> Examples:
-        from tlmulti.data.audio import AUDIO_SUFFIXES, audio_files, load_clips
+        from tlmulti.data.audio import AUDIO_SUFFIXES, audio_files, read_clips
 
         return self.read_files(ref, classes, labelled, AUDIO_SUFFIXES, audio_files,
-                               lambda paths: load_clips(paths, self.contract()))
+                               lambda paths: read_clips(paths, self.contract(), self.recipe.data.streaming))
 
     def read_inputs(self, items):
         from tlmulti.data.audio import audio_files, load_clips

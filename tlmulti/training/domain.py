@@ -193,7 +193,7 @@ def _channel_moments(x, axis: int):
 def _sample(x, n: int, seed: int = 0):
     size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
     idx = np.sort(np.random.default_rng(seed).permutation(size)[:n])
-    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x[idx])  # files: decoded here
 
 
 def adapt_batchnorm(parts, target_x, source_x, prior: float = 0.0, batch: int = 32,

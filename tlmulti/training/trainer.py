@@ -106,6 +106,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
 
     from tlmulti.data.pipeline import make_dataset, make_epoch_dataset
     from tlmulti.training import checkpoints
+    from tlmulti.training.features import frozen_features
     from tlmulti.training.optimizers import learning_rate_schedule, make_optimizer
 
     derive_phase_lengths(recipe, len(train))
@@ -145,17 +146,16 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             checkpoints.restore_weights(run_dir, parts)  # before the cache reads the backbone
         if use_cache:
             if cache is None:
-                t0 = time.perf_counter()
-                fm = parts.feature_model()
                 verbose = _verbosity(recipe)
                 if verbose:  # minutes on a CPU for thousands of images: say what is happening
-                    print(f"Computing backbone features once for the frozen phase: {len(train)} training and "
-                          f"{len(val)} validation examples", flush=True)
-                cache = tuple(fm.predict(make_dataset(ex.x, None, batch), verbose=verbose if len(ex) else 0)
-                              for ex in (train, val))
-                record["cache_seconds"] = time.perf_counter() - t0
+                    print(f"Backbone features for the frozen phase: {len(train)} training and {len(val)} "
+                          "validation examples", flush=True)
+                features, info = frozen_features(parts.feature_model(), (train, val), recipe, verbose)
+                cache = tuple(features)
+                record["cache_seconds"] = info["seconds"]
+                record["cache_hits"] = info["hits"]
                 if verbose:
-                    print(f"Features cached in {record['cache_seconds']:.1f} s", flush=True)
+                    print(f"Features ready in {info['seconds']:.1f} s", flush=True)
             model, x_train, x_val = parts.head, cache[0], cache[1]
         else:
             model = parts.assemble(backbone_training=None if unfrozen else False, augment=True)
@@ -263,6 +263,19 @@ def _guarded(run_dir: Path, body) -> Run:
 
 
 def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
+    """The run under the recipe's ``precision`` (Keras dtype policy), restored afterwards. Output
+    layers stay float32, and Keras scales the loss under ``mixed_float16``."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(recipe.precision)
+    try:
+        return _run(recipe, run_dir, resume)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
     import keras
 
     from tlmulti.training.adaptation import adapt, check_adaptation

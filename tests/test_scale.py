@@ -1,0 +1,264 @@
+"""Streaming from files, the disk feature cache, precision policies, bounded memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_image_folder
+from tests.test_training import _build, _recipe
+
+
+def _batches(ds):
+    out = []
+    for b in ds:
+        parts = b if isinstance(b, tuple) else (b,)
+        out.append([p.numpy() for p in parts])
+    return out
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b) and a
+    for u, v in zip(a, b):
+        for p, q in zip(u, v):
+            np.testing.assert_array_equal(p, q)
+
+
+def test_streamed_files_give_the_same_batches_as_decoding_them_first(tmp_path):
+    import tensorflow as tf
+
+    from tlmulti.data.images import image_files, load_files, stream_files
+    from tlmulti.data.lazy import FileArray
+    from tlmulti.data.pipeline import make_dataset, make_epoch_dataset
+
+    files = image_files(write_image_folder(tmp_path / "im", per_class=9, size=(23, 17)))
+    memory, _ = load_files(files, (16, 16), 3)
+    streamed = stream_files(files, (16, 16), 3)
+    assert isinstance(streamed, FileArray) and streamed.shape == memory.shape
+    np.testing.assert_array_equal(np.asarray(streamed), memory)
+    y = np.arange(len(files)).astype("int32")
+
+    def flip(x, label, seeds):
+        return tf.image.stateless_random_flip_left_right(x, seeds), label
+
+    for make in (lambda x: make_epoch_dataset(x, y, 4, seed=5, epochs=3, initial_epoch=1, augment=flip),
+                 lambda x: make_epoch_dataset(x, y, 5, seed=2, epochs=2),
+                 lambda x: make_dataset(x, y, 4, shuffle=True, seed=3),
+                 lambda x: make_dataset(x, None, 7)):
+        _assert_same(_batches(make(memory)), _batches(make(streamed)))
+
+
+def test_streaming_run_trains_exactly_like_the_in_memory_run(tiny_backbone, image_folder):
+    import keras
+
+    from tlmulti.data.lazy import FileArray
+    from tlmulti.training.trainer import fine_tune
+
+    results = []
+    for streaming in (False, True):
+        recipe = _recipe(tiny_backbone, image_folder, phases=[
+            {"name": "head", "epochs": 2, "learning_rate": 0.05},
+            {"name": "top", "epochs": 1, "learning_rate": 0.01, "unfreeze": "top:1"}])
+        recipe.data.streaming = streaming
+        recipe.data.augment.flip = "horizontal"
+        task, parts, train, val = _build(recipe)
+        assert isinstance(train.x, FileArray) == streaming
+        keras.utils.set_random_seed(1)
+        history, _ = fine_tune(parts, task, train, val, recipe)
+        results.append(([r["val_loss"] for r in history],
+                         [np.array(w) for w in parts.assemble().weights]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_path):
+    import nibabel as nib
+
+    from tlmulti.errors import DataError
+
+    for label in ("a", "b"):
+        (tmp_path / "vol" / label).mkdir(parents=True)
+        for i in range(2):
+            nib.save(nib.Nifti1Image(np.random.rand(8, 8, 3).astype(np.float32), np.eye(4)),
+                     str(tmp_path / "vol" / label / f"{i}.nii.gz"))
+    recipe = _recipe(tiny_backbone, tmp_path / "vol")
+    recipe.data.streaming = True
+    with pytest.raises(DataError, match=r"0\.nii\.gz' holds several images .*data\.streaming: auto"):
+        _build(recipe)
+    recipe.data.streaming = "auto"
+    task, parts, train, val = _build(recipe)  # volumes are read into memory
+    assert isinstance(train.x, np.ndarray) and len(train) + len(val) == 12
+
+
+def _features(recipe):
+    from tlmulti.training.features import frozen_features
+
+    task, parts, train, val = _build(recipe)
+    feats, info = frozen_features(parts.feature_model(), [train], recipe, verbose=0)
+    return parts, train, feats[0], info
+
+
+def test_disk_cache_is_reused_and_its_key_follows_every_input(tiny_backbone, image_folder, tlmulti_home):
+    from tlmulti.data import cache
+
+    recipe = _recipe(tiny_backbone, image_folder)
+    parts, train, first, info = _features(recipe)
+    assert info["hits"] == [False] and isinstance(first, np.memmap) and first.dtype == np.float16
+    expected = parts.feature_model().predict(np.asarray(train.x), verbose=0)
+    np.testing.assert_allclose(first.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+
+    _, _, again, info = _features(_recipe(tiny_backbone, image_folder))  # a second run: no backbone pass
+    assert info["hits"] == [True]
+    np.testing.assert_array_equal(again, first)
+    keys = {info["keys"][0]}
+
+    def changed(recipe, what):
+        _, _, feats, info = _features(recipe)
+        assert info["hits"] == [False], what
+        assert info["keys"][0] not in keys, what
+        keys.add(info["keys"][0])
+
+    changed(_recipe(tiny_backbone, image_folder, seed=1), "other backbone weights")  # the builder draws them
+    bigger = _recipe(tiny_backbone, image_folder)
+    bigger.data.image_size = [20, 20]
+    changed(bigger, "image size")
+    wide = _recipe(tiny_backbone, image_folder)
+    wide.cache.dtype = "float32"
+    changed(wide, "stored dtype")
+    streamed = _recipe(tiny_backbone, image_folder)
+    streamed.data.streaming = True
+    changed(streamed, "files rather than arrays")
+    victim = sorted(image_folder.rglob("*.png"))[0]
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(victim)
+    changed(_recipe(tiny_backbone, image_folder), "an image file rewritten")
+    streamed = _recipe(tiny_backbone, image_folder)
+    streamed.data.streaming = True
+    changed(streamed, "an image file rewritten, streamed")
+    os.utime(victim, ns=(1, 1))
+    changed(streamed, "a file's modification time")
+    assert len(cache.entries()) == len(keys)
+
+
+def test_a_corrupt_cache_entry_is_detected_and_rebuilt(tiny_backbone, image_folder, tlmulti_home, capsys):
+    from tlmulti.data import cache
+
+    recipe = _recipe(tiny_backbone, image_folder)
+    _, _, first, info = _features(recipe)
+    kept = np.array(first)
+    entry = cache.root() / info["keys"][0]
+    del first
+    blob = bytearray((entry / "0.npy").read_bytes())
+    blob[-3] ^= 0xFF
+    (entry / "0.npy").write_bytes(bytes(blob))
+    _, _, rebuilt, info = _features(recipe)
+    assert "is corrupt (0.npy does not match its sha256); deleting it" in capsys.readouterr().err
+    assert info["hits"] == [False]
+    np.testing.assert_array_equal(np.asarray(rebuilt), kept)
+    (entry / "meta.json").write_text("{")
+    _, _, _, info = _features(recipe)
+    assert info["hits"] == [False] and "meta.json unreadable" in capsys.readouterr().err
+    _, _, _, info = _features(recipe)
+    assert info["hits"] == [True]
+
+
+def test_cache_cli_lists_and_clears(tiny_backbone, image_folder, tlmulti_home):
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+    from tlmulti.data import cache
+
+    _, _, _, info = _features(_recipe(tiny_backbone, image_folder))
+    result = CliRunner().invoke(main, ["cache", "list"])
+    assert result.exit_code == 0 and info["keys"][0] in result.output and "tiny_cnn.test" in result.output
+    assert "1 entries" in result.output
+    result = CliRunner().invoke(main, ["cache", "clear", "0" * 32])
+    assert result.exit_code != 0 and "No feature cache entry 000" in result.output
+    result = CliRunner().invoke(main, ["cache", "clear"])
+    assert result.exit_code == 0 and "Deleted 1 feature cache entry" in result.output
+    assert cache.entries() == []
+
+
+def test_a_second_run_reads_the_cache_and_trains_the_same(tiny_backbone, image_folder, tlmulti_home, tmp_path):
+    import tlmulti
+
+    runs = []
+    for i in range(2):
+        recipe = _recipe(tiny_backbone, image_folder, phases=[{"name": "head", "epochs": 2, "learning_rate": 0.05}])
+        runs.append(tlmulti.train(recipe, out=tmp_path / f"run{i}"))
+    assert runs[0].metrics["phases"][0]["cache_hits"] == [False, False]
+    assert runs[1].metrics["phases"][0]["cache_hits"] == [True, True]
+    assert runs[0].metrics["val"]["accuracy"] == runs[1].metrics["val"]["accuracy"]
+    np.testing.assert_allclose([r["loss"] for r in runs[0].history], [r["loss"] for r in runs[1].history], rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_builds_and_trains_on_cpu(tiny_backbone, image_folder, tmp_path, precision):
+    import keras
+
+    import tlmulti
+
+    recipe = _recipe(tiny_backbone, image_folder, precision=precision, phases=[
+        {"name": "head", "epochs": 1, "learning_rate": 0.05},
+        {"name": "all", "epochs": 1, "learning_rate": 0.01, "unfreeze": "all"}])
+    run = tlmulti.train(recipe, out=tmp_path / "run")
+    assert keras.config.dtype_policy().name == "float32"  # put back after the run
+    policies = {l.dtype_policy.name for l in run.model.layers if hasattr(l, "dtype_policy")}
+    assert precision in policies
+    assert run.model.output.dtype == "float32"  # the output layer stays float32
+    assert all(np.isfinite(r["loss"]) for r in run.history) and len(run.history) == 2
+    assert f"precision: {precision}" in (run.dir / "recipe.yaml").read_text()
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np
+    from PIL import Image
+    from pathlib import Path
+    root = Path(sys.argv[1])
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(int(sys.argv[2])):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    import keras
+    import tlmulti
+    from tlmulti import registry
+    from tests.conftest import build_tiny_cnn
+    registry.register_backbone("tiny_cnn.test", source="builder", families=("vision",), builder=build_tiny_cnn,
+        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
+        layer_groups={"block1": ["block1_.*"], "block2": ["block2_.*"], "block3": ["block3_.*"]}, replace=True)
+    recipe = tlmulti.recipe.from_dict({"task": "image_classification", "name": "m", "backbone": {"name": "tiny_cnn.test"},
+        "data": {"train": str(root), "val_split": 0.1, "batch_size": 64, "image_size": [160, 160],
+                 "streaming": sys.argv[3] == "stream"},
+        "phases": [{"name": "head", "epochs": 1, "learning_rate": 0.01}],
+        "callbacks": {"early_stopping": {"enabled": False}, "verbose": 0}, "output": {"plots": False}})
+    task = tlmulti.tasks.make_task(recipe)
+    task.build(["a", "b"])  # TensorFlow and Keras loaded: the baseline
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run = tlmulti.train(recipe, out=root.parent / "run")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"growth_mb": (peak - base) / 1024, "n": run.metrics["data"]["train"]}))
+""")
+
+
+def _growth(tmp_path, mode: str, per_class: int) -> float:
+    env = {**os.environ, "TLMULTI_HOME": str(tmp_path / "home"), "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / mode / "data"), str(per_class), mode],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
+
+
+def test_memory_of_a_streaming_run_stays_bounded_over_many_small_files(tmp_path):
+    # 4,000 files decode to 4,000 x 160 x 160 x 3 bytes = 293 MiB of pixels; decoded up front, the run
+    # grows by about 1.2 GiB (the pixels, their tensor copy, batches); streamed by about 0.2 GiB
+    # (compiled functions, prefetched batches), whatever the number of files.
+    growth = _growth(tmp_path, "stream", 2000)
+    assert growth < 450, f"streaming run grew by {growth:.0f} MiB"

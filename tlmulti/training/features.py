@@ -1,0 +1,130 @@
+"""The frozen phase's backbone features: read from the disk cache or computed once, with progress.
+
+:func:`frozen_features` gives, for each set of examples (training, validation), what the
+frozen feature model outputs, as memory-mapped arrays from :mod:`tlmulti.data.cache` (or in
+memory with ``cache.disk: false``). The cache key is made of the feature model's identity
+(backbone name and weights source, the hash of every weight it holds, each layer's
+configuration, input and output shapes, precision policy) and the inputs' fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+
+import numpy as np
+
+from tlmulti.data import cache as disk
+
+
+def _without_names(value):
+    if isinstance(value, dict):
+        return {k: _without_names(v) for k, v in value.items() if k != "name"}
+    if isinstance(value, (list, tuple)):
+        return [_without_names(v) for v in value]
+    return value
+
+
+def model_fingerprint(model) -> dict:
+    """What determines a model's outputs for given inputs: a hash of every weight (in order, with
+    shapes) and of every layer's configuration (names left out: Keras numbers them per process)."""
+    import keras
+
+    weights = hashlib.sha256()
+    for v in model.weights:
+        a = np.asarray(keras.ops.convert_to_numpy(v))
+        weights.update(repr((a.shape, a.dtype.str)).encode())
+        weights.update(np.ascontiguousarray(a).data)
+    layers = hashlib.sha256()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.Model):
+            continue
+        try:
+            config = _without_names(layer.get_config())
+        except Exception:  # a layer without get_config: its class still counts
+            config = None
+        layers.update(json.dumps([type(layer).__name__, config], sort_keys=True, default=str).encode())
+    shapes = [list(t.shape) for t in (model.inputs + model.outputs)]
+    return {"weights_sha256": weights.hexdigest(), "layers_sha256": layers.hexdigest(), "shapes": shapes,
+            "policy": keras.config.dtype_policy().name}
+
+
+def frozen_features(feature_model, example_sets, recipe, verbose: int = 1):
+    """``(features per example set, info)``: each element is the backbone output (an array, or a
+    list of arrays for several outputs) for the matching set's ``x``; ``info`` says for each
+    whether it was read from the cache (``hits``) and the seconds spent."""
+    from tlmulti.data.lazy import fingerprint_array
+    from tlmulti.data.pipeline import make_dataset
+
+    t0 = time.perf_counter()
+    model_id = None
+    results, hits, keys = [], [], []
+    for examples in example_sets:
+        n = len(examples)
+        if n == 0:
+            results.append(None)
+            hits.append(False)
+            keys.append(None)
+            continue
+        if not recipe.cache.disk:
+            results.append(_in_memory(feature_model, make_dataset(examples.x, None, recipe.data.batch_size), n, verbose))
+            hits.append(False)
+            keys.append(None)
+            continue
+        if model_id is None:
+            model_id = {"backbone": recipe.backbone.name, "weights": recipe.backbone.weights,
+                        "output_layer": recipe.backbone.output_layer, "model": model_fingerprint(feature_model)}
+        description = {**model_id, "task": recipe.task, "inputs": fingerprint_array(examples.x), "examples": n,
+                       "dtype": recipe.cache.dtype}
+        key = disk.make_key(description)
+        keys.append(key)
+        found = disk.load(key)
+        if found is not None:
+            if verbose:
+                print(f"Backbone features of {n} examples read from the cache ({disk.root() / key})", flush=True)
+            results.append(found if len(found) > 1 else found[0])
+            hits.append(True)
+            continue
+        ds = make_dataset(examples.x, None, recipe.data.batch_size)
+        need = n * sum(int(np.prod(o.shape[1:])) for o in feature_model.outputs) * np.dtype(recipe.cache.dtype).itemsize
+        if not disk.fits(need):
+            print(f"The feature cache needs {need / 2**30:.1f} GiB and the disk of '{disk.root()}' has less free "
+                  "(with 1 GiB to spare): keeping this run's features in memory instead.", flush=True)
+            results.append(_in_memory(feature_model, ds, n, verbose))
+            hits.append(False)
+            continue
+        if verbose:
+            print(f"Computing backbone features of {n} examples, kept in {disk.root() / key}", flush=True)
+        writer = disk.Writer(key, n, recipe.cache.dtype)
+        try:
+            _each_batch(feature_model, ds, n, writer.add, verbose)
+            found = writer.finish({**description, "backbone": recipe.backbone.name})
+        except BaseException:
+            writer.abort()
+            raise
+        results.append(found if len(found) > 1 else found[0])
+        hits.append(False)
+    return results, {"hits": hits, "keys": keys, "seconds": time.perf_counter() - t0}
+
+
+def _each_batch(model, ds, n: int, sink, verbose: int) -> None:
+    import keras
+
+    bar = keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, unit_name="example") if verbose else None
+    done = 0
+    for batch in ds:
+        out = model.predict_on_batch(batch)
+        sink(out)
+        done += len(out[0] if isinstance(out, (list, tuple)) else out)
+        if bar is not None:
+            bar.update(done)
+
+
+def _in_memory(model, ds, n: int, verbose: int):
+    chunks = []
+    _each_batch(model, ds, n, chunks.append, verbose)
+    if isinstance(chunks[0], (list, tuple)):
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    return np.concatenate(chunks)
