@@ -76,6 +76,25 @@ def test_streaming_run_trains_exactly_like_the_in_memory_run(tiny_backbone, imag
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_limit_per_class_decodes_only_the_files_it_keeps(tiny_backbone, tmp_path, monkeypatch):
+    from tlmulti.data import images
+
+    decoded = []
+    real = images.load_files
+
+    def counting(paths, *args, **kwargs):
+        decoded.extend(paths)
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(images, "load_files", counting)
+    recipe = _recipe(tiny_backbone, write_image_folder(tmp_path / "im", per_class=30, size=(12, 12)))
+    recipe.data.limit_per_class = 5
+    recipe.data.streaming = False
+    _, _, train, val = _build(recipe)
+    assert len(train) + len(val) == 10  # two classes
+    assert len(decoded) == 10 and len(set(decoded)) == 10
+
+
 def test_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_path):
     import nibabel as nib
 
@@ -88,7 +107,7 @@ def test_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_path):
                      str(tmp_path / "vol" / label / f"{i}.nii.gz"))
     recipe = _recipe(tiny_backbone, tmp_path / "vol")
     recipe.data.streaming = True
-    with pytest.raises(DataError, match=r"0\.nii\.gz' holds several images .*data\.streaming: auto"):
+    with pytest.raises(DataError, match=r"[01]\.nii\.gz' holds several images .*data\.streaming: auto"):
         _build(recipe)
     recipe.data.streaming = "auto"
     task, parts, train, val = _build(recipe)  # volumes are read into memory

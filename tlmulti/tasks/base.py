@@ -143,6 +143,7 @@ class Task:
                                 f"{', '.join(shared[:10])}{' ...' if len(shared) > 10 else ''}; each "
                                 f"{split_by} must be in one split only.")
         if held is not None:  # held-out groups are evaluated with the test set, never trained on
+            held = self.to_examples(held, classes)
             test = held if test is None else concat(test, held)
         return self.to_examples(train, classes), self.to_examples(val, classes), test
 

@@ -96,11 +96,24 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
     data_config = ImageDataConfig
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
+        return self.load_pixels(self.read_paths(ref, classes, labelled))
+
+    def read_paths(self, ref, classes=None, labelled=True) -> Examples:
+        """The examples of ``ref`` with file paths as ``x``, nothing decoded yet."""
         from tlmulti.data.images import CLASSIFICATION_SUFFIXES, image_files
 
-        examples = self.read_files(ref, classes, labelled, CLASSIFICATION_SUFFIXES, image_files,
-                                   lambda paths: np.asarray(paths, dtype=object))
-        return self.load_pixels(examples)
+        return self.read_files(ref, classes, labelled, CLASSIFICATION_SUFFIXES, image_files,
+                               lambda paths: np.asarray(paths, dtype=object))
+
+    def read_split(self, ref, classes=None):
+        """Files only: pixels are read in :meth:`to_examples`, after ``data.limit_per_class``, the
+        hold-out rules and the validation split, so a subset of a large folder decodes only the
+        files it uses (a volume's slices stay on one side of the split)."""
+        examples = self.read_paths(ref, classes)
+        return examples, examples.classes
+
+    def to_examples(self, items, classes) -> Examples:
+        return self.load_pixels(items)
 
     def load_pixels(self, examples: Examples) -> Examples:
         """Examples whose ``x`` holds file paths -> the same with pixels, one example per 2-D

@@ -41,7 +41,7 @@ class MultiLabelImageClassification(ImageClassification):
     output_activation = "sigmoid"
 
     # -- data -----------------------------------------------------------------------------------
-    def read(self, ref, classes=None, labelled=True) -> Examples:
+    def read_paths(self, ref, classes=None, labelled=True) -> Examples:
         from tlmulti.data import resolve_source
         from tlmulti.data.images import CLASSIFICATION_SUFFIXES
         from tlmulti.data.manifest import rows_from
@@ -49,7 +49,7 @@ class MultiLabelImageClassification(ImageClassification):
         data = self.recipe.data
         source = resolve_source(ref)
         if source.is_dir() and not labelled:  # unlabelled images (adaptation target data)
-            return super().read(ref, classes, labelled=False)
+            return super().read_paths(ref, classes, labelled=False)
         if source.is_dir():
             raise DataError(f"Multi-label data '{source}' must be a manifest with 'path' and "
                             f"'{data.labels_column}' columns (labels joined by '{data.separator}'), not a folder.")
@@ -77,7 +77,7 @@ class MultiLabelImageClassification(ImageClassification):
                 meta[key] = [r.get(key) for r in rows]
         examples = Examples(x=np.asarray(meta["path"], dtype=object), y=y if labelled else None,
                             classes=list(classes), meta=meta)
-        return self.load_pixels(examples)
+        return examples
 
     def stratify_labels(self, examples: Examples) -> np.ndarray:
         """For stratified splits: each example's rarest label (the number of labels for none)."""
