@@ -281,3 +281,32 @@ def test_memory_of_a_streaming_run_stays_bounded_over_many_small_files(tmp_path)
     # (compiled functions, prefetched batches), whatever the number of files.
     growth = _growth(tmp_path, "stream", 2000)
     assert growth < 450, f"streaming run grew by {growth:.0f} MiB"
+
+
+def test_speech_synthesis_shows_progress(tmp_path, monkeypatch, capsys):
+    from tlmulti import synth
+
+    monkeypatch.setattr(synth, "_run", lambda utt: None)  # the engines' output is not what is tested
+    rows = synth.synthesize(["yes", "no"], tmp_path, flite_voices=(), repeats=1)  # 2 words x 8 accents x 16
+    out = capsys.readouterr().out
+    assert len(rows) == 256
+    assert f"Synthesising speech into {tmp_path}: 256" in out and "256/256" in out
+
+
+def test_building_a_dataset_shows_progress(tmp_path, capsys):
+    import gzip
+
+    from tlmulti.datasets import fashion_mnist
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2500), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        with gzip.open(tmp_path / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(bytes(16) + rng.integers(0, 255, (n, 28, 28), dtype=np.uint8).tobytes())
+        with gzip.open(tmp_path / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(bytes(8) + labels.astype(np.uint8).tobytes())
+    fashion_mnist.build(tmp_path / "out", train_per_class=250, test_per_class=2, source=tmp_path)
+    out = capsys.readouterr().out
+    assert "Writing train images: 2500" in out and "2500/2500" in out
+    assert "Writing test images" not in out  # 20 images: too few for a progress line
+    assert len(list((tmp_path / "out" / "train").rglob("*.png"))) == 2500

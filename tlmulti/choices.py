@@ -13,7 +13,7 @@ registry lists them (:func:`tlmulti.registry.adaptation_methods`).
 # Training
 BATCHNORM_POLICIES = ("frozen", "train")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-DISTRIBUTE = ("auto", "default", "mirrored", "multi_worker")
+DISTRIBUTE = ("auto", "default", "mirrored", "multi_worker", "tpu")
 ADAPTATION_SCHEDULES = ("ramp", "constant")
 CLASS_WEIGHTS = (None, "balanced")
 CLASSIFICATION_LOSSES = ("crossentropy", "focal")

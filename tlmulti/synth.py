@@ -173,8 +173,16 @@ def synthesize(words, out_dir, accents=ESPEAK_ACCENTS, variants=ESPEAK_VARIANTS,
     for folder in sorted({u.path.parent for u in todo}):
         folder.mkdir(parents=True, exist_ok=True)
     jobs = jobs or max(2, min(8, 2 * (os.cpu_count() or 1)))
+    from tlmulti.progress import Every, progress_bar
+
+    done = Every(progress_bar(len(todo), f"Synthesising speech into {out_dir}", unit="clip", at_least=200),
+                 len(todo), step=50)
+    errors = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        errors = [e for e in pool.map(_run, todo) if e]
+        for e in pool.map(_run, todo):
+            done.add()
+            if e:
+                errors.append(e)
     if errors:
         raise DataError(f"Synthesis failed for {len(errors)} of {len(todo)} files; first: {errors[0]}.")
     rows = [{"path": str(u.path.relative_to(out_dir)), "label": u.word, "speaker": u.speaker,

@@ -42,7 +42,8 @@ class _QuietTensorFlow(importlib.abc.MetaPathFinder):
         sys.meta_path.remove(self)
         with _stderr_silenced():
             tf = importlib.import_module("tensorflow")
-            tf.config.list_logical_devices()
+            if not os.environ.get("TF_CONFIG"):  # a multi-worker strategy must configure the devices itself
+                tf.config.list_logical_devices()
         return tf.__spec__
 
 
@@ -128,8 +129,9 @@ def run_training(recipe, out):
     from tlmulti.training import train
 
     run = train(recipe, out=out)
-    click.echo(f"Run folder: {run.dir}")
-    click.echo(run.headline)
+    if run.dir is not None:  # None on a worker that is not the chief of a multi-worker run
+        click.echo(f"Run folder: {run.dir}")
+        click.echo(run.headline)
     return run
 
 

@@ -103,27 +103,17 @@ def load_files(paths, size, channels: int = 3, progress: bool | None = None, **i
     of the file it came from (a volume gives one image per slice). Over 1,000 files, a progress
     line shows the files read (``progress`` forces it on or off)."""
     paths = list(paths)
-    bar = _progress(len(paths), "Reading image files", progress)
+    from tlmulti.progress import Every, progress_bar
+
+    done = Every(progress_bar(len(paths), "Reading image files", progress), len(paths))
     stacks = []
-    for i, p in enumerate(paths):
+    for p in paths:
         stacks.append(load_slices(p, size, channels, **intensity))
-        if bar is not None and ((i + 1) % 200 == 0 or i + 1 == len(paths)):
-            bar.update(i + 1)
+        done.add()
     origin = np.repeat(np.arange(len(stacks)), [len(s) for s in stacks])
     if not stacks:
         return np.empty((0, int(size[0]), int(size[1]), channels), np.uint8), origin
     return np.concatenate(stacks), origin
-
-
-def _progress(n: int, what: str, show: bool | None):
-    import sys
-
-    if show is False or (show is None and n < 1000):
-        return None
-    import keras
-
-    print(f"{what}: {n}", flush=True)
-    return keras.utils.Progbar(n, verbose=1 if sys.stdout.isatty() else 2, unit_name="file")
 
 
 def single_image(path) -> bool:

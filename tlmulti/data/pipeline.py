@@ -156,3 +156,19 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
     for epoch in range(initial_epoch, max(epochs, initial_epoch + 1)):
         out = one_epoch(epoch) if out is None else out.concatenate(one_epoch(epoch))
     return out.prefetch(tf.data.AUTOTUNE)
+
+
+def with_class_weights(ds, class_weight: dict | None):
+    """``(x, y)`` batches -> ``(x, y, weight)`` with each example's class weight (what Keras's
+    ``fit(class_weight=...)`` does, for datasets it cannot map itself: a multi-worker run's)."""
+    import tensorflow as tf
+
+    if not class_weight:
+        return ds
+    table = tf.constant([float(class_weight.get(c, 1.0)) for c in range(max(class_weight) + 1)], tf.float32)
+
+    def weigh(x, y):
+        labels = tf.cast(y, tf.int32) if y.shape.rank == 1 else tf.argmax(y, axis=-1, output_type=tf.int32)
+        return x, y, tf.gather(table, labels)
+
+    return ds.map(weigh, num_parallel_calls=tf.data.AUTOTUNE)

@@ -32,10 +32,16 @@ def build(root: Path, train_per_class: int = 300, test_per_class: int = 200, sou
     """Write the first ``*_per_class`` images of each class as ``root/{train,test}/<class>/*.png``."""
     from PIL import Image
 
+    from tlmulti.progress import Every, progress_bar
+
     for split, raw, per_class in (("train", "train", train_per_class), ("test", "t10k", test_per_class)):
         x, y = load_split(raw, source)
-        for c, name in enumerate(CLASSES):
+        chosen = [(name, np.flatnonzero(y == c)[:per_class]) for c, name in enumerate(CLASSES)]
+        n = sum(len(idx) for _, idx in chosen)
+        done = Every(progress_bar(n, f"Writing {split} images", unit="image", at_least=2000), n, 500)
+        for name, idx in chosen:
             folder = root / split / name
             folder.mkdir(parents=True)
-            for i in np.flatnonzero(y == c)[:per_class]:
+            for i in idx:
                 Image.fromarray(x[i], mode="L").save(folder / f"{i:05d}.png")
+                done.add()

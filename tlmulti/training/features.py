@@ -51,10 +51,16 @@ def model_fingerprint(model) -> dict:
             "policy": keras.config.dtype_policy().name}
 
 
-def frozen_features(feature_model, example_sets, recipe, verbose: int = 1):
+def frozen_features(feature_model, example_sets, recipe, verbose: int = 1, local: bool = False):
     """``(features per example set, info)``: each element is the backbone output (an array, or a
     list of arrays for several outputs) for the matching set's ``x``; ``info`` says for each
-    whether it was read from the cache (``hits``) and the seconds spent."""
+    whether it was read from the cache (``hits``) and the seconds spent. ``local``: call the
+    model on this worker alone (a multi-worker run: each worker computes its own shard's)."""
+    predictor = feature_model
+    if local:
+        import tensorflow as tf
+
+        predictor = _Local(tf.function(lambda batch: feature_model(batch, training=False), reduce_retracing=True))
     from tlmulti.data.lazy import fingerprint_array
     from tlmulti.data.pipeline import make_dataset
 
@@ -69,7 +75,7 @@ def frozen_features(feature_model, example_sets, recipe, verbose: int = 1):
             keys.append(None)
             continue
         if not recipe.cache.disk:
-            results.append(_in_memory(feature_model, make_dataset(examples.x, None, recipe.data.batch_size), n, verbose))
+            results.append(_in_memory(predictor, make_dataset(examples.x, None, recipe.data.batch_size), n, verbose))
             hits.append(False)
             keys.append(None)
             continue
@@ -92,14 +98,14 @@ def frozen_features(feature_model, example_sets, recipe, verbose: int = 1):
         if not disk.fits(need):
             print(f"The feature cache needs {need / 2**30:.1f} GiB and the disk of '{disk.root()}' has less free "
                   "(with 1 GiB to spare): keeping this run's features in memory instead.", flush=True)
-            results.append(_in_memory(feature_model, ds, n, verbose))
+            results.append(_in_memory(predictor, ds, n, verbose))
             hits.append(False)
             continue
         if verbose:
             print(f"Computing backbone features of {n} examples, kept in {disk.root() / key}", flush=True)
         writer = disk.Writer(key, n, recipe.cache.dtype)
         try:
-            _each_batch(feature_model, ds, n, writer.add, verbose)
+            _each_batch(predictor, ds, n, writer.add, verbose)
             found = writer.finish({**description, "backbone": recipe.backbone.name})
         except BaseException:
             writer.abort()
@@ -107,6 +113,17 @@ def frozen_features(feature_model, example_sets, recipe, verbose: int = 1):
         results.append(found if len(found) > 1 else found[0])
         hits.append(False)
     return results, {"hits": hits, "keys": keys, "seconds": time.perf_counter() - t0}
+
+
+class _Local:
+    """``predict_on_batch`` by calling the model, without Keras's cross-worker gathering."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def predict_on_batch(self, batch):
+        out = self.fn(batch)
+        return [t.numpy() for t in out] if isinstance(out, (list, tuple)) else out.numpy()
 
 
 def _each_batch(model, ds, n: int, sink, verbose: int) -> None:

@@ -33,9 +33,10 @@ import numpy as np
 
 from tlmulti import registry, runs
 from tlmulti.data.summary import format_summary, summarize
-from tlmulti.errors import RegistryError, TlmultiError
+from tlmulti.errors import RecipeError, RegistryError, RunError, TlmultiError
 from tlmulti.recipe import Recipe
 from tlmulti.tasks import make_task
+from tlmulti.training.distribute import Workers, get_strategy, prepare, workers as place_of
 from tlmulti.training.freezing import group_multipliers, resolve_unfreeze, set_trainable
 
 
@@ -53,20 +54,7 @@ class Run:
 
     @property
     def headline(self) -> str:
-        return self.task.headline(self.metrics) if self.task is not None else ""
-
-
-def get_strategy(name: str):
-    """``auto``: MirroredStrategy over all GPUs when there are several, else the default."""
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+        return self.task.headline(self.metrics) if self.task is not None and self.dir is not None else ""
 
 
 def _verbosity(recipe: Recipe) -> int:
@@ -96,15 +84,18 @@ def derive_phase_lengths(recipe: Recipe, n_train: int) -> None:
             phase.patience = max(2, round(phase.epochs / 5))
 
 
-def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, resume: dict | None = None):
+def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, resume: dict | None = None,
+              workers: Workers = Workers()):
     """Run the recipe's phases on ``parts``; returns (history rows, phase records).
 
     With ``run_dir``, a checkpoint is written after every epoch and between phases
     (:mod:`tlmulti.training.checkpoints`); ``resume`` (a checkpoint's state) continues from it.
+    With several ``workers`` (:mod:`tlmulti.training.distribute`), this worker trains on its
+    shard of ``train`` and ``val``; steps and epochs are those of the whole set.
     """
     import keras
 
-    from tlmulti.data.pipeline import make_dataset, make_epoch_dataset
+    from tlmulti.data.pipeline import make_dataset, make_epoch_dataset, with_class_weights
     from tlmulti.training import checkpoints
     from tlmulti.training.features import frozen_features
     from tlmulti.training.optimizers import learning_rate_schedule, make_optimizer
@@ -114,6 +105,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     batch = recipe.data.batch_size
     steps_per_epoch = max(1, -(-len(train) // batch))
     class_weight = task.class_weight(train)
+    train, val = workers.shard(train), workers.shard(val)
     history = list(resume["history"]) if resume else []
     records = list(resume["records"]) if resume else []
     if run_dir is not None and resume is None:  # training has begun: from here the folder is kept
@@ -150,7 +142,8 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                 if verbose:  # minutes on a CPU for thousands of images: say what is happening
                     print(f"Backbone features for the frozen phase: {len(train)} training and {len(val)} "
                           "validation examples", flush=True)
-                features, info = frozen_features(parts.feature_model(), (train, val), recipe, verbose)
+                features, info = frozen_features(parts.feature_model(), (train, val), recipe, verbose,
+                                                 local=workers.several)
                 cache = tuple(features)
                 record["cache_seconds"] = info["seconds"]
                 record["cache_hits"] = info["hits"]
@@ -162,13 +155,13 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             x_train, x_val = train.x, val.x
         if resuming and not use_cache:
             checkpoints.restore_weights(run_dir, parts)
-        model.compile(optimizer=optimizer, **task.compile_args())
+        prepare(model, workers).compile(optimizer=optimizer, **task.compile_args())
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
         initial = int(resume["epoch"]) if resuming else 0
         epoch0 = sum(r["epochs_run"] for r in records)
         if resuming and initial:
             checkpoints.restore_optimizer(run_dir, optimizer, model.trainable_variables)
-        val_ds = make_dataset(x_val, val.y, batch) if len(val) else None
+        val_ds = workers.feed(lambda b: make_dataset(x_val, val.y, b), batch) if len(val) else None
         callbacks = []
         es = None
         if es_config.enabled and val_ds is not None:
@@ -186,10 +179,14 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             if best is not None and es_config.restore_best_weights:
                 model.set_weights(best)
         elif initial < phase.epochs:
-            train_ds = make_epoch_dataset(x_train, train.y, batch, seed=recipe.seed + 1000 * i, epochs=phase.epochs,
-                                          initial_epoch=initial, augment=None if use_cache else parts.augment_pairs)
-            model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, initial_epoch=initial,
-                      steps_per_epoch=steps_per_epoch, class_weight=class_weight, shuffle=False,
+            def epochs_of(b, seed=recipe.seed + 1000 * i, augment=None if use_cache else parts.augment_pairs):
+                ds = make_epoch_dataset(x_train, train.y, b, seed=seed, epochs=phase.epochs, initial_epoch=initial,
+                                        augment=augment)
+                return with_class_weights(ds, class_weight) if workers.several else ds
+
+            model.fit(workers.feed(epochs_of, batch, repeat=True), validation_data=val_ds, epochs=phase.epochs,
+                      initial_epoch=initial, steps_per_epoch=steps_per_epoch,
+                      class_weight=None if workers.several else class_weight, shuffle=False,
                       callbacks=callbacks, verbose=_verbosity(recipe))
         record["epochs_run"] = sum(1 for r in history if r["phase"] == phase.name)
         if unfrozen:
@@ -216,14 +213,27 @@ def train(recipe: Recipe, out=None) -> Run:
     this run. A failure before the first epoch leaves nothing behind; after it, the folder is
     kept with status ``failed`` (or ``interrupted`` for Ctrl-C / SIGTERM, raised as
     :class:`RunInterrupted`) and ``tlmulti resume`` continues it from its last checkpoint."""
+    import shutil
+    import tempfile
+
     from tlmulti.training.pretrain import ensure_source_backbone
 
+    place = place_of(recipe.distribute)  # a multi-worker strategy starts before any other TensorFlow work
+    if place.several and recipe.adaptation.method != "none":
+        raise RecipeError("Domain adaptation runs on one worker: set adaptation.method: none with "
+                          "distribute: multi_worker, or train on one machine (distribute: mirrored for its GPUs).")
     try:
         ensure_source_backbone(registry.get_backbone(recipe.backbone.name))
     except RegistryError:
         pass  # a handle or folder a task registers itself (text backbones), or a name the task rejects
-    run_dir = runs.create_run_dir(out or recipe.output.dir, recipe.name)
-    return _guarded(run_dir, lambda: _train_into(recipe, run_dir))
+    if place.chief:
+        run_dir = runs.create_run_dir(out or recipe.output.dir, recipe.name)
+        return _guarded(run_dir, lambda: _train_into(recipe, run_dir, place=place))
+    scratch = Path(tempfile.mkdtemp(prefix=f"tlmulti-worker{place.index}-"))  # the chief writes the run folder
+    try:
+        return _train_into(recipe, runs.create_run_dir(scratch, recipe.name), place=place)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def resume(run_dir) -> Run:
@@ -233,9 +243,12 @@ def resume(run_dir) -> Run:
     from tlmulti.training import checkpoints
 
     run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    if recipe.distribute == "multi_worker":
+        raise RunError(f"'{run_dir}' was trained by several workers, which keep no checkpoint of their own; "
+                       "start the run again on every worker instead of resuming it.")
     runs.take_over(run_dir)
     state = checkpoints.load_state(run_dir)
-    recipe = load_recipe(run_dir / "recipe.yaml")
     runs.set_status(run_dir, "running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return _guarded(run_dir, lambda: _train_into(recipe, run_dir, resume=state))
 
@@ -262,7 +275,7 @@ def _guarded(run_dir: Path, body) -> Run:
         raise
 
 
-def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
+def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Workers = Workers()) -> Run:
     """The run under the recipe's ``precision`` (Keras dtype policy), restored afterwards. Output
     layers stay float32, and Keras scales the loss under ``mixed_float16``."""
     import keras
@@ -270,12 +283,12 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Ru
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(recipe.precision)
     try:
-        return _run(recipe, run_dir, resume)
+        return _run(recipe, run_dir, resume, place)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
+def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Workers = Workers()) -> Run:
     import keras
 
     from tlmulti.training.adaptation import adapt, check_adaptation
@@ -295,7 +308,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
     task.check_decision(train_ex.classes)  # data.positive_class / data.threshold, before any training
     if recipe.backbone.weights_lock:
         check_lock(recipe.backbone.weights_lock, task.spec, recipe.backbone.weights)
-    strategy = get_strategy(recipe.distribute)
+    strategy = place.strategy or get_strategy(recipe.distribute)
     with strategy.scope():
         parts = task.build(train_ex.classes)
         summary = summarize({"train": train_ex, "val": val_ex, "test": test_ex},
@@ -307,15 +320,19 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None) -> Run:
             runs.begin_run(run_dir, recipe, task, train_ex.classes, summary,
                            run_card(recipe, task.spec, {"train": train_ex, "val": val_ex, "test": test_ex}))
             runs.write_splits(run_dir, {"train": train_ex, "val": val_ex, "test": test_ex})
-        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, resume=resume)
+        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, resume=resume, workers=place)
         t_adapt = time.perf_counter()
         if recipe.adaptation.method != "none":  # kept beside the adapted model, for evaluate --compare source-only
             runs.save_model(parts.assemble(backbone_training=False, augment=True), run_dir / runs.SOURCE_ONLY_MODEL)
         adaptation = adapt(parts, task, train_ex, val_ex, recipe, verbose=_verbosity(recipe))
         if adaptation is not None:
             adaptation["seconds"] = round(time.perf_counter() - t_adapt, 3)
-        model = parts.assemble(backbone_training=False, augment=True)
+        model = prepare(parts.assemble(backbone_training=False, augment=True), place)  # predicts on this worker
     train_seconds = time.perf_counter() - t_start
+    if not place.chief:
+        print(f"Worker {place.index} of {place.count} finished training; the chief writes the run folder.", flush=True)
+        return Run(dir=None, metrics={"worker": place.index, "workers": place.count}, model=model, history=history,
+                   task=task, recipe=recipe)
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
     task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
     if test_ex is not None:
