@@ -97,8 +97,10 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(setup, tmp
     alone = _metrics(tmp_path / "single")
     assert chief["data"] == alone["data"]  # the whole training set on each side, not a shard
     assert alone["val"]["accuracy"] > 0.6  # learnable, so the comparison means something
-    assert abs(chief["val"]["accuracy"] - alone["val"]["accuracy"]) <= 0.17  # 2 of 12 validation images
-    assert chief["val"]["loss"] == pytest.approx(alone["val"]["loss"], rel=0.35)
+    # same global batch and steps, another order of examples: the same result within noise
+    assert abs(chief["val"]["accuracy"] - alone["val"]["accuracy"]) <= 0.09  # 1 of 12 validation images
+    assert chief["val"]["loss"] < 0.5 and alone["val"]["loss"] < 0.5  # both far below ln 3 = 1.10 at the start
+    assert abs(chief["val"]["loss"] - alone["val"]["loss"]) <= 0.15
     assert [r["epochs_run"] for r in chief["phases"]] == [6, 2]
 
 

@@ -310,3 +310,63 @@ def test_building_a_dataset_shows_progress(tmp_path, capsys):
     assert "Writing train images: 2500" in out and "2500/2500" in out
     assert "Writing test images" not in out  # 20 images: too few for a progress line
     assert len(list((tmp_path / "out" / "train").rglob("*.png"))) == 2500
+
+
+def test_segmentation_tiles_stream_as_they_are_cut_in_memory(tiny_backbone, tmp_path):
+    import tlmulti
+    from tests.test_segmentation_task import tiny_recipe, write_seg_folder
+    from tlmulti.data.lazy import FileArray
+    from tlmulti.tasks import make_task
+
+    data = {split: write_seg_folder(tmp_path / split, n, size=(30, 37), seed=k)
+            for k, (split, n) in enumerate((("train", 4), ("val", 2), ("test", 2)))}
+    for tile in ("[16, 16]", "[]"):  # tiles, and whole images resized to the network input
+        splits = {}
+        for streaming in ("false", "true"):
+            recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "data.tile": tile,
+                                                         "data.class_weight": "balanced"})
+            task = make_task(recipe)
+            train, val, test = task.load_splits()
+            splits[streaming] = (task, train, val, test)
+        task, *streamed = splits["true"]
+        assert isinstance(streamed[0].x, FileArray) and isinstance(streamed[0].y, FileArray)
+        for a, b in zip(splits["false"][1:], streamed):
+            np.testing.assert_array_equal(a.x, np.asarray(b.x))
+            np.testing.assert_array_equal(a.y, np.asarray(b.y))
+            assert a.meta == b.meta
+        assert splits["false"][0].input_summary(splits["false"][1]) == task.input_summary(streamed[0])
+        task.class_weight(streamed[0])
+        splits["false"][0].class_weight(splits["false"][1])
+        assert task._pixel_weights == splits["false"][0]._pixel_weights
+
+    runs = {}
+    for streaming in ("false", "true"):  # flips and quarter turns on streamed tiles and masks
+        recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "cache.disk": "false"})
+        runs[streaming] = tlmulti.train(recipe, out=tmp_path / f"run_{streaming}")
+    streamed, in_memory = runs["true"], runs["false"]
+    np.testing.assert_allclose([r["val_loss"] for r in streamed.history], [r["val_loss"] for r in in_memory.history],
+                               rtol=1e-4)
+    assert streamed.metrics["test"]["mean_dice"] == pytest.approx(in_memory.metrics["test"]["mean_dice"], abs=1e-4)
+
+
+def test_segmentation_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_path):
+    import nibabel as nib
+
+    from tests.test_segmentation_task import tiny_recipe
+    from tlmulti.errors import DataError
+    from tlmulti.tasks import make_task
+
+    for split in ("train", "val", "test"):
+        for sub in ("images", "masks"):
+            (tmp_path / split / sub).mkdir(parents=True)
+        for i in range(2):
+            labels = np.zeros((20, 20, 3), np.uint8)
+            labels[4:9, 5:12] = 1
+            nib.save(nib.Nifti1Image(np.random.rand(20, 20, 3).astype(np.float32), np.eye(4)),
+                     str(tmp_path / split / "images" / f"v{i}.nii.gz"))
+            nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / split / "masks" / f"v{i}.nii.gz"))
+    data = {s: tmp_path / s for s in ("train", "val", "test")}
+    with pytest.raises(DataError, match=r"v0\.nii\.gz' holds several images .*data\.streaming: auto"):
+        make_task(tiny_recipe(tiny_backbone, data, **{"data.streaming": "true"})).load_splits()
+    train, _, _ = make_task(tiny_recipe(tiny_backbone, data, **{"data.streaming": "auto"})).load_splits()
+    assert isinstance(train.x, np.ndarray) and len(train) > 0

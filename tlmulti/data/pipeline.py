@@ -43,10 +43,10 @@ def _fetch(x, y, per_example: bool):
 
     from tlmulti.data.lazy import FileArray, is_lazy
 
-    parts = _parts(x)
+    parts = _parts(x) + ([] if y is None else [y])  # the labels last: masks may be read from files too
+    n_x = len(parts) - (y is not None)
     lazy = [i for i, a in enumerate(parts) if is_lazy(a)]
     kept = {i: tf.constant(np.asarray(a)) for i, a in enumerate(parts) if i not in lazy}
-    y_t = None if y is None else tf.constant(np.asarray(y))
 
     def read(idx):
         idx = np.atleast_1d(idx)
@@ -72,8 +72,8 @@ def _fetch(x, y, per_example: bool):
                 if t.dtype == tf.float16:  # features cached at half precision: computed on as float32
                     t = tf.cast(t, tf.float32)
                 values.append(t)
-        xs = tuple(values) if isinstance(x, (list, tuple)) else values[0]
-        return xs if y_t is None else (xs, tf.gather(y_t, idx))
+        xs = tuple(values[:n_x]) if isinstance(x, (list, tuple)) else values[0]
+        return xs if y is None else (xs, values[n_x])
 
     return fetch
 
@@ -106,7 +106,7 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
 
     from tlmulti.data.lazy import is_lazy
 
-    if is_lazy(x):
+    if is_lazy(x) or is_lazy(y):
         n = len(_parts(x)[0])
         order = tf.data.Dataset.range(n)
         if shuffle:
@@ -133,7 +133,7 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
 
     from tlmulti.data.lazy import is_lazy
 
-    lazy = is_lazy(x)
+    lazy = is_lazy(x) or is_lazy(y)
     n = len(y)
     base = tf.data.Dataset.range(n) if lazy else _slices(x, y)
 

@@ -35,14 +35,26 @@ from tlmulti.errors import DataError
 
 @dataclass
 class Slide:
-    """One 2-D image (a file, a slice of a volume, or a region of an image) with its mask."""
+    """One 2-D image (a file, a slice of a volume, or a region of an image) with its mask.
+
+    A slide read for streaming keeps only where its pixels are (``image`` and ``mask`` None,
+    ``mask_path`` and ``shape`` set): its tiles are decoded in the input pipeline."""
 
     name: str
     path: str
-    image: np.ndarray  # (H, W, C) uint8
+    image: np.ndarray | None  # (H, W, C) uint8
     mask: np.ndarray | None  # (H, W) int32
     group: str  # the file it came from: validation splits never separate a file's slices
     index: int = 0
+    mask_path: str | None = None
+    shape: tuple | None = None  # (H, W)
+
+    @property
+    def size(self) -> tuple:
+        return tuple(self.image.shape[:2]) if self.image is not None else tuple(self.shape)
+
+    def streamed(self) -> "Slide":
+        return dataclasses.replace(self, image=None, mask=None, shape=self.size)
 
 
 def images_of(path, data, channels: int) -> tuple[np.ndarray, Any]:
@@ -75,7 +87,14 @@ def resolve_classes(data, max_id: int, given: list[str] | None = None) -> list[s
 
 def read_slides(ref: str, data, channels: int, classes: list[str] | None = None, labelled: bool = True):
     """``(slides, classes)`` of a segmentation folder (``dataset:NAME/SPLIT`` too); unlabelled
-    data may also be a single image or a folder of images."""
+    data may also be a single image or a folder of images.
+
+    Every file is read once (to check its mask and find the classes). With ``data.streaming``
+    (``auto``: once the decoded images pass :data:`~tlmulti.data.lazy.STREAM_BYTES`) and one
+    2-D image per file, the slides keep no pixels and :func:`to_examples` gives tiles decoded in
+    the input pipeline."""
+    from tlmulti.data.images import single_image
+    from tlmulti.data.lazy import STREAM_BYTES, stream_choice
     from tlmulti.data.masks import check_class_ids, pair_files, read_mask
     from tlmulti.data.medical import list_files, stem_of
 
@@ -90,9 +109,24 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
         if not pairs:
             raise DataError(f"Folder '{folder}' has no images.")
     known = classes or (list(data.classes) if data.classes else None)
-    slides, max_id = [], 0
+    setting = getattr(data, "streaming", False)
+    stream_choice(setting, 0, 0)  # checks the value
+    if setting is not False and len(pairs) > 1:
+        several = next((p for p, _ in pairs if not single_image(p)), None)
+        if several is not None and setting is True:
+            raise DataError(f"'{several}' holds several images (a volume or multi-frame file); streaming reads "
+                            "one image per file. Set data.streaming: auto (volumes are then read into memory) "
+                            "or export the slices as separate files.")
+        if several is not None:
+            setting = False
+    stream = setting is True and len(pairs) > 1
+    slides, max_id, held = [], 0, 0
     for image_path, mask_path in pairs:
         images, _ = images_of(image_path, data, channels)
+        held += images.nbytes
+        if not stream and setting == "auto" and len(pairs) > 1 and held > STREAM_BYTES:
+            stream = True  # past the limit: the slides read so far let go of their pixels too
+            slides = [sl.streamed() for sl in slides]
         masks = None
         if mask_path is not None:
             masks = read_mask(mask_path, axis=data.slice_axis, palette=data.palette or None,
@@ -111,8 +145,10 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
             mask = None if masks is None else masks[k]
             if many and mask is not None and data.skip_empty_slices and not mask.any():
                 continue
-            slides.append(Slide(name=f"{stem}_s{k:03d}" if many else stem, path=str(image_path),
-                                image=images[k], mask=mask, group=str(image_path), index=k))
+            slide = Slide(name=f"{stem}_s{k:03d}" if many else stem, path=str(image_path), image=images[k],
+                          mask=mask, group=str(image_path), index=k,
+                          mask_path=None if mask_path is None else str(mask_path))
+            slides.append(slide.streamed() if stream else slide)
     if not slides:
         raise DataError(f"Segmentation data '{source}' has no slices left (all masks empty with data.skip_empty_slices).")
     if not labelled:
@@ -122,28 +158,33 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
         if max_id == 0:
             raise DataError(f"Every mask in '{source}' is all background (0); segmentation needs labelled pixels.")
         for s in slides:
-            check_class_ids(s.mask, classes, s.path)
+            if s.mask is not None:  # a streamed slide's mask was checked against the ids found
+                check_class_ids(s.mask, classes, s.path)
     return slides, classes
 
 
-def to_examples(slides: list[Slide], classes: list[str], size, channels: int, tiling=None) -> Examples:
+def to_examples(slides: list[Slide], classes: list[str], size, channels: int, tiling=None, data=None) -> Examples:
     """Tiles (``tiling = (tile, stride)``) or images resized to ``size`` of ``slides``, with the
-    metadata to stitch them back (``source``, ``path``, ``box``, ``size``, ``slice``)."""
+    metadata to stitch them back (``source``, ``path``, ``box``, ``size``, ``slice``). Streamed
+    slides (see :func:`read_slides`; ``data`` is then the recipe's data section) give
+    :class:`~tlmulti.data.lazy.FileArray` tiles and masks, decoded exactly as here."""
     from tlmulti.data.images import convert
     from tlmulti.data.medical import extract_tiles, tile_boxes
 
     h, w = size
-    xs, ys = [], []
+    xs, ys, items = [], [], []
     meta: dict[str, list] = {"source": [], "path": [], "box": [], "size": [], "slice": []}
     for s in slides:
-        shape = list(s.image.shape[:2])
-        if tiling:
-            boxes = tile_boxes(shape, *tiling)
+        shape = list(s.size)
+        boxes = tile_boxes(shape, *tiling) if tiling else [None]
+        if s.image is None:
+            items.extend((s.path, s.index, s.mask_path, None if b is None else (int(b[0]), int(b[1])))
+                         for b in boxes)
+        elif tiling:
             xs.append(extract_tiles(s.image, boxes, tiling[0]))
             if s.mask is not None:
                 ys.append(extract_tiles(s.mask, boxes, tiling[0]))
         else:
-            boxes = [None]
             xs.append(convert(s.image, (h, w), channels)[None])
             if s.mask is not None:
                 ys.append(resize_nearest(s.mask, (h, w))[None])
@@ -153,9 +194,53 @@ def to_examples(slides: list[Slide], classes: list[str], size, channels: int, ti
             meta["box"].append(None if box is None else [int(box[0]), int(box[1])])
             meta["size"].append(shape)
             meta["slice"].append(s.index)
+    if items:
+        if xs:
+            raise ValueError("slides must be all streamed or all in memory")
+        x, y = _streamed_tiles(items, classes, (h, w), channels, tiling, data)
+        return Examples(x=x, y=y, classes=list(classes), meta=meta)
     x = np.concatenate(xs).astype(np.uint8)
     y = np.concatenate(ys).astype(np.int32) if ys else None
     return Examples(x=x, y=y, classes=list(classes), meta=meta)
+
+
+def _streamed_tiles(items, classes, size, channels: int, tiling, data):
+    from functools import partial
+
+    from tlmulti.data.lazy import FileArray
+
+    out = tuple(int(v) for v in (tiling[0] if tiling else size))
+    describe = {"reader": "segmentation", "size": list(out), "channels": channels, "tiling": tiling,
+                **{k: getattr(data, k, None) for k in ("slice_axis", "normalize", "percentiles", "window",
+                                                        "palette", "binarize_masks")}}
+    x = FileArray(items, partial(_tile_image, data=data, channels=channels, size=out, tiled=bool(tiling)),
+                  out + (channels,), np.uint8, describe)
+    y = None
+    if items[0][2] is not None:
+        y = FileArray([(m, k, p, b) for p, k, m, b in items],
+                      partial(_tile_mask, data=data, classes=list(classes), size=out, tiled=bool(tiling)),
+                      out, np.int32, {**describe, "classes": list(classes)})
+    return x, y
+
+
+def _tile_image(item, data, channels: int, size, tiled: bool) -> np.ndarray:
+    from tlmulti.data.images import convert
+    from tlmulti.data.medical import extract_tiles
+
+    path, k, _, box = item
+    image = images_of(path, data, channels)[0][k]
+    return extract_tiles(image, [box], size)[0] if tiled else convert(image, size, channels)
+
+
+def _tile_mask(item, data, classes, size, tiled: bool) -> np.ndarray:
+    from tlmulti.data.masks import read_mask
+    from tlmulti.data.medical import extract_tiles
+
+    path, k, _, box = item
+    mask = read_mask(path, axis=data.slice_axis, palette=data.palette or None, classes=classes,
+                     binarize=data.binarize_masks)[k]
+    tile = extract_tiles(mask, [box], size)[0] if tiled else resize_nearest(mask, size)
+    return tile.astype(np.int32)
 
 
 def derived_tile(shapes, contract, n_files: int, min_tiles: int = 24):

@@ -42,6 +42,15 @@ from tlmulti.tasks.image_classification import ImageTaskMixin, IntensityConfig
 N_OVERLAYS = 4
 
 
+def pixel_counts(masks, n_classes: int, chunk: int = 256) -> np.ndarray:
+    """Pixels of each class over ``masks`` (an array or streamed masks, read a chunk at a time)."""
+    counts = np.zeros(n_classes, np.int64)
+    for start in range(0, len(masks), chunk):
+        part = np.asarray(masks[np.arange(start, min(start + chunk, len(masks)))])
+        counts += np.bincount(part.ravel(), minlength=n_classes)[:n_classes]
+    return counts
+
+
 @dataclass
 class SegmentationAugmentConfig:
     """Random augmentation of training tiles, applied to image and mask together in phases
@@ -220,14 +229,14 @@ class Segmentation(ImageTaskMixin, Task):
     def to_examples(self, slides, classes) -> Examples:
         from tlmulti.data.slides import to_examples
 
-        return to_examples(slides, classes, self.image_size(), self.channels(), self.tiling())
+        return to_examples(slides, classes, self.image_size(), self.channels(), self.tiling(), self.recipe.data)
 
     def input_summary(self, train, parts=None) -> dict:
         from collections import Counter
 
         sources = dict(zip(train.meta["source"], train.meta["size"]))
         sizes = Counter(f"{s[1]}x{s[0]}" for s in sources.values())
-        counts = np.bincount(np.asarray(train.y).ravel(), minlength=len(train.classes))
+        counts = pixel_counts(train.y, len(train.classes))
         h, w = self.image_size()
         return {"images": {"sources": len(sources),
                            "sizes": dict(sizes.most_common()), "network_input": f"{w}x{h}",
@@ -296,7 +305,7 @@ class Segmentation(ImageTaskMixin, Task):
     def class_weight(self, examples: Examples):
         """Keras class weights do not apply to masks: ``balanced`` weights go into the loss."""
         if self.recipe.data.class_weight == "balanced":
-            counts = np.bincount(examples.y.ravel(), minlength=len(examples.classes)).astype(float)
+            counts = pixel_counts(examples.y, len(examples.classes)).astype(float)
             self._pixel_weights = (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
         return None
 
