@@ -370,3 +370,29 @@ def test_segmentation_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_
         make_task(tiny_recipe(tiny_backbone, data, **{"data.streaming": "true"})).load_splits()
     train, _, _ = make_task(tiny_recipe(tiny_backbone, data, **{"data.streaming": "auto"})).load_splits()
     assert isinstance(train.x, np.ndarray) and len(train) > 0
+
+
+EPOCHS_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from tlmulti.data.pipeline import make_epoch_dataset
+    x = np.random.default_rng(0).integers(0, 255, (2000, 160, 160, 3), dtype=np.uint8)  # 154 MB in memory
+    y = np.arange(2000) % 10
+    make_epoch_dataset(x[:8], y[:8], 4, seed=0, epochs=1)  # TensorFlow loaded: the baseline
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i, _ in enumerate(make_epoch_dataset(x, y, 32, seed=0, epochs=int(sys.argv[1]))):
+        if i == 70:  # into the second epoch
+            break
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+""")
+
+
+def test_in_memory_training_data_is_held_once_whatever_the_number_of_epochs():
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    growth = {}
+    for epochs in (2, 20):
+        out = subprocess.run([sys.executable, "-c", EPOCHS_SCRIPT, str(epochs)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        growth[epochs] = float(out.stdout.strip().splitlines()[-1])
+    assert growth[20] - growth[2] < 100, growth  # one copy per epoch would add 18 x 154 MB

@@ -6,16 +6,24 @@ is what training reads: the order of epoch ``e`` (and the draws of paired augmen
 pure function of ``(seed, e)``, so a run resumed from its checkpoint after epoch ``e`` sees
 exactly the batches it would have seen without the interruption.
 
-In-memory inputs are sliced from tensors (the fast path for small data). Inputs read by index
-are never held whole: the pipeline shuffles example indices (the same permutation the in-memory
-path draws for the same seed, so both give the same batches), then decodes each example or
-gathers each batch in parallel with prefetch; memory depends on the batch size, not on the
-number of examples.
+Training reads every input by index: each epoch's order is drawn in NumPy from ``(seed,
+epoch)``, and the batches are gathered from in-memory arrays (held once, however many epochs) or
+decoded from files in parallel with prefetch, so in-memory and streamed inputs give the same
+batches and memory depends on the batch size, not on the number of epochs (nor, for streamed
+inputs, on the number of examples). :func:`make_dataset` slices in-memory arrays directly.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def _as_tensor(a):
+    import tensorflow as tf
+
+    if isinstance(a, np.ndarray) and a.dtype.kind in "OU":
+        return tf.constant(a.astype(str))
+    return tf.constant(a)
 
 
 def _slices(x, y=None):
@@ -43,10 +51,11 @@ def _fetch(x, y, per_example: bool):
 
     from tlmulti.data.lazy import FileArray, is_lazy
 
-    parts = _parts(x) + ([] if y is None else [y])  # the labels last: masks may be read from files too
+    keys = sorted(x) if isinstance(x, dict) else None
+    parts = ([x[k] for k in keys] if keys else _parts(x)) + ([] if y is None else [y])  # labels last
     n_x = len(parts) - (y is not None)
     lazy = [i for i, a in enumerate(parts) if is_lazy(a)]
-    kept = {i: tf.constant(np.asarray(a)) for i, a in enumerate(parts) if i not in lazy}
+    kept = {i: _as_tensor(np.asarray(a)) for i, a in enumerate(parts) if i not in lazy}
 
     def read(idx):
         idx = np.atleast_1d(idx)
@@ -60,7 +69,7 @@ def _fetch(x, y, per_example: bool):
         return out
 
     def fetch(idx):
-        got = tf.numpy_function(read, [idx], [tf.as_dtype(parts[i].dtype) for i in lazy], stateful=False)
+        got = tf.numpy_function(read, [idx], [tf.as_dtype(parts[i].dtype) for i in lazy], stateful=False) if lazy else []
         values = []
         for i, a in enumerate(parts):
             if i in kept:
@@ -72,7 +81,10 @@ def _fetch(x, y, per_example: bool):
                 if t.dtype == tf.float16:  # features cached at half precision: computed on as float32
                     t = tf.cast(t, tf.float32)
                 values.append(t)
-        xs = tuple(values[:n_x]) if isinstance(x, (list, tuple)) else values[0]
+        if keys:
+            xs = dict(zip(keys, values[:n_x]))
+        else:
+            xs = tuple(values[:n_x]) if isinstance(x, (list, tuple)) else values[0]
         return xs if y is None else (xs, values[n_x])
 
     return fetch
@@ -122,40 +134,40 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the ``n`` examples in epoch ``epoch`` of a run with ``seed``."""
+    return np.random.default_rng([seed % 2**32, epoch]).permutation(n).astype(np.int64)
+
+
 def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_epoch: int = 0, augment=None):
     """Training batches for epochs ``initial_epoch .. epochs - 1``, one after the other.
 
-    Each epoch shuffles with seed ``(seed, epoch)``; ``augment`` is a function
-    ``(x, y, seeds) -> (x, y)`` where ``seeds`` (int32 ``[2]``: epoch and example position) seeds
-    stateless random ops. Fit it with ``steps_per_epoch = ceil(n / batch_size)``.
+    Epoch ``e`` reads the examples in the order :func:`epoch_order` gives for ``(seed, e)``;
+    ``augment`` is a function ``(x, y, seeds) -> (x, y)`` where ``seeds`` (int32 ``[2]``: epoch
+    and example position) seeds stateless random ops. Fit it with ``steps_per_epoch =
+    ceil(n / batch_size)``. Every epoch reads examples by index from the same inputs (arrays are
+    held once, however many epochs), so in-memory and streamed inputs give the same batches.
     """
     import tensorflow as tf
 
-    from tlmulti.data.lazy import is_lazy
-
-    lazy = is_lazy(x) or is_lazy(y)
     n = len(y)
-    base = tf.data.Dataset.range(n) if lazy else _slices(x, y)
+    per_example = augment is not None
+    fetch = _fetch(x, y, per_example=per_example)  # one reader for every epoch
 
-    def one_epoch(epoch: int):
-        ds = base.shuffle(n, seed=epoch * 1_000_003 + seed, reshuffle_each_iteration=False)
-        pair = epoch + 7919 * seed
-
-        def paired(d):
-            return d.enumerate().map(
-                lambda i, xy: augment(xy[0], xy[1], tf.stack([tf.constant(pair, tf.int32), tf.cast(i, tf.int32)])),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-        if lazy:
-            return _indexed(x, y, batch_size, ds, None if augment is None else paired)
+    def one_epoch(epoch):
+        order = tf.numpy_function(lambda e: epoch_order(n, seed, int(e)), [epoch], tf.int64, stateful=False)
+        ds = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, (n,)))
+        if not per_example:
+            return ds.batch(batch_size).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augment is not None:
-            ds = paired(ds)
+            pair = tf.cast(epoch + 7919 * seed, tf.int32)
+            ds = ds.enumerate().map(lambda i, xy: augment(xy[0], xy[1], tf.stack([pair, tf.cast(i, tf.int32)])),
+                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size)
 
-    out = None
-    for epoch in range(initial_epoch, max(epochs, initial_epoch + 1)):
-        out = one_epoch(epoch) if out is None else out.concatenate(one_epoch(epoch))
-    return out.prefetch(tf.data.AUTOTUNE)
+    epochs_ds = tf.data.Dataset.range(initial_epoch, max(epochs, initial_epoch + 1))
+    return epochs_ds.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def with_class_weights(ds, class_weight: dict | None):
