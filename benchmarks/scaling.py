@@ -10,6 +10,11 @@ one computes the features and the second reads them.
 
     python benchmarks/scaling.py                          # 2,000 / 20,000 / 60,000 images at 160 px
     python benchmarks/scaling.py --sizes 2000 --skip-segmentation
+    git worktree add /tmp/base COMMIT && python benchmarks/scaling.py --before-code /tmp/base
+
+Peak memory is printed as the resident total and, in brackets, its private part (RssAnon): the
+rest is file pages, mostly the memory-mapped feature cache, which the kernel reclaims under
+pressure.
 """
 
 from __future__ import annotations
@@ -30,28 +35,38 @@ BEFORE = {"data.streaming": False, "cache.disk": False}
 AFTER = {"data.streaming": "auto", "cache.disk": True}
 
 
-def classification_recipe(n: int, image_size: int, settings: dict) -> dict:
-    return {
+def classification_recipe(n: int, image_size: int, settings: dict | None) -> dict:
+    """``settings`` None: without the streaming and cache keys (for code that predates them)."""
+    recipe = {
         "task": "image_classification", "name": f"scaling_{n}", "seed": 0,
         "backbone": {"name": "efficientnet_lite0.imagenet"},
         "data": {"train": "dataset:fashion-mnist-full/train", "limit_per_class": n // 10,
                  "image_size": [image_size, image_size], "val_split": 0.1, "batch_size": 32,
-                 "streaming": settings["data.streaming"]},
-        "cache": {"disk": settings["cache.disk"]},
+                 "streaming": (settings or AFTER)["data.streaming"]},
+        "cache": {"disk": (settings or AFTER)["cache.disk"]},
         "phases": [{"name": "head", "epochs": 5, "learning_rate": 1e-3, "unfreeze": "none"}],
         "callbacks": {"early_stopping": {"enabled": False}, "verbose": 0},
         "output": {"plots": False},
     }
+    if settings is None:
+        del recipe["data"]["streaming"], recipe["cache"]
+    return recipe
 
 
-def segmentation_recipe(data_dir: str, settings: dict) -> dict:
+def segmentation_recipe(data_dir: str, settings: dict | None) -> dict:
     """The default segmentation recipe (both phases) on ``data_dir``."""
     from tlmulti.recipe import load_recipe
 
     root = Path(__file__).resolve().parents[1]
     recipe = load_recipe(root / "recipes" / "defaults" / "segmentation.yaml").to_dict()
-    recipe["data"].update({"train": data_dir, "streaming": settings["data.streaming"]})
-    recipe["cache"] = {"disk": settings["cache.disk"]}
+    recipe["data"]["train"] = data_dir
+    recipe.pop("cache", None)
+    if settings is not None:
+        recipe["data"]["streaming"] = settings["data.streaming"]
+        recipe["cache"] = {"disk": settings["cache.disk"]}
+    else:
+        recipe["data"].pop("streaming", None)
+        recipe.pop("precision", None)
     recipe["callbacks"]["verbose"] = 0
     recipe["output"] = {"plots": False}
     return recipe
@@ -78,28 +93,34 @@ def child(spec: dict) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(resident, of which private: RssAnon) in MiB; the rest is file pages such as the
+    memory-mapped feature cache, which the kernel drops when memory is short."""
+    found = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(("VmRSS:", "RssAnon:")):
+                found[line.split(":")[0]] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return found.get("VmRSS", 0.0), found.get("RssAnon", 0.0)
 
 
-def run_child(recipe: dict, home: str, limit_gb: float) -> dict:
+def run_child(recipe: dict, home: str, limit_gb: float, code: str | None = None) -> dict:
     env = {**os.environ, "TLMULTI_HOME": home}
+    if code:  # another version of tlmulti (a checkout of an earlier commit) runs this one
+        env["PYTHONPATH"] = code
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"recipe": recipe})], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0, peak, killed = time.perf_counter(), 0.0, False
+    t0, peak, anon, killed = time.perf_counter(), 0.0, 0.0, False
     lines = []
     import threading
 
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, _rss_mb(proc.pid))
+        rss, private = _rss_mb(proc.pid)
+        peak, anon = max(peak, rss), max(anon, private)
         if peak > limit_gb * 1024:
             proc.kill()
             killed = True
@@ -115,6 +136,7 @@ def run_child(recipe: dict, home: str, limit_gb: float) -> dict:
         sys.stdout.write("".join(lines[-30:]))
         raise SystemExit(f"a run failed (exit {proc.returncode})")
     result["wall"] = wall  # the whole process: start, reading, features, training, evaluation
+    result["anon_mb"] = anon
     return result
 
 
@@ -131,7 +153,8 @@ def scratch_home(real: Path) -> str:
 def fmt(r: dict) -> str:
     if r.get("killed"):
         return f"killed past {r['peak_mb'] / 1024:.1f} GB after {r['wall']:.0f} s"
-    return f"{r['wall']:7.1f} s  {r['peak_mb'] / 1024:6.2f} GB  metric {r['metric']:.4f}"
+    return (f"{r['wall']:6.1f} s {r['peak_mb'] / 1024:5.2f} GB ({r['anon_mb'] / 1024:4.2f} private) "
+            f"{r['metric']:.4f}")
 
 
 def throughput(n: int, image_size: int) -> None:
@@ -199,6 +222,9 @@ def main() -> None:
     parser.add_argument("--limit-gb", type=float, default=16.0)
     parser.add_argument("--skip-segmentation", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--before-code", help="a checkout of an earlier tlmulti (its repository root) to run the "
+                        "'before' runs with, in its own defaults; without it, this code with streaming and the "
+                        "disk cache off")
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
@@ -208,10 +234,12 @@ def main() -> None:
     real = paths.home()
     print(f"frozen-phase run: EfficientNet-Lite0 (ImageNet), {args.image_size} px, Fashion-MNIST, 10% validation, "
           "5 head epochs; one process per run; metric = validation accuracy")
-    print(f"{'images':>7}  {'before (in memory)':<38} {'after (streaming + disk cache)':<38} {'after, 2nd run':<38}")
+    print(f"{'images':>7}  {'before':<44} {'after (streaming + disk cache)':<44} {'after, 2nd run':<44}")
     rows = []
+    old = args.before_code
     for n in args.sizes:
-        before = run_child(classification_recipe(n, args.image_size, BEFORE), str(real), args.limit_gb)
+        before = run_child(classification_recipe(n, args.image_size, None if old else BEFORE), str(real),
+                           args.limit_gb, old)
         home = scratch_home(real)
         try:
             first = run_child(classification_recipe(n, args.image_size, AFTER), home, args.limit_gb)
@@ -219,7 +247,7 @@ def main() -> None:
         finally:
             shutil.rmtree(home, ignore_errors=True)
         rows.append((n, before, first, second))
-        print(f"{n:>7}  {fmt(before):<38} {fmt(first):<38} {fmt(second):<38}", flush=True)
+        print(f"{n:>7}  {fmt(before):<44} {fmt(first):<44} {fmt(second):<44}", flush=True)
     print()
     for n, before, first, second in rows:
         parts = [f"{n:>7} images:"]
@@ -240,7 +268,7 @@ def main() -> None:
         try:
             write_volume(data, 41, 233, 197)
             print("\ndefault segmentation recipe, 41 MR-like slices of 233 x 197 (one NIfTI volume + labels)")
-            before = run_child(segmentation_recipe(str(data), BEFORE), str(real), args.limit_gb)
+            before = run_child(segmentation_recipe(str(data), None if old else BEFORE), str(real), args.limit_gb, old)
             home = scratch_home(real)
             try:
                 after = run_child(segmentation_recipe(str(data), AFTER), home, args.limit_gb)
