@@ -119,3 +119,21 @@ def test_tpu_without_a_tpu_says_what_to_set(monkeypatch):
     monkeypatch.delenv("TPU_NAME", raising=False)
     with pytest.raises(RecipeError, match="distribute: tpu found no TPU .*Set TPU_NAME"):
         get_strategy("tpu")
+
+
+def test_a_multi_worker_run_is_not_resumed(tiny_backbone, tmp_path):
+    import tlmulti
+    from tests.test_training import _recipe
+    from tlmulti import runs
+    from tlmulti.errors import RunError
+    from tlmulti.training.trainer import resume
+
+    recipe = _recipe(tiny_backbone, write_image_folder(tmp_path / "im", per_class=6))
+    run = tlmulti.train(recipe, out=tmp_path / "run")
+    runs.set_status(run.dir, "interrupted")  # as a chief stopped by Ctrl-C would leave it
+    (run.dir / "checkpoint").mkdir()
+    text = (run.dir / "recipe.yaml").read_text()
+    (run.dir / "recipe.yaml").write_text(text.replace("distribute: auto", "distribute: multi_worker"))
+    with pytest.raises(RunError, match="trained by several workers.*start the run again on every worker"):
+        resume(run.dir)
+    assert not (run.dir / runs._MARKER).exists()

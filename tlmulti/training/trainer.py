@@ -243,11 +243,12 @@ def resume(run_dir) -> Run:
     from tlmulti.training import checkpoints
 
     run_dir = Path(run_dir)
+    runs.take_over(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     if recipe.distribute == "multi_worker":
+        runs.release(run_dir)
         raise RunError(f"'{run_dir}' was trained by several workers, which keep no checkpoint of their own; "
                        "start the run again on every worker instead of resuming it.")
-    runs.take_over(run_dir)
     state = checkpoints.load_state(run_dir)
     runs.set_status(run_dir, "running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return _guarded(run_dir, lambda: _train_into(recipe, run_dir, resume=state))
