@@ -6,7 +6,7 @@ is what training reads: the order of epoch ``e`` (and the draws of paired augmen
 pure function of ``(seed, e)``, so a run resumed from its checkpoint after epoch ``e`` sees
 exactly the batches it would have seen without the interruption.
 
-Training reads every input by index: each epoch's order is drawn in NumPy from ``(seed,
+Training reads every input by index: each epoch shuffles the indices with seed ``(seed,
 epoch)``, and the batches are gathered from in-memory arrays (held once, however many epochs) or
 decoded from files in parallel with prefetch, so in-memory and streamed inputs give the same
 batches and memory depends on the batch size, not on the number of epochs (nor, for streamed
@@ -44,9 +44,16 @@ def _parts(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def _large_array(a) -> bool:
+    """A numeric array read with NumPy in the pipeline rather than embedded as a tensor: a graph
+    constant would be copied into every epoch's part of the dataset."""
+    return isinstance(a, np.ndarray) and a.dtype.kind in "biuf" and a.nbytes > (1 << 20)
+
+
 def _fetch(x, y, per_example: bool):
     """A function from index tensor(s) to ``x`` (or ``(x, y)``) tensors, reading lazy inputs with
-    ``tf.numpy_function``; in-memory parts (labels) are gathered from tensors."""
+    ``tf.numpy_function`` (large in-memory arrays too); small in-memory parts (labels) are gathered
+    from tensors."""
     import tensorflow as tf
 
     from tlmulti.data.lazy import FileArray, is_lazy
@@ -54,7 +61,7 @@ def _fetch(x, y, per_example: bool):
     keys = sorted(x) if isinstance(x, dict) else None
     parts = ([x[k] for k in keys] if keys else _parts(x)) + ([] if y is None else [y])  # labels last
     n_x = len(parts) - (y is not None)
-    lazy = [i for i, a in enumerate(parts) if is_lazy(a)]
+    lazy = [i for i, a in enumerate(parts) if is_lazy(a) or _large_array(a)]
     kept = {i: _as_tensor(np.asarray(a)) for i, a in enumerate(parts) if i not in lazy}
 
     def read(idx):
@@ -64,6 +71,8 @@ def _fetch(x, y, per_example: bool):
             a = parts[i]
             if isinstance(a, FileArray):
                 out.append(np.stack([a.load(a.items[j]) for j in idx]).astype(a.dtype, copy=False))
+            elif not isinstance(a, np.memmap):
+                out.append(a[idx])
             else:
                 out.append(np.asarray(a[np.sort(idx)][np.argsort(np.argsort(idx))]))
         return out
@@ -134,40 +143,37 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the ``n`` examples in epoch ``epoch`` of a run with ``seed``."""
-    return np.random.default_rng([seed % 2**32, epoch]).permutation(n).astype(np.int64)
-
-
 def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_epoch: int = 0, augment=None):
     """Training batches for epochs ``initial_epoch .. epochs - 1``, one after the other.
 
-    Epoch ``e`` reads the examples in the order :func:`epoch_order` gives for ``(seed, e)``;
-    ``augment`` is a function ``(x, y, seeds) -> (x, y)`` where ``seeds`` (int32 ``[2]``: epoch
-    and example position) seeds stateless random ops. Fit it with ``steps_per_epoch =
-    ceil(n / batch_size)``. Every epoch reads examples by index from the same inputs (arrays are
-    held once, however many epochs), so in-memory and streamed inputs give the same batches.
+    Each epoch shuffles example indices with seed ``(seed, epoch)``; ``augment`` is a function
+    ``(x, y, seeds) -> (x, y)`` where ``seeds`` (int32 ``[2]``: epoch and example position) seeds
+    stateless random ops. Fit it with ``steps_per_epoch = ceil(n / batch_size)``. Every epoch
+    reads by index through one reader, so in-memory arrays are held once however many epochs
+    there are, and in-memory and streamed inputs give the same batches.
     """
     import tensorflow as tf
 
     n = len(y)
     per_example = augment is not None
-    fetch = _fetch(x, y, per_example=per_example)  # one reader for every epoch
+    fetch = _fetch(x, y, per_example=per_example)  # one reader (and one copy of in-memory inputs) for all epochs
+    base = tf.data.Dataset.range(n)
 
-    def one_epoch(epoch):
-        order = tf.numpy_function(lambda e: epoch_order(n, seed, int(e)), [epoch], tf.int64, stateful=False)
-        ds = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, (n,)))
+    def one_epoch(epoch: int):
+        ds = base.shuffle(n, seed=epoch * 1_000_003 + seed, reshuffle_each_iteration=False)
         if not per_example:
             return ds.batch(batch_size).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if augment is not None:
-            pair = tf.cast(epoch + 7919 * seed, tf.int32)
-            ds = ds.enumerate().map(lambda i, xy: augment(xy[0], xy[1], tf.stack([pair, tf.cast(i, tf.int32)])),
-                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        pair = epoch + 7919 * seed
+        ds = ds.enumerate().map(
+            lambda i, xy: augment(xy[0], xy[1], tf.stack([tf.constant(pair, tf.int32), tf.cast(i, tf.int32)])),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(batch_size)
 
-    epochs_ds = tf.data.Dataset.range(initial_epoch, max(epochs, initial_epoch + 1))
-    return epochs_ds.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    out = None
+    for epoch in range(initial_epoch, max(epochs, initial_epoch + 1)):
+        out = one_epoch(epoch) if out is None else out.concatenate(one_epoch(epoch))
+    return out.prefetch(tf.data.AUTOTUNE)
 
 
 def with_class_weights(ds, class_weight: dict | None):
