@@ -295,3 +295,12 @@ def write_mask(folder: Path, base: str, ids: np.ndarray, info, colours) -> Path:
     img.putpalette(flat + [0] * (768 - len(flat)))
     img.save(path)
     return path
+
+
+def pixel_counts(masks, n_classes: int, chunk: int = 256) -> np.ndarray:
+    """Pixels of each class over ``masks`` (an array or streamed masks, read a chunk at a time)."""
+    counts = np.zeros(n_classes, np.int64)
+    for start in range(0, len(masks), chunk):
+        part = np.asarray(masks[np.arange(start, min(start + chunk, len(masks)))])
+        counts += np.bincount(part.ravel(), minlength=n_classes)[:n_classes]
+    return counts

@@ -42,15 +42,6 @@ from tlmulti.tasks.image_classification import ImageTaskMixin, IntensityConfig
 N_OVERLAYS = 4
 
 
-def pixel_counts(masks, n_classes: int, chunk: int = 256) -> np.ndarray:
-    """Pixels of each class over ``masks`` (an array or streamed masks, read a chunk at a time)."""
-    counts = np.zeros(n_classes, np.int64)
-    for start in range(0, len(masks), chunk):
-        part = np.asarray(masks[np.arange(start, min(start + chunk, len(masks)))])
-        counts += np.bincount(part.ravel(), minlength=n_classes)[:n_classes]
-    return counts
-
-
 @dataclass
 class SegmentationAugmentConfig:
     """Random augmentation of training tiles, applied to image and mask together in phases
@@ -236,6 +227,8 @@ class Segmentation(ImageTaskMixin, Task):
 
         sources = dict(zip(train.meta["source"], train.meta["size"]))
         sizes = Counter(f"{s[1]}x{s[0]}" for s in sources.values())
+        from tlmulti.data.masks import pixel_counts
+
         counts = pixel_counts(train.y, len(train.classes))
         h, w = self.image_size()
         return {"images": {"sources": len(sources),
@@ -305,6 +298,8 @@ class Segmentation(ImageTaskMixin, Task):
     def class_weight(self, examples: Examples):
         """Keras class weights do not apply to masks: ``balanced`` weights go into the loss."""
         if self.recipe.data.class_weight == "balanced":
+            from tlmulti.data.masks import pixel_counts
+
             counts = pixel_counts(examples.y, len(examples.classes)).astype(float)
             self._pixel_weights = (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
         return None
