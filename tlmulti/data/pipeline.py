@@ -149,26 +149,24 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
     Each epoch shuffles example indices with seed ``(seed, epoch)``; ``augment`` is a function
     ``(x, y, seeds) -> (x, y)`` where ``seeds`` (int32 ``[2]``: epoch and example position) seeds
     stateless random ops. Fit it with ``steps_per_epoch = ceil(n / batch_size)``. Every epoch
-    reads by index through one reader, so in-memory arrays are held once however many epochs
-    there are, and in-memory and streamed inputs give the same batches.
+    reads by index (:func:`_fetch`: large arrays with NumPy, so they are held once however many
+    epochs there are), and in-memory and streamed inputs give the same batches.
     """
     import tensorflow as tf
 
     n = len(y)
-    per_example = augment is not None
-    fetch = _fetch(x, y, per_example=per_example)  # one reader (and one copy of in-memory inputs) for all epochs
     base = tf.data.Dataset.range(n)
 
     def one_epoch(epoch: int):
         ds = base.shuffle(n, seed=epoch * 1_000_003 + seed, reshuffle_each_iteration=False)
-        if not per_example:
-            return ds.batch(batch_size).map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         pair = epoch + 7919 * seed
-        ds = ds.enumerate().map(
-            lambda i, xy: augment(xy[0], xy[1], tf.stack([tf.constant(pair, tf.int32), tf.cast(i, tf.int32)])),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size)
+
+        def paired(d):
+            return d.enumerate().map(
+                lambda i, xy: augment(xy[0], xy[1], tf.stack([tf.constant(pair, tf.int32), tf.cast(i, tf.int32)])),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        return _indexed(x, y, batch_size, ds, None if augment is None else paired)
 
     out = None
     for epoch in range(initial_epoch, max(epochs, initial_epoch + 1)):
