@@ -95,23 +95,103 @@ def test_limit_per_class_decodes_only_the_files_it_keeps(tiny_backbone, tmp_path
     assert len(decoded) == 10 and len(set(decoded)) == 10
 
 
-def test_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_path):
+ROTATED = np.array([[0, 0, -2, 10], [1.5, 0, 0, 3], [0, -1, 0, 1], [0, 0, 0, 1.0]])  # not RAS+: reoriented
+
+
+def _volume_folder(root):
+    """Two classes of NIfTI volumes (one stored rotated), multi-page 16-bit TIFFs, a
+    multi-frame DICOM and a photo."""
+    import shutil
+
+    import nibabel as nib
+    import tifffile
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    rng = np.random.default_rng(3)
+    for c, label in enumerate(("a", "b")):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for i in range(3):
+            volume = (rng.random((9, 11, 4 + i)) * 3000 + 500 * c).astype(np.int16)
+            nib.save(nib.Nifti1Image(volume, ROTATED if i == 1 else np.eye(4)), str(folder / f"v{i}.nii.gz"))
+        tifffile.imwrite(folder / "stack.tif", rng.integers(0, 60000, (3, 10, 12)).astype(np.uint16),
+                         photometric="minisblack")
+        Image.fromarray(rng.integers(0, 255, (14, 10), dtype=np.uint8)).save(folder / "photo.png")
+    shutil.copy(get_testdata_file("rtdose.dcm"), root / "a" / "dose.dcm")  # 15 frames
+    return root
+
+
+def _slices(folder) -> int:
+    from tlmulti.data.medical import read_stack
+
+    return sum(len(read_stack(p)[0]) for p in folder.rglob("*.*"))
+
+
+def test_volumes_and_multiframe_files_stream_slice_by_slice(tiny_backbone, tmp_path, tlmulti_home, monkeypatch,
+                                                            capsys):
+    from tlmulti.data import images
+    from tlmulti.data.lazy import FileArray
+
+    folder = _volume_folder(tmp_path / "vol")
+    built = {}
+    for streaming in (False, True):
+        recipe = _recipe(tiny_backbone, folder)
+        recipe.data.streaming = streaming
+        recipe.data.normalize = "percentile"
+        built[streaming] = _build(recipe)[2:]
+    (train, val), (s_train, s_val) = built[False], built[True]
+    assert isinstance(s_train.x, FileArray) and isinstance(train.x, np.ndarray)
+    assert len(train) + len(val) == _slices(folder)
+    for a, b in ((train, s_train), (val, s_val)):
+        np.testing.assert_array_equal(a.x, np.asarray(b.x))
+        np.testing.assert_array_equal(a.y, b.y)
+        assert a.meta == b.meta
+    stored = sorted(p.name for p in (tlmulti_home / "cache" / "slices").iterdir())
+    assert len(stored) == 2 * 4 + 1  # one decoded copy per file with several images; photos stream as they are
+
+    decoded = []
+    real = images.load_slices
+    monkeypatch.setattr(images, "load_slices", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
+    recipe = _recipe(tiny_backbone, folder)
+    recipe.data.streaming, recipe.data.normalize = True, "percentile"
+    again = _build(recipe)[2]
+    assert not decoded  # a later run reads the decoded copies
+    np.testing.assert_array_equal(np.asarray(again.x), np.asarray(s_train.x))
+    assert again.x.fingerprint() == s_train.x.fingerprint()
+
+    copy = next((tlmulti_home / "cache" / "slices").glob("*/0.npy"))
+    copy.write_bytes(copy.read_bytes()[:-7] + bytes(7))  # a damaged copy is found and decoded again
+    decoded.clear()
+    again = _build(recipe)[2]
+    assert len(decoded) == 1 and "is corrupt (0.npy does not match its sha256)" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(again.x), np.asarray(s_train.x))
+
+    changed = folder / "b" / "v0.nii.gz"
     import nibabel as nib
 
-    from tlmulti.errors import DataError
+    decoded.clear()
 
-    for label in ("a", "b"):
-        (tmp_path / "vol" / label).mkdir(parents=True)
-        for i in range(2):
-            nib.save(nib.Nifti1Image(np.random.rand(8, 8, 3).astype(np.float32), np.eye(4)),
-                     str(tmp_path / "vol" / label / f"{i}.nii.gz"))
-    recipe = _recipe(tiny_backbone, tmp_path / "vol")
+    nib.save(nib.Nifti1Image(np.ones((9, 11, 4), np.int16), np.eye(4)), str(changed))
+    os.utime(changed, ns=(1, 1))
+    recipe = _recipe(tiny_backbone, folder)
+    recipe.data.streaming, recipe.data.normalize = True, "percentile"
+    _build(recipe)
+    assert [str(changed)] == decoded  # the changed file, and only it, is decoded again
+    assert len(list((tlmulti_home / "cache" / "slices").iterdir())) == len(stored) + 1
+
+
+def test_streaming_a_volume_without_disk_room_reads_it_into_memory(tiny_backbone, tmp_path, tlmulti_home,
+                                                                   monkeypatch, capsys):
+    from tlmulti.data import cache
+
+    monkeypatch.setattr(cache, "fits", lambda nbytes, base=None: False)
+    recipe = _recipe(tiny_backbone, _volume_folder(tmp_path / "vol"))
     recipe.data.streaming = True
-    with pytest.raises(DataError, match=r"[01]\.nii\.gz' holds several images .*data\.streaming: auto"):
-        _build(recipe)
-    recipe.data.streaming = "auto"
-    task, parts, train, val = _build(recipe)  # volumes are read into memory
-    assert isinstance(train.x, np.ndarray) and len(train) + len(val) == 12
+    _, _, train, val = _build(recipe)
+    assert isinstance(train.x, np.ndarray) and len(train) + len(val) == _slices(tmp_path / "vol")
+    assert "No room on the disk of" in capsys.readouterr().err
+    assert not (tlmulti_home / "cache" / "slices").exists() or not any((tlmulti_home / "cache" / "slices").iterdir())
 
 
 def _features(recipe):
@@ -193,14 +273,22 @@ def test_cache_cli_lists_and_clears(tiny_backbone, image_folder, tlmulti_home):
     from tlmulti.cli import main
     from tlmulti.data import cache
 
+    from tlmulti.data import stacks
+
     _, _, _, info = _features(_recipe(tiny_backbone, image_folder))
+    volume = image_folder / "ct.nii.gz"
+    volume.write_bytes(b"stands for a volume")
+    stacks.stored(volume, {"normalize": "auto"}, lambda: [np.zeros((3, 4, 4, 1), np.uint8)])
     result = CliRunner().invoke(main, ["cache", "list"])
     assert result.exit_code == 0 and info["keys"][0] in result.output and "tiny_cnn.test" in result.output
-    assert "1 entries" in result.output
+    assert "slices of ct.nii.gz" in result.output and "2 entries" in result.output
     result = CliRunner().invoke(main, ["cache", "clear", "0" * 32])
-    assert result.exit_code != 0 and "No feature cache entry 000" in result.output
+    assert result.exit_code != 0 and "No cache entry 000" in result.output
+    result = CliRunner().invoke(main, ["cache", "clear", info["keys"][0]])
+    assert result.exit_code == 0 and "Deleted 1 cache entry" in result.output
+    assert [m["description"]["file"] for m in cache.entries()] == [str(volume)]
     result = CliRunner().invoke(main, ["cache", "clear"])
-    assert result.exit_code == 0 and "Deleted 1 feature cache entry" in result.output
+    assert result.exit_code == 0 and "Deleted 1 cache entry" in result.output
     assert cache.entries() == []
 
 
@@ -349,27 +437,49 @@ def test_segmentation_tiles_stream_as_they_are_cut_in_memory(tiny_backbone, tmp_
     assert streamed.metrics["test"]["mean_dice"] == pytest.approx(in_memory.metrics["test"]["mean_dice"], abs=1e-4)
 
 
-def test_segmentation_streaming_refuses_a_volume_when_forced(tiny_backbone, tmp_path):
+def test_segmentation_volumes_stream_from_their_decoded_slices(tiny_backbone, tmp_path, tlmulti_home):
     import nibabel as nib
 
     from tests.test_segmentation_task import tiny_recipe
-    from tlmulti.errors import DataError
+    from tlmulti.data.lazy import FileArray
     from tlmulti.tasks import make_task
 
+    rng = np.random.default_rng(0)
     for split in ("train", "val", "test"):
         for sub in ("images", "masks"):
             (tmp_path / split / sub).mkdir(parents=True)
         for i in range(2):
-            labels = np.zeros((20, 20, 3), np.uint8)
-            labels[4:9, 5:12] = 1
-            nib.save(nib.Nifti1Image(np.random.rand(20, 20, 3).astype(np.float32), np.eye(4)),
+            labels = np.zeros((20, 23, 5), np.uint8)
+            labels[4:9, 5:12, 1:] = 1
+            affine = ROTATED if i else np.eye(4)
+            nib.save(nib.Nifti1Image((rng.random((20, 23, 5)) * 900).astype(np.float32), affine),
                      str(tmp_path / split / "images" / f"v{i}.nii.gz"))
-            nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / split / "masks" / f"v{i}.nii.gz"))
+            nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / split / "masks" / f"v{i}.nii.gz"))
     data = {s: tmp_path / s for s in ("train", "val", "test")}
-    with pytest.raises(DataError, match=r"v0\.nii\.gz' holds several images .*data\.streaming: auto"):
-        make_task(tiny_recipe(tiny_backbone, data, **{"data.streaming": "true"})).load_splits()
-    train, _, _ = make_task(tiny_recipe(tiny_backbone, data, **{"data.streaming": "auto"})).load_splits()
-    assert isinstance(train.x, np.ndarray) and len(train) > 0
+    splits = {}
+    for streaming in ("false", "true"):
+        recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "data.skip_empty_slices": "true"})
+        splits[streaming] = make_task(recipe).load_splits()
+    for a, b in zip(splits["false"], splits["true"]):
+        assert isinstance(b.x, FileArray) and isinstance(b.y, FileArray)
+        np.testing.assert_array_equal(a.x, np.asarray(b.x))
+        np.testing.assert_array_equal(a.y, np.asarray(b.y))
+        assert a.meta == b.meta
+    assert len(list((tlmulti_home / "cache" / "slices").iterdir())) == 6  # each volume with its mask, once
+
+    runs = {}
+    for streaming in ("false", "true"):
+        recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "cache.disk": "false",
+                                                     "phases.0.epochs": "2"})
+        runs[streaming] = tlmulti_train(recipe, tmp_path / f"run_{streaming}")
+    np.testing.assert_allclose([r["val_loss"] for r in runs["true"].history],
+                               [r["val_loss"] for r in runs["false"].history], rtol=1e-4)
+
+
+def tlmulti_train(recipe, out):
+    import tlmulti
+
+    return tlmulti.train(recipe, out=out)
 
 
 EPOCHS_SCRIPT = textwrap.dedent("""

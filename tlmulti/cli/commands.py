@@ -257,30 +257,35 @@ def datasets_prepare(name, force):
 
 @click.group()
 def cache():
-    """The frozen-phase feature cache under $TLMULTI_HOME/cache/features."""
+    """Caches under $TLMULTI_HOME/cache: frozen-phase backbone features (features/) and the
+    decoded slices of streamed volumes (slices/)."""
 
 
 @cache.command("list")
 @user_errors
 def cache_list():
-    """Entries: key, backbone, examples, size, dtype, last use."""
+    """Entries: key, what (backbone, or the file whose slices), examples, size, dtype, last use."""
+    from pathlib import Path
+
     from tlmulti.data import cache as feature_cache
 
     found = feature_cache.entries()
+    where = " and ".join(str(r) for r in feature_cache.roots())
     if not found:
-        click.echo(f"No cached features in {feature_cache.root()}.")
+        click.echo(f"Nothing cached in {where}.")
         return
-    click.echo(f"{'key':<34}{'backbone':<30}{'examples':>9}{'MiB':>9}  {'dtype':<8}last used")
+    click.echo(f"{'key':<34}{'what':<36}{'examples':>9}{'MiB':>9}  {'dtype':<12}last used")
     for m in found:
         if m.get("corrupt"):
-            click.echo(f"{m['key']:<34}{'(corrupt: no meta.json)':<30}{'':>9}{m['bytes'] / 2**20:>9.1f}")
+            click.echo(f"{m['key']:<34}{'(corrupt: no meta.json)':<36}{'':>9}{m['bytes'] / 2**20:>9.1f}")
             continue
         desc = m.get("description", {})
+        what = f"slices of {Path(desc['file']).name}" if "file" in desc else f"features: {desc.get('backbone', '')}"
         dtypes = ",".join(sorted({o["dtype"].lstrip("<>|=") for o in m.get("outputs", [])}))
-        click.echo(f"{m['key']:<34}{str(desc.get('backbone', ''))[:29]:<30}{m.get('examples', 0):>9}"
-                   f"{m.get('bytes', 0) / 2**20:>9.1f}  {dtypes:<8}{m.get('last_used', '')}")
+        click.echo(f"{m['key']:<34}{what[:35]:<36}{m.get('examples', 0):>9}"
+                   f"{m.get('bytes', 0) / 2**20:>9.1f}  {dtypes:<12}{m.get('last_used', '')}")
     total = sum(m.get("bytes", 0) for m in found)
-    click.echo(f"{len(found)} entries, {total / 2**20:.1f} MiB in {feature_cache.root()}")
+    click.echo(f"{len(found)} entries, {total / 2**20:.1f} MiB in {where}")
 
 
 @cache.command("clear")
@@ -291,4 +296,4 @@ def cache_clear(keys):
     from tlmulti.data import cache as feature_cache
 
     n, freed = feature_cache.clear(list(keys))
-    click.echo(f"Deleted {n} feature cache entr{'y' if n == 1 else 'ies'} ({freed / 2**20:.1f} MiB freed).")
+    click.echo(f"Deleted {n} cache entr{'y' if n == 1 else 'ies'} ({freed / 2**20:.1f} MiB freed).")

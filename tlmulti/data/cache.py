@@ -47,6 +47,14 @@ def root() -> Path:
     return paths.home() / "cache" / "features"
 
 
+def roots() -> list[Path]:
+    """Every cache ``tlmulti cache`` manages: backbone features, then decoded volume slices
+    (:mod:`tlmulti.data.stacks`)."""
+    from tlmulti.data import stacks
+
+    return [root(), stacks.root()]
+
+
 def make_key(parts: dict) -> str:
     """The entry name for a JSON-able description of everything the features depend on."""
     blob = json.dumps({"format": FORMAT, **parts}, sort_keys=True, default=str)
@@ -76,8 +84,8 @@ def load(key: str, base: Path | None = None) -> list[np.ndarray] | None:
     try:
         arrays = _verified(entry)
     except CorruptEntry as exc:
-        print(f"Feature cache entry '{entry}' is corrupt ({exc}); deleting it and computing the features "
-              "again.", file=sys.stderr, flush=True)
+        print(f"Cache entry '{entry}' is corrupt ({exc}); deleting it and computing it again.",
+              file=sys.stderr, flush=True)
         shutil.rmtree(entry, ignore_errors=True)
         return None
     try:
@@ -124,9 +132,10 @@ def fits(nbytes: int, base: Path | None = None) -> bool:
 
 class Writer:
     """Writes one entry batch by batch: ``add(outputs)`` for each batch in order, then
-    ``finish(description)``; ``abort()`` (or an exception) leaves nothing behind."""
+    ``finish(description)``; ``abort()`` (or an exception) leaves nothing behind. ``dtype``
+    None keeps each output's own dtype."""
 
-    def __init__(self, key: str, n: int, dtype: str = "float16", base: Path | None = None):
+    def __init__(self, key: str, n: int, dtype: str | None = "float16", base: Path | None = None):
         self.base = base or root()
         self.key, self.n, self.want = key, int(n), dtype
         self.base.mkdir(parents=True, exist_ok=True)
@@ -140,7 +149,7 @@ class Writer:
         if not self.arrays:
             for i, o in enumerate(outputs):
                 self.arrays.append(np.lib.format.open_memmap(
-                    self.tmp / f"{i}.npy", mode="w+", dtype=self.want, shape=(self.n,) + o.shape[1:]))
+                    self.tmp / f"{i}.npy", mode="w+", dtype=self.want or o.dtype, shape=(self.n,) + o.shape[1:]))
         for i, o in enumerate(outputs):
             if self.arrays[i].dtype == np.float16 and o.size and float(np.nanmax(np.abs(o))) > _FLOAT16_MAX:
                 self._widen(i)
@@ -182,19 +191,20 @@ class Writer:
 
 
 def entries(base: Path | None = None) -> list[dict]:
-    """Every entry's meta.json (with ``dir``), newest use first; corrupt ones marked so."""
-    base = base or root()
+    """Every entry's meta.json (with ``dir``) of ``base`` (default: every one of :func:`roots`),
+    newest use first; corrupt ones marked so."""
     found = []
-    for entry in sorted(base.iterdir()) if base.is_dir() else []:
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        try:
-            meta = json.loads((entry / "meta.json").read_text())
-        except (OSError, ValueError):
-            meta = {"key": entry.name, "corrupt": True,
-                    "bytes": sum(p.stat().st_size for p in entry.iterdir() if p.is_file())}
-        meta["dir"] = str(entry)
-        found.append(meta)
+    for folder in [base] if base else roots():
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            try:
+                meta = json.loads((entry / "meta.json").read_text())
+            except (OSError, ValueError):
+                meta = {"key": entry.name, "corrupt": True,
+                        "bytes": sum(p.stat().st_size for p in entry.iterdir() if p.is_file())}
+            meta["dir"] = str(entry)
+            found.append(meta)
     return sorted(found, key=lambda m: str(m.get("last_used", "")), reverse=True)
 
 
@@ -210,17 +220,18 @@ def _writer_alive(name: str) -> bool:
 
 
 def clear(keys=None, base: Path | None = None) -> tuple[int, int]:
-    """Delete the given entries (all, and unfinished ones, when ``keys`` is empty); returns
+    """Delete the given entries of ``base`` (default: every cache; all entries, and unfinished
+    ones, when ``keys`` is empty); returns
     (entries deleted, bytes freed). An unknown key is an error naming the known ones."""
     from tlmulti.errors import TlmultiError
 
-    base = base or root()
+    folders = [base] if base else roots()
     known = {m["key"]: m for m in entries(base)}
     if keys:
         missing = [k for k in keys if k not in known]
         if missing:
-            raise TlmultiError(f"No feature cache entry {', '.join(missing)} in '{base}'; 'tlmulti cache list' "
-                               "shows the entries.")
+            raise TlmultiError(f"No cache entry {', '.join(missing)} in {' or '.join(repr(str(f)) for f in folders)}; "
+                               "'tlmulti cache list' shows the entries.")
         chosen = [known[k] for k in keys]
     else:
         chosen = list(known.values())
@@ -228,8 +239,8 @@ def clear(keys=None, base: Path | None = None) -> tuple[int, int]:
     for meta in chosen:
         freed += int(meta.get("bytes", 0))
         shutil.rmtree(meta["dir"], ignore_errors=True)
-    if not keys and base.is_dir():
-        for partial in base.glob(".*.partial-*"):
+    for folder in folders if not keys else []:
+        for partial in folder.glob(".*.partial-*") if folder.is_dir() else []:
             if not _writer_alive(partial.name):  # a run writing it now keeps it
                 shutil.rmtree(partial, ignore_errors=True)
     return len(chosen), freed

@@ -116,47 +116,67 @@ def load_files(paths, size, channels: int = 3, progress: bool | None = None, **i
     return np.concatenate(stacks), origin
 
 
-def single_image(path) -> bool:
-    """True when a file holds one 2-D image (a photo, a single-frame DICOM or single-page TIFF),
-    read from its header only; NIfTI volumes and multi-frame files hold several."""
+def image_count(path, axis: int = 2) -> int:
+    """How many 2-D images a file holds (1 for a photo, the slices of a NIfTI volume along
+    ``axis``, the frames of a multi-frame DICOM or pages of a TIFF stack), from its header only."""
     from tlmulti.data import medical
 
-    suffix = medical.suffix_of(path)
-    if suffix in medical.PLAIN_SUFFIXES:
-        return True
-    try:
-        if suffix in medical.DICOM_SUFFIXES:
-            import pydicom
-
-            return int(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "NumberOfFrames", 1) or 1) == 1
-        if suffix in medical.TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(str(path)) as tif:
-                series = tif.series[0]
-                axes = series.axes.replace("S", "")
-                return len(axes) <= 2
-    except Exception:  # unreadable: decoding it reports the file the usual way
-        return True
-    return False
+    if medical.suffix_of(path) in medical.PLAIN_SUFFIXES:
+        return 1
+    shape = medical.stack_shape(path, axis)
+    return 1 if shape is None else shape[0]
 
 
-def stream_files(paths, size, channels: int = 3, **intensity):
-    """A :class:`~tlmulti.data.lazy.FileArray` of ``paths`` (one image each), decoded exactly
-    as :func:`load_files` decodes them, but one file at a time in the input pipeline."""
+def stream_files(paths, size, channels: int = 3, counts=None, progress: bool | None = None, **intensity):
+    """``(x, origin)`` as :func:`load_files` gives them, but ``x`` a
+    :class:`~tlmulti.data.lazy.FileArray` decoded one image at a time in the input pipeline.
+
+    A file with one image is decoded there from the file itself; a file with several (a volume,
+    a multi-frame file; ``counts`` from :func:`image_count`) is decoded once here, as
+    :func:`load_files` decodes it, and its images written to the slice cache
+    (:mod:`tlmulti.data.stacks`), from which the pipeline reads them one by one. None when the
+    disk has no room for that copy (the caller reads the files into memory instead)."""
     from functools import partial
 
+    from tlmulti.data import stacks
     from tlmulti.data.lazy import FileArray
+    from tlmulti.progress import Every, progress_bar
 
     h, w = int(size[0]), int(size[1])
-    load = partial(_load_one, size=(h, w), channels=channels, intensity=dict(intensity))
+    paths = [str(p) for p in paths]
+    counts = [image_count(p, intensity.get("axis", 2)) for p in paths] if counts is None else list(counts)
     describe = {"reader": "images", "size": [h, w], "channels": channels,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in intensity.items()}}
-    return FileArray([str(p) for p in paths], load, (h, w, channels), np.uint8, describe)
+    several = [i for i, n in enumerate(counts) if n > 1]
+    done = Every(progress_bar(len(several), "Decoding volumes and multi-frame files to the slice cache",
+                              progress if progress is not None else (len(several) > 20 or None)), len(several))
+    items, origin = [], []
+    for i, (p, n) in enumerate(zip(paths, counts)):
+        if n == 1:
+            items.append(p)
+            origin.append(i)
+            continue
+        files = stacks.stored(p, describe, partial(_decode_all, p, (h, w), channels, intensity))
+        if files is None:
+            return None
+        n = len(np.load(files[0], mmap_mode="r"))
+        items.extend((p, k, files[0]) for k in range(n))
+        origin.extend([i] * n)
+        done.add()
+    load = partial(_load_one, size=(h, w), channels=channels, intensity=dict(intensity))
+    return FileArray(items, load, (h, w, channels), np.uint8, describe), np.asarray(origin, dtype=np.int64)
 
 
-def _load_one(path, size, channels, intensity) -> np.ndarray:
-    return load_slices(path, size, channels, **intensity)[0]
+def _decode_all(path, size, channels, intensity) -> list[np.ndarray]:
+    return [load_slices(path, size, channels, **intensity)]
+
+
+def _load_one(item, size, channels, intensity) -> np.ndarray:
+    if isinstance(item, tuple):  # (file, slice, its decoded copy)
+        from tlmulti.data.stacks import read_slice
+
+        return read_slice(item[2], item[1])
+    return load_slices(item, size, channels, **intensity)[0]
 
 
 def image_info(paths, limit: int = 5000) -> dict:

@@ -34,7 +34,7 @@ class FileArray:
     part of a feature-cache key that stands for these inputs."""
 
     def __init__(self, items, load: Callable[[Any], np.ndarray], shape, dtype, describe: dict | None = None):
-        self.items = np.asarray(items, dtype=object)
+        self.items = _object_vector(items)
         self.load = load
         self.item_shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
@@ -63,7 +63,7 @@ class FileArray:
         return out if dtype is None else out.astype(dtype)
 
     def concatenate(self, other: "FileArray") -> "FileArray":
-        return FileArray(np.concatenate([self.items, other.items]), self.load, self.item_shape, self.dtype,
+        return FileArray(list(self.items) + list(other.items), self.load, self.item_shape, self.dtype,
                          self.describe)
 
     def fingerprint(self) -> str:
@@ -79,6 +79,17 @@ class FileArray:
                 stamp = None
             h.update(repr((item, stamp)).encode())
         return h.hexdigest()
+
+
+def _object_vector(items) -> np.ndarray:
+    """A 1-D object array of ``items`` (tuples stay tuples, never become rows of a 2-D array)."""
+    if isinstance(items, np.ndarray) and items.dtype == object and items.ndim == 1:
+        return items
+    items = list(items)
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
 
 
 def is_lazy(x) -> bool:

@@ -123,6 +123,54 @@ def read_stack(path, axis: int = 2) -> tuple[np.ndarray, StackInfo]:
     raise DataError(f"'{path}' is not a supported image ({', '.join(SUFFIXES)}).")
 
 
+def stack_shape(path, axis: int = 2) -> tuple[int, int, int] | None:
+    """``(n, H, W)`` of what :func:`read_stack` would return, read from the file's header only
+    (no pixel data decoded); None when the header does not say (the file is then read to know)."""
+    suffix = suffix_of(path)
+    try:
+        if suffix in PLAIN_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                w, h = img.size
+                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation by a quarter turn
+                    w, h = h, w
+                return 1, h, w
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            shape = tuple(int(v) for v in img.shape)
+            if len(shape) == 4 and shape[3] == 1:
+                shape = shape[:3]
+            if len(shape) != 3 or not 0 <= axis <= 2:
+                return None
+            order = np.argsort(nib.orientations.io_orientation(img.affine)[:, 0])
+            canonical = [shape[i] for i in order]
+            rest = [canonical[i] for i in range(3) if i != axis]
+            return canonical[axis], rest[0], rest[1]
+        if suffix in DICOM_SUFFIXES:
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            return int(getattr(ds, "NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                series = tif.series[0]
+                dims = [n for a, n in zip(series.axes, series.shape) if a != "S"]
+            if len(dims) < 2:
+                return None
+            return int(np.prod(dims[:-2], dtype=np.int64)), int(dims[-2]), int(dims[-1])
+        if suffix in NUMPY_SUFFIXES:
+            stack = _as_stack(np.load(path, mmap_mode="r", allow_pickle=False), path)
+            return tuple(int(v) for v in stack.shape[:3])
+    except Exception:  # unreadable or unusual: decoding the file reports it the usual way
+        return None
+    return None
+
+
 def _as_stack(array: np.ndarray, path, colour: bool | None = None) -> np.ndarray:
     """(H, W) -> (1, H, W, 1); (H, W, C<=4) -> (1, H, W, C); (n, H, W) -> (n, H, W, 1).
 

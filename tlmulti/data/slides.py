@@ -48,6 +48,7 @@ class Slide:
     index: int = 0
     mask_path: str | None = None
     shape: tuple | None = None  # (H, W)
+    stored: tuple | None = None  # a streamed volume's decoded (images, masks) .npy in the slice cache
 
     @property
     def size(self) -> tuple:
@@ -65,6 +66,44 @@ def images_of(path, data, channels: int) -> tuple[np.ndarray, Any]:
     stack, info = read_stack(path, axis=data.slice_axis)
     images = to_uint8(stack, data.normalize, data.percentiles, data.window or None, info)
     return match_channels(images, channels), info
+
+
+def _decoded_pair(image_path, mask_path, data, channels: int, known, several: bool, options: dict):
+    """``(images, masks, stored)`` of one image file and its mask (None without one), checked
+    against each other. With ``several`` (a streamed file holding several images) the pair is
+    decoded once into the slice cache and ``images`` / ``masks`` are its memory-mapped copies,
+    ``stored`` their ``.npy`` paths (False when the disk has no room for them); otherwise
+    ``stored`` is None."""
+    from tlmulti.data import stacks
+    from tlmulti.data.masks import read_mask
+
+    def decode():
+        images, _ = images_of(image_path, data, channels)
+        if mask_path is None:
+            return [images]
+        masks = read_mask(mask_path, axis=data.slice_axis, palette=data.palette or None, classes=known,
+                          binarize=data.binarize_masks)
+        if masks.shape[0] != images.shape[0] or masks.shape[1:3] != images.shape[1:3]:
+            raise DataError(
+                f"Image '{image_path}' is {_size(images)} but its mask '{mask_path}' is {_size(masks)}; "
+                "a mask must have its image's size (and slice count)."
+            )
+        return [images, masks]
+
+    def compact():  # the stored copy of masks with ids below 256: a quarter of the disk
+        arrays = decode()
+        if len(arrays) > 1 and arrays[1].size and arrays[1].max() < 256:
+            arrays[1] = arrays[1].astype(np.uint8)
+        return arrays
+
+    if not several:
+        arrays = decode()
+        return arrays[0], arrays[1] if len(arrays) > 1 else None, None
+    files = stacks.stored(image_path, options, compact, others=(mask_path,))
+    if files is None:
+        return None, None, False
+    arrays = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
+    return arrays[0], arrays[1] if len(arrays) > 1 else None, tuple(files) + (None,) * (2 - len(files))
 
 
 def resolve_classes(data, max_id: int, given: list[str] | None = None) -> list[str]:
@@ -90,13 +129,13 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
     data may also be a single image or a folder of images.
 
     Every file is read once (to check its mask and find the classes). With ``data.streaming``
-    (``auto``: once the decoded images pass :data:`~tlmulti.data.lazy.STREAM_BYTES`) and one
-    2-D image per file, the slides keep no pixels and :func:`to_examples` gives tiles decoded in
-    the input pipeline."""
-    from tlmulti.data.images import single_image
+    (``auto``: once the decoded images, counted from the files' headers, pass
+    :data:`~tlmulti.data.lazy.STREAM_BYTES`) the slides keep no pixels and :func:`to_examples`
+    gives tiles decoded in the input pipeline: from the file itself for a 2-D image, from the
+    slice cache (:mod:`tlmulti.data.stacks`) for the slices of a volume or multi-frame file."""
     from tlmulti.data.lazy import STREAM_BYTES, stream_choice
-    from tlmulti.data.masks import check_class_ids, pair_files, read_mask
-    from tlmulti.data.medical import list_files, stem_of
+    from tlmulti.data.masks import check_class_ids, pair_files
+    from tlmulti.data.medical import list_files, stack_shape, stem_of
 
     source = resolve_source(ref)
     if labelled:
@@ -111,31 +150,22 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
     known = classes or (list(data.classes) if data.classes else None)
     setting = getattr(data, "streaming", False)
     stream_choice(setting, 0, 0)  # checks the value
-    if setting is not False and len(pairs) > 1:
-        several = next((p for p, _ in pairs if not single_image(p)), None)
-        if several is not None and setting is True:
-            raise DataError(f"'{several}' holds several images (a volume or multi-frame file); streaming reads "
-                            "one image per file. Set data.streaming: auto (volumes are then read into memory) "
-                            "or export the slices as separate files.")
-        if several is not None:
-            setting = False
-    stream = setting is True and len(pairs) > 1
-    slides, max_id, held = [], 0, 0
-    for image_path, mask_path in pairs:
-        images, _ = images_of(image_path, data, channels)
-        held += images.nbytes
-        if not stream and setting == "auto" and len(pairs) > 1 and held > STREAM_BYTES:
-            stream = True  # past the limit: the slides read so far let go of their pixels too
-            slides = [sl.streamed() for sl in slides]
-        masks = None
-        if mask_path is not None:
-            masks = read_mask(mask_path, axis=data.slice_axis, palette=data.palette or None,
-                              classes=known, binarize=data.binarize_masks)
-            if masks.shape[0] != images.shape[0] or masks.shape[1:3] != images.shape[1:3]:
-                raise DataError(
-                    f"Image '{image_path}' is {_size(images)} but its mask '{mask_path}' is {_size(masks)}; "
-                    "a mask must have its image's size (and slice count)."
-                )
+    stream, shapes = False, [None] * len(pairs)
+    if setting is not False:
+        shapes = [stack_shape(p, data.slice_axis) for p, _ in pairs]
+        images_held = sum(n * h * w for n, h, w in filter(None, shapes)) * channels
+        one_image = len(pairs) == 1 and (shapes[0] or (1,))[0] == 1  # split by rows: needs its pixels
+        stream = not one_image and (setting is True or images_held > STREAM_BYTES)
+    options = {"reader": "segmentation", "channels": channels, "classes": known,
+               **{k: getattr(data, k, None) for k in ("slice_axis", "normalize", "percentiles", "window",
+                                                       "palette", "binarize_masks")}}
+    slides, max_id = [], 0
+    for (image_path, mask_path), shape in zip(pairs, shapes):
+        several = stream and shape is not None and shape[0] > 1
+        images, masks, stored = _decoded_pair(image_path, mask_path, data, channels, known, several, options)
+        if stored is False:  # no room on disk for a volume's slices: this run reads everything into memory
+            return read_slides(ref, dataclasses.replace(data, streaming=False), channels, classes, labelled)
+        if masks is not None:
             if known:
                 check_class_ids(masks, known, mask_path)
             max_id = max(max_id, int(masks.max(initial=0)))
@@ -147,7 +177,7 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
                 continue
             slide = Slide(name=f"{stem}_s{k:03d}" if many else stem, path=str(image_path), image=images[k],
                           mask=mask, group=str(image_path), index=k,
-                          mask_path=None if mask_path is None else str(mask_path))
+                          mask_path=None if mask_path is None else str(mask_path), stored=stored)
             slides.append(slide.streamed() if stream else slide)
     if not slides:
         raise DataError(f"Segmentation data '{source}' has no slices left (all masks empty with data.skip_empty_slices).")
@@ -178,7 +208,7 @@ def to_examples(slides: list[Slide], classes: list[str], size, channels: int, ti
         shape = list(s.size)
         boxes = tile_boxes(shape, *tiling) if tiling else [None]
         if s.image is None:
-            items.extend((s.path, s.index, s.mask_path, None if b is None else (int(b[0]), int(b[1])))
+            items.extend((s.path, s.index, s.mask_path, None if b is None else (int(b[0]), int(b[1])), s.stored)
                          for b in boxes)
         elif tiling:
             xs.append(extract_tiles(s.image, boxes, tiling[0]))
@@ -217,7 +247,7 @@ def _streamed_tiles(items, classes, size, channels: int, tiling, data):
                   out + (channels,), np.uint8, describe)
     y = None
     if items[0][2] is not None:
-        y = FileArray([(m, k, p, b) for p, k, m, b in items],
+        y = FileArray([(m, k, p, b, stored) for p, k, m, b, stored in items],
                       partial(_tile_mask, data=data, classes=list(classes), size=out, tiled=bool(tiling)),
                       out, np.int32, {**describe, "classes": list(classes)})
     return x, y
@@ -227,8 +257,13 @@ def _tile_image(item, data, channels: int, size, tiled: bool) -> np.ndarray:
     from tlmulti.data.images import convert
     from tlmulti.data.medical import extract_tiles
 
-    path, k, _, box = item
-    image = images_of(path, data, channels)[0][k]
+    path, k, _, box, stored = item
+    if stored is not None:
+        from tlmulti.data.stacks import read_slice
+
+        image = read_slice(stored[0], k)
+    else:
+        image = images_of(path, data, channels)[0][k]
     return extract_tiles(image, [box], size)[0] if tiled else convert(image, size, channels)
 
 
@@ -236,9 +271,14 @@ def _tile_mask(item, data, classes, size, tiled: bool) -> np.ndarray:
     from tlmulti.data.masks import read_mask
     from tlmulti.data.medical import extract_tiles
 
-    path, k, _, box = item
-    mask = read_mask(path, axis=data.slice_axis, palette=data.palette or None, classes=classes,
-                     binarize=data.binarize_masks)[k]
+    path, k, _, box, stored = item
+    if stored is not None:
+        from tlmulti.data.stacks import read_slice
+
+        mask = read_slice(stored[1], k)
+    else:
+        mask = read_mask(path, axis=data.slice_axis, palette=data.palette or None, classes=classes,
+                         binarize=data.binarize_masks)[k]
     tile = extract_tiles(mask, [box], size)[0] if tiled else resize_nearest(mask, size)
     return tile.astype(np.int32)
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from tlmulti import choices
 from tlmulti.data import Examples
-from tlmulti.errors import DataError
 from tlmulti.recipe import DataConfig, choice
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
@@ -117,23 +116,26 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
 
     def load_pixels(self, examples: Examples) -> Examples:
         """Examples whose ``x`` holds file paths -> the same with pixels, one example per 2-D
-        image (a volume's slices share its labels and columns, and get a ``slice`` column)."""
-        from tlmulti.data.images import load_files, single_image, stream_files
+        image (a volume's slices share its labels and columns, and get a ``slice`` column).
+        Streamed (``data.streaming``; ``auto`` past 1 GiB of decoded images, counted from the
+        files' headers), ``x`` is a FileArray decoded in the input pipeline."""
+        from tlmulti.data.images import image_count, load_files, stream_files
         from tlmulti.data.lazy import stream_choice
 
         paths = list(examples.x)
         h, w = self.image_size()
+        intensity = self.intensity()
         setting = self.recipe.data.streaming
-        if stream_choice(setting, len(paths), h * w * self.channels()):
-            several = next((p for p in paths if not single_image(p)), None)
-            if several is None:
-                examples.x = stream_files(paths, (h, w), self.channels(), **self.intensity())
-                return examples
-            if setting is True:
-                raise DataError(f"'{several}' holds several images (a volume or multi-frame file); streaming "
-                                "reads one image per file. Set data.streaming: auto (volumes are then read "
-                                "into memory) or export the slices as separate files.")
-        x, origin = load_files(paths, (h, w), self.channels(), **self.intensity())
+        stream_choice(setting, 0, 0)  # checks the value
+        x = None
+        if setting is not False:
+            counts = [image_count(p, intensity["axis"]) for p in paths]
+            if stream_choice(setting, sum(counts), h * w * self.channels()):
+                streamed = stream_files(paths, (h, w), self.channels(), counts=counts, **intensity)
+                if streamed is not None:
+                    x, origin = streamed
+        if x is None:
+            x, origin = load_files(paths, (h, w), self.channels(), **intensity)
         if len(origin) == len(examples):
             examples.x = x
             return examples
