@@ -37,7 +37,8 @@ def test_streamed_files_give_the_same_batches_as_decoding_them_first(tmp_path):
 
     files = image_files(write_image_folder(tmp_path / "im", per_class=9, size=(23, 17)))
     memory, _ = load_files(files, (16, 16), 3)
-    streamed = stream_files(files, (16, 16), 3)
+    streamed, origin = stream_files(files, (16, 16), 3)
+    assert origin.tolist() == list(range(len(files)))
     assert isinstance(streamed, FileArray) and streamed.shape == memory.shape
     np.testing.assert_array_equal(np.asarray(streamed), memory)
     y = np.arange(len(files)).astype("int32")
@@ -506,3 +507,64 @@ def test_in_memory_training_data_is_held_once_whatever_the_number_of_epochs():
         assert out.returncode == 0, out.stderr[-3000:]
         growth[epochs] = float(out.stdout.strip().splitlines()[-1])
     assert growth[20] - growth[2] < 100, growth  # one copy per epoch would add 18 x 154 MB
+
+
+def _text_sources(root):
+    """The same labelled texts as a CSV (byte-order mark, CRLF, quoted fields spanning lines,
+    an old-Mac CR file), a TSV, JSONL and class folders of .txt files."""
+    from tests.text_helpers import tiny_texts
+
+    rows = tiny_texts(24, 0)
+    rows[3] = ("Line one,\r\nline two \"quoted\"\nand þriðja línan — ünïcode", rows[3][1], rows[3][2])
+    root.mkdir(parents=True)
+    lines = ["text,label,domain"] + ['"' + t.replace('"', '""') + f'",{label},{d}' for t, label, d in rows]
+    (root / "bom_crlf.csv").write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    plain = [r for i, r in enumerate(rows) if i != 3]
+    (root / "mac.csv").write_bytes("\r".join(["text,label,domain"] + [f"{t},{label},{d}" for t, label, d in plain]).encode())
+    (root / "rows.tsv").write_text("\n".join(["text\tlabel\tdomain"] + ["\t".join(r) for r in plain]) + "\n")
+    (root / "rows.jsonl").write_text("\n".join(json.dumps({"text": t, "label": label, "domain": d}, ensure_ascii=False)
+                                               for t, label, d in rows) + "\n\n")
+    for i, (t, label, _) in enumerate(rows):
+        (root / "folder" / label).mkdir(parents=True, exist_ok=True)
+        (root / "folder" / label / f"{i:02d}.txt").write_text(t + "\n")
+    return rows
+
+
+def test_texts_stream_from_their_files_as_they_are_read_into_memory(tmp_path, tlmulti_home):
+    from tests.text_helpers import make_tiny_bert_preset, register_tiny, tiny_recipe
+    from tlmulti import registry
+    from tlmulti.data.lazy import FileArray
+    from tlmulti.data.pipeline import make_dataset
+    from tlmulti.tasks import make_task
+
+    rows = _text_sources(tmp_path / "t")
+    register_tiny(make_tiny_bert_preset(tmp_path / "preset"))
+    try:
+        for name in ("bom_crlf.csv", "mac.csv", "rows.tsv", "rows.jsonl", "folder"):
+            read = {}
+            for streaming in ("false", "true"):
+                recipe = tiny_recipe(tmp_path / "t" / name, tmp_path / "t" / name, **{"data.streaming": streaming})
+                read[streaming] = make_task(recipe).read(recipe.data.train)
+            memory, streamed = read["false"], read["true"]
+            assert isinstance(streamed.x, FileArray) and not isinstance(memory.x, FileArray), name
+            assert list(np.asarray(streamed.x)) == list(memory.x), name
+            assert streamed.meta == memory.meta and np.array_equal(streamed.y, memory.y), name
+            expected = [t for i, (t, _, _) in enumerate(rows) if name in ("bom_crlf.csv", "rows.jsonl", "folder")
+                        or i != 3]
+            assert sorted(memory.x) == sorted(expected), name
+            batches = [b.numpy().tolist() for b in make_dataset(streamed.x, None, 5)]
+            assert [t.decode() for b in batches for t in b] == list(memory.x), name
+
+        runs = {}
+        for streaming in ("false", "true"):  # a frozen phase on cached features, then the encoder fine-tuned
+            recipe = tiny_recipe(tmp_path / "t" / "bom_crlf.csv", tmp_path / "t" / "rows.jsonl",
+                                 **{"data.streaming": streaming, "phases.0.epochs": 2, "phases.1.epochs": 2,
+                                    "cache.disk": "false"})
+            import tlmulti
+
+            runs[streaming] = tlmulti.train(recipe, out=tmp_path / f"run_{streaming}")
+        np.testing.assert_allclose([r["val_loss"] for r in runs["true"].history],
+                                   [r["val_loss"] for r in runs["false"].history], rtol=1e-5)
+        assert runs["true"].metrics["test"]["accuracy"] == runs["false"].metrics["test"]["accuracy"]
+    finally:
+        registry.unregister_backbone("tiny_bert.test")

@@ -70,14 +70,16 @@ class FileArray:
         """Hash of the decoding options and of every file's path, size and modification time."""
         h = hashlib.sha256(json.dumps(self.describe, sort_keys=True, default=str).encode())
         h.update(repr((self.item_shape, self.dtype.str)).encode())
+        stamps: dict = {}  # many items may come from one file (slices, rows of a manifest)
         for item in self.items:
             path = item[0] if isinstance(item, tuple) else item
-            try:
-                st = os.stat(path)
-                stamp = (st.st_size, st.st_mtime_ns)
-            except (OSError, TypeError):
-                stamp = None
-            h.update(repr((item, stamp)).encode())
+            if path not in stamps:
+                try:
+                    st = os.stat(path)
+                    stamps[path] = (st.st_size, st.st_mtime_ns)
+                except (OSError, TypeError):
+                    stamps[path] = None
+            h.update(repr((item, stamps[path])).encode())
         return h.hexdigest()
 
 

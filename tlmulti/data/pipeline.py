@@ -45,9 +45,23 @@ def _parts(x):
 
 
 def _large_array(a) -> bool:
-    """A numeric array read with NumPy in the pipeline rather than embedded as a tensor: a graph
-    constant would be copied into every epoch's part of the dataset."""
-    return isinstance(a, np.ndarray) and a.dtype.kind in "biuf" and a.nbytes > (1 << 20)
+    """An array (numbers or texts) read with NumPy in the pipeline rather than embedded as a
+    tensor: a graph constant would be copied into every epoch's part of the dataset."""
+    if not isinstance(a, np.ndarray):
+        return False
+    if a.dtype.kind in "OU":
+        return len(a) > 1000 and sum(len(str(t)) for t in a.reshape(-1)) > (1 << 20)
+    return a.dtype.kind in "biuf" and a.nbytes > (1 << 20)
+
+
+def _strings(values) -> np.ndarray:
+    return np.array([str(v).encode("utf-8", "surrogatepass") for v in values], dtype=object)
+
+
+def _tf_dtype(a):
+    import tensorflow as tf
+
+    return tf.string if np.dtype(a.dtype).kind in "OUS" else tf.as_dtype(a.dtype)
 
 
 def _fetch(x, y, per_example: bool):
@@ -70,7 +84,10 @@ def _fetch(x, y, per_example: bool):
         for i in lazy:
             a = parts[i]
             if isinstance(a, FileArray):
-                out.append(np.stack([a.load(a.items[j]) for j in idx]).astype(a.dtype, copy=False))
+                values = [a.load(a.items[j]) for j in idx]
+                out.append(_strings(values) if a.dtype == object else np.stack(values).astype(a.dtype, copy=False))
+            elif a.dtype.kind in "OU":
+                out.append(_strings(a[idx]))
             elif not isinstance(a, np.memmap):
                 out.append(a[idx])
             else:
@@ -78,7 +95,7 @@ def _fetch(x, y, per_example: bool):
         return out
 
     def fetch(idx):
-        got = tf.numpy_function(read, [idx], [tf.as_dtype(parts[i].dtype) for i in lazy], stateful=False) if lazy else []
+        got = tf.numpy_function(read, [idx], [_tf_dtype(parts[i]) for i in lazy], stateful=False) if lazy else []
         values = []
         for i, a in enumerate(parts):
             if i in kept:

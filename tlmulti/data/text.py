@@ -7,6 +7,11 @@ text per ``.txt`` file. Files must be in the configured encoding (UTF-8 by defau
 is not, an empty text, or a missing column is a :class:`~tlmulti.errors.DataError` naming the
 file, the row and the fix.
 
+Large data streams (:func:`scan_text_rows`): the rows are read once to check them and keep
+their labels and columns, but each text only as where it is (file, byte offset); the input
+pipeline reads it back with :func:`load_text`, parsed exactly as when everything is read into
+memory (both go through the same line-by-line reader).
+
 Example::
 
     from tlmulti.data.text import read_text_rows
@@ -16,9 +21,14 @@ Example::
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
+from itertools import chain, islice
 from pathlib import Path
 
-from tlmulti.data.manifest import MANIFEST_SUFFIXES, list_class_folders, read_manifest
+from tlmulti.data.manifest import MANIFEST_SUFFIXES, list_class_folders
 from tlmulti.errors import DataError
 
 TEXT_SUFFIXES = (".txt",)
@@ -104,14 +114,127 @@ def text_columns_of(rows: list[dict], path, label_column: str = "label") -> list
     )
 
 
-def _manifest_rows(path: Path, text_columns, label_column, labelled, encoding, separator) -> list[dict]:
-    rows = read_manifest(path, required=(), encoding=encoding)
+def _codec(encoding: str) -> str:
+    return "utf-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
+
+
+def line_aligned(encoding: str) -> bool:
+    """Whether ``encoding`` writes newlines, commas, tabs and quotes as their ASCII bytes, so a
+    file can be cut into lines (and read back from a byte offset) before decoding: UTF-8,
+    Latin-1, Windows code pages, Shift-JIS, GB18030; not UTF-16 / UTF-32."""
+    try:
+        return '\n\r,\t"{'.encode(_codec(encoding)) == b'\n\r,\t"{'
+    except (LookupError, UnicodeError):
+        return False
+
+
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # after a carriage return not followed by \n: old Mac line ends
+
+
+def _lines(path: Path, encoding: str, offset: int = 0):
+    """``(byte offset, line)`` of a text file from ``offset``, line endings kept, decoded one
+    line at a time (a UTF-8 byte-order mark at the start dropped). An encoding whose newline is
+    not one byte (UTF-16) is decoded whole, and offsets are None."""
+    codec = _codec(encoding)
+    try:
+        if not line_aligned(encoding):
+            for line in io.StringIO(path.read_bytes().decode(codec), newline=""):
+                yield None, line
+            return
+        with open(path, "rb") as f:
+            f.seek(offset)
+            for raw in (part for block in f for part in _LONE_CR.split(block) if part):
+                try:
+                    line = raw.decode(codec)
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"Data '{path}' is not valid {codec.upper()} (byte {offset + exc.start}); re-save it as "
+                        f"{codec.upper()} or set data.encoding to its encoding (e.g. latin-1)."
+                    ) from None
+                if offset == 0 and line.startswith("\ufeff") and codec == "utf-8":
+                    line = line[1:]
+                yield offset, line
+                offset += len(raw)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"Data '{path}' is not valid {codec.upper()} (byte {exc.start}); re-save it as UTF-8 or set "
+            "data.encoding to its encoding."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"Data '{path}' cannot be read: {exc.strerror}.") from None
+
+
+def _as_dict(header, values) -> dict:
+    """A CSV record as :class:`csv.DictReader` gives it (extra values under None, missing None)."""
+    row = dict(zip(header, values))
+    if len(values) > len(header):
+        row[None] = values[len(header):]
+    for name in header[len(values):]:
+        row[name] = None
+    return row
+
+
+def _records(path: Path, encoding: str):
+    """``(row number, byte offset, header, row)`` of a CSV / TSV / JSONL manifest, one row at a
+    time; ``header`` is the CSV header (None for JSONL)."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        n = 0
+        for offset, line in _lines(path, encoding):
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise DataError(f"Manifest '{path}' line {n} is not a JSON object; JSONL needs one object per line.")
+            yield n, offset, None, row
+        return
+    lines = _lines(path, encoding)
+    starts = []
+
+    def text():  # the reader pulls exactly the lines of one record (quoted fields span lines)
+        for offset, line in lines:
+            starts.append(offset)
+            yield line
+
+    reader = csv.reader(text(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    header = tuple(next(reader, []))
+    n = 0
+    while True:
+        before = len(starts)
+        values = next(reader, None)
+        if values is None:
+            return
+        if values:  # blank lines are skipped, as csv.DictReader skips them
+            n += 1
+            yield n, starts[before], header, _as_dict(header, values)
+
+
+def first_rows(path, encoding: str = "utf-8", n: int = 1000) -> list[dict]:
+    """The first ``n`` rows of a manifest (without reading the rest)."""
+    rows = [row for _, _, _, row in islice(_records(Path(path), encoding), n)]
+    if not rows:
+        raise DataError(f"Manifest '{path}' has no rows.")
+    return rows
+
+
+def _manifest_rows(path: Path, text_columns, label_column, labelled, encoding, separator):
+    """``(row, where)`` of each manifest row, ``where`` being ``(path, byte offset, format, CSV
+    header, text columns)``."""
+    records = _records(path, encoding)
+    head = list(islice(records, 1000))
+    first = [r for _, _, _, r in head]
+    if not head:
+        raise DataError(f"Manifest '{path}' has no rows.")
     if not text_columns:
-        text_columns = text_columns_of(rows, path, label_column)
-    _check_columns(path, rows, text_columns, label_column if labelled else None)
+        text_columns = text_columns_of(first, path, label_column)
+    _check_columns(path, first, text_columns, label_column if labelled else None)
     line_word = "line" if path.suffix.lower() in (".jsonl", ".json") else "row"
-    out = []
-    for n, row in enumerate(rows, 1):
+    fmt = "jsonl" if line_word == "line" else path.suffix.lower().lstrip(".")
+    columns = tuple(text_columns)
+    for n, offset, header, row in chain(head, records):
         text = join_columns(row, text_columns, separator)
         if not text:
             raise DataError(
@@ -126,12 +249,10 @@ def _manifest_rows(path: Path, text_columns, label_column, labelled, encoding, s
                 raise DataError(f"Data '{path}' {line_word} {n} has an empty label (column '{label_column}').")
             item.pop(label_column, None)
             item["label"] = str(label).strip()
-        out.append(item)
-    return out
+        yield item, (str(path), offset, fmt, header, columns)
 
 
-def _file_rows(files, encoding: str, labels=None) -> list[dict]:
-    out = []
+def _file_rows(files, encoding: str, labels=None):
     for i, f in enumerate(files):
         text = read_text_file(f, encoding).strip()
         if not text:
@@ -139,18 +260,37 @@ def _file_rows(files, encoding: str, labels=None) -> list[dict]:
         row = {"text": text, "path": str(f)}
         if labels is not None:
             row["label"] = labels[i]
-        out.append(row)
-    return out
+        yield row, (str(f), 0, "file", None, None)
 
 
-def read_text_rows(source, text_columns=("text",), label_column: str = "label", labelled: bool = True,
-                   encoding: str = "utf-8", separator: str = "\n") -> list[dict]:
-    """Rows ``{"text", "label", ...}`` from a manifest or a class-folder tree. An empty
-    ``text_columns`` picks the column itself (:func:`text_columns_of`).
+def _line_rows(path: Path, encoding: str):
+    found = False
+    for offset, line in _lines(path, encoding):
+        if line.strip():
+            found = True
+            yield {"text": line.strip()}, (str(path), offset, "line", None, None)
+    if not found:
+        raise DataError(f"Text file '{path}' has no non-empty lines.")
 
-    Unlabelled (``labelled=False``) also accepts a folder of ``.txt`` files or a ``.txt`` file
-    with one text per line.
-    """
+
+def load_text(where, separator: str = "\n", encoding: str = "utf-8") -> str:
+    """The text at ``where`` (from :func:`scan_text_rows`), as :func:`read_text_rows` reads it."""
+    path, offset, fmt, header, text_columns = where
+    path = Path(path)
+    if fmt == "file":
+        return read_text_file(path, encoding).strip()
+    lines = _lines(path, encoding, offset)
+    if fmt == "line":
+        return next(lines)[1].strip()
+    if fmt == "jsonl":
+        row = json.loads(next(lines)[1])
+    else:
+        values = next(csv.reader((line for _, line in lines), delimiter="\t" if fmt == "tsv" else ","))
+        row = _as_dict(header, values)
+    return join_columns(row, text_columns, separator)
+
+
+def _rows(source, text_columns, label_column: str, labelled: bool, encoding: str, separator: str):
     source = Path(source)
     text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns)
     if source.is_dir():
@@ -166,12 +306,43 @@ def read_text_rows(source, text_columns=("text",), label_column: str = "label", 
     if suffix in MANIFEST_SUFFIXES:
         return _manifest_rows(source, text_columns, label_column, labelled, encoding, separator)
     if suffix in TEXT_SUFFIXES and not labelled:
-        lines = [l.strip() for l in read_text_file(source, encoding).split("\n")]
-        rows = [{"text": l} for l in lines if l]
-        if not rows:
-            raise DataError(f"Text file '{source}' has no non-empty lines.")
-        return rows
+        return _line_rows(source, encoding)
     raise DataError(
         f"Data '{source}' is neither a class folder of .txt files nor a manifest "
         f"({', '.join(MANIFEST_SUFFIXES)}) with text and label columns."
     )
+
+
+def read_text_rows(source, text_columns=("text",), label_column: str = "label", labelled: bool = True,
+                   encoding: str = "utf-8", separator: str = "\n") -> list[dict]:
+    """Rows ``{"text", "label", ...}`` from a manifest or a class-folder tree. An empty
+    ``text_columns`` picks the column itself (:func:`text_columns_of`).
+
+    Unlabelled (``labelled=False``) also accepts a folder of ``.txt`` files or a ``.txt`` file
+    with one text per line.
+    """
+    return [row for row, _ in _rows(source, text_columns, label_column, labelled, encoding, separator)]
+
+
+def scan_text_rows(source, text_columns=("text",), label_column: str = "label", labelled: bool = True,
+                   encoding: str = "utf-8", separator: str = "\n") -> tuple[list[dict], list[tuple]]:
+    """The rows of :func:`read_text_rows` without their ``text`` (every row still checked), and
+    for each where its text is: ``(path, byte offset, format, CSV header, text columns)`` for
+    :func:`load_text`."""
+    if not line_aligned(encoding):
+        raise DataError(f"Texts in {encoding} (data.encoding) cannot be streamed: a newline is not one byte. "
+                        "Re-save the data as UTF-8, or set data.streaming: false.")
+    rows, where = [], []
+    for row, at in _rows(source, text_columns, label_column, labelled, encoding, separator):
+        row.pop("text")
+        rows.append(row)
+        where.append(at)
+    return rows, where
+
+
+def text_bytes(source) -> int:
+    """Size on disk of the texts of ``source`` (a manifest, a .txt file or a folder of them)."""
+    source = Path(source)
+    if source.is_file():
+        return source.stat().st_size
+    return sum(p.stat().st_size for p in source.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())

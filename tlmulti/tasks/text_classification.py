@@ -35,6 +35,10 @@ from tlmulti.errors import DataError, MissingWeightsError, RecipeError, TlmultiE
 from tlmulti.recipe import DataConfig, HeadConfig, choice
 from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
 
+#: Texts whose tokens the data summary counts at most.
+SUMMARY_TEXTS = 20_000
+
+
 @dataclass
 class TextDataConfig(DataConfig):
     """``text_column``: one column or several joined by ``separator`` (e.g. [subject, body]);
@@ -179,37 +183,56 @@ class TextClassification(ClassificationTask):
 
     # -- data -----------------------------------------------------------------------------------
     def derive_defaults(self) -> None:
-        from tlmulti.data.manifest import MANIFEST_SUFFIXES, read_manifest
-        from tlmulti.data.text import text_columns_of
+        from tlmulti.data.manifest import MANIFEST_SUFFIXES
+        from tlmulti.data.text import first_rows, text_columns_of
 
         data = self.recipe.data
         if data.text_column or not data.train:
             return
         source = resolve_source(data.train)
         if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
-            data.text_column = text_columns_of(read_manifest(source, required=(), encoding=data.encoding),
-                                               source, data.label_column)
+            data.text_column = text_columns_of(first_rows(source, data.encoding), source, data.label_column)
 
     def input_summary(self, train, parts=None) -> dict:
-        counts = parts.preprocess.token_counts(list(train.x)) if parts is not None else None
+        """Token counts of the training texts (of 20,000 spread evenly over them when there are
+        more: ``counted`` says how many)."""
+        if parts is None or not len(train):
+            return {}
+        sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), SUMMARY_TEXTS)).astype(int))
+        counts = parts.preprocess.token_counts([train.x[int(i)] for i in sample])
         if counts is None or not len(counts):
             return {}
         length = self.sequence_length()
-        return {"text_tokens": {"median": int(np.median(counts)), "p95": int(np.percentile(counts, 95)),
-                                "max": int(counts.max()), "sequence_length": length,
-                                "truncated": int((counts > length).sum()),
-                                "truncated_fraction": round(float((counts > length).mean()), 3)}}
+        summary = {"median": int(np.median(counts)), "p95": int(np.percentile(counts, 95)),
+                   "max": int(counts.max()), "sequence_length": length,
+                   "truncated": int((counts > length).sum()),
+                   "truncated_fraction": round(float((counts > length).mean()), 3)}
+        if len(sample) < len(train):
+            summary["counted"] = len(sample)
+        return {"text_tokens": summary}
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
+        """Texts in memory, or streamed (``data.streaming``; ``auto`` when the files pass 1 GiB):
+        then ``x`` is a FileArray of where each text is, read in the input pipeline."""
+        from functools import partial
+
+        from tlmulti.data import text as texts
         from tlmulti.data.examples import reader_labels
-        from tlmulti.data.text import read_text_rows
+        from tlmulti.data.lazy import FileArray, stream_choice
 
         source = resolve_source(ref)
         data = self.recipe.data
-        rows = read_text_rows(source, data.text_column, data.label_column, labelled, data.encoding, data.separator)
+        args = (source, data.text_column, data.label_column, labelled, data.encoding, data.separator)
+        stream_choice(data.streaming, 0, 0)  # checks the value
+        if data.streaming is not False and stream_choice(data.streaming, 1, texts.text_bytes(source)):
+            rows, where = texts.scan_text_rows(*args)
+            x = FileArray(where, partial(texts.load_text, separator=data.separator, encoding=data.encoding), (),
+                          object, {"reader": "text", "separator": data.separator, "encoding": data.encoding})
+        else:
+            rows = texts.read_text_rows(*args)
+            x = np.empty(len(rows), dtype=object)
+            x[:] = [r["text"] for r in rows]
         y, classes = reader_labels([r.get("label") for r in rows], classes, labelled, str(source))
-        x = np.empty(len(rows), dtype=object)
-        x[:] = [r["text"] for r in rows]
         keys = []
         for r in rows[:1000]:
             keys.extend(k for k in r if k not in ("text", "label") and k not in keys)
