@@ -40,6 +40,20 @@ def test_group_split_with_too_few_groups_is_a_clear_error():
         group_split([0, 1, 0, 1, 0, 1], ["a", "a", "b", "b", "c", "c"], 0.2)
 
 
+def test_group_split_with_fewer_rows_per_class_than_folds_holds_out_whole_groups():
+    from tlmulti.data import group_split
+
+    # 8 volumes, one manifest row each (4 per class): too few rows for 5 stratified folds
+    groups = np.array([f"v{i}" for i in range(8)])
+    labels = np.array([0, 1] * 4)
+    keep, held = group_split(labels, groups, 0.2, seed=1)
+    assert len(keep) + len(held) == 8 and not set(groups[keep]) & set(groups[held])
+    assert sorted(labels[held].tolist()) == [0, 1]  # one group of each class
+    assert np.array_equal(group_split(labels, groups, 0.2, seed=1)[1], held)
+    draws = {tuple(group_split(labels, groups, 0.2, seed=s)[1]) for s in range(6)}
+    assert len(draws) > 1  # the seed decides which groups
+
+
 def test_binary_metrics_match_scikit_learn_and_hand_computation():
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -150,6 +164,18 @@ def test_split_by_patient_run_writes_splits_and_clinical_metrics(tiny_backbone, 
     assert json.loads(again.output)["threshold"] == val_m["threshold"]
     text = CliRunner().invoke(main, ["vision", "evaluate", str(out), "--data", str(test)]).output
     assert "AUROC" in text and "95% CI" in text and "sensitivity" in text
+
+
+def test_split_by_with_few_rows_per_class_trains(tiny_backbone, tmp_path):
+    train = _patient_manifest(tmp_path / "train", [f"p{i}" for i in range(8)], per_patient=1)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), "--split-by", "patient",
+                                       *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out / "splits.csv") as f:
+        val = [r for r in csv.DictReader(f) if r["split"] == "val"]
+    label = {r["path"]: r["label"] for r in csv.DictReader(open(train))}
+    assert len(val) == 2 and {label[r["path"]] for r in val} == {"benign", "malignant"}
 
 
 def test_patient_in_train_and_test_is_an_error(tiny_backbone, tmp_path):

@@ -568,3 +568,38 @@ def test_texts_stream_from_their_files_as_they_are_read_into_memory(tmp_path, tl
         assert runs["true"].metrics["test"]["accuracy"] == runs["false"].metrics["test"]["accuracy"]
     finally:
         registry.unregister_backbone("tiny_bert.test")
+
+
+def test_utf16_texts_are_read_into_memory_under_auto_and_refused_when_streaming_is_forced(
+        tmp_path, tlmulti_home, monkeypatch):
+    from click.testing import CliRunner
+
+    from tests.text_helpers import make_tiny_bert_preset, register_tiny, tiny_recipe, tiny_texts
+    from tlmulti import registry
+    from tlmulti.cli import main
+    from tlmulti.data.lazy import FileArray
+    from tlmulti.tasks import make_task
+
+    monkeypatch.setattr("tlmulti.data.lazy.STREAM_BYTES", 0)  # auto streams anything that can be streamed
+    rows = tiny_texts(12, 0)
+    lines = "\n".join(["text,label"] + [f"{t},{label}" for t, label, _ in rows]) + "\n"
+    (tmp_path / "utf8.csv").write_text(lines, encoding="utf-8")
+    (tmp_path / "utf16.csv").write_text(lines, encoding="utf-16")
+    register_tiny(make_tiny_bert_preset(tmp_path / "preset"))
+    try:
+        utf8 = make_task(tiny_recipe(tmp_path / "utf8.csv", tmp_path / "utf8.csv")).read(str(tmp_path / "utf8.csv"))
+        assert isinstance(utf8.x, FileArray)
+        recipe = tiny_recipe(tmp_path / "utf16.csv", tmp_path / "utf16.csv", **{"data.encoding": "utf-16"})
+        utf16 = make_task(recipe).read(recipe.data.train)
+        assert not isinstance(utf16.x, FileArray)
+        assert list(utf16.x) == list(np.asarray(utf8.x)) and np.array_equal(utf16.y, utf8.y)
+
+        out = tmp_path / "run"
+        result = CliRunner().invoke(main, ["text", "train", "--data", str(tmp_path / "utf16.csv"),
+                                           "--backbone", "tiny_bert.test", "--set", "data.encoding=utf-16",
+                                           "--set", "data.streaming=true", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert "cannot be streamed" in result.output and "UTF-8" in result.output
+        assert "Traceback" not in result.output and not out.exists()
+    finally:
+        registry.unregister_backbone("tiny_bert.test")

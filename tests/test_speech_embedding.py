@@ -36,7 +36,8 @@ from tlmulti.layers.speech_embedding import (
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
 
 CNN_ATOL = 2e-4    # embeddings reach |70|; measured max difference 6-8e-5 (float32 summation order)
-MEL_ATOL = 1e-5    # features lie in about [-8, 13]; measured max difference 3e-6
+MEL_ATOL = 1e-4    # features lie in about [-8, 13]; measured max difference 3e-6 on one CPU, 5e-5 (sine) on another
+                   # (float32 FFT summation order depends on the machine's vector instructions)
 N_PARAMS = 328_224
 SPEC = registry.get_backbone("speech_embedding.google")
 EMBEDDING_SHA256 = SPEC.options["sha256"]

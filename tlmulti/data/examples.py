@@ -94,9 +94,36 @@ def group_split(labels, groups, fraction: float, seed: int = 0) -> tuple[np.ndar
     if n_groups < n_splits:
         raise DataError(f"Splitting by groups needs at least {n_splits} distinct groups for a validation "
                         f"fraction of {fraction}, found {n_groups}; give --val-data or raise data.val_split.")
+    _, per_class = np.unique(labels, return_counts=True)
+    if per_class.max() < n_splits:  # too few rows for folds (a few volumes, before their slices)
+        held_groups = _few_groups_held_out(labels, groups, fraction, seed)
+        held = np.isin(groups, held_groups)
+        return np.flatnonzero(~held), np.flatnonzero(held)
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     keep, held = next(folds.split(np.zeros(len(labels)), labels, groups))
     return np.sort(keep), np.sort(held)
+
+
+def _few_groups_held_out(labels, groups, fraction: float, seed: int) -> list[str]:
+    """The groups to hold out when there are too few rows per class for folds: per class (of
+    each group's most common label), about ``fraction`` of its groups, drawn with ``seed``, at
+    least one where a class has two groups or more, never all of them."""
+    rng = np.random.default_rng(seed)
+    names = sorted(set(groups.tolist()))
+    label_of = {}
+    for g in names:
+        values, counts = np.unique(labels[groups == g], return_counts=True)
+        label_of[g] = values[counts.argmax()]
+    held = []
+    for label in sorted(set(label_of.values()), key=str):
+        members = [g for g in names if label_of[g] == label]
+        rng.shuffle(members)
+        k = min(max(int(round(len(members) * fraction)), 1), len(members) - 1)
+        held.extend(members[:k])
+    if not held:
+        raise DataError(f"Splitting by groups found one group per class ({len(names)} groups); a validation set "
+                        "needs a second group of some class: give --val-data or add data.")
+    return held
 
 
 def limit_per_class(labels, n: int, seed: int = 0) -> np.ndarray:

@@ -133,7 +133,7 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
     :data:`~tlmulti.data.lazy.STREAM_BYTES`) the slides keep no pixels and :func:`to_examples`
     gives tiles decoded in the input pipeline: from the file itself for a 2-D image, from the
     slice cache (:mod:`tlmulti.data.stacks`) for the slices of a volume or multi-frame file."""
-    from tlmulti.data.lazy import STREAM_BYTES, stream_choice
+    from tlmulti.data.lazy import stream_choice
     from tlmulti.data.masks import check_class_ids, pair_files
     from tlmulti.data.medical import list_files, stack_shape, stem_of
 
@@ -155,7 +155,7 @@ def read_slides(ref: str, data, channels: int, classes: list[str] | None = None,
         shapes = [stack_shape(p, data.slice_axis) for p, _ in pairs]
         images_held = sum(n * h * w for n, h, w in filter(None, shapes)) * channels
         one_image = len(pairs) == 1 and (shapes[0] or (1,))[0] == 1  # split by rows: needs its pixels
-        stream = not one_image and (setting is True or images_held > STREAM_BYTES)
+        stream = not one_image and stream_choice(setting, 1, images_held)
     options = {"reader": "segmentation", "channels": channels, "classes": known,
                **{k: getattr(data, k, None) for k in ("slice_axis", "normalize", "percentiles", "window",
                                                        "palette", "binarize_masks")}}

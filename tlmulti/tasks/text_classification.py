@@ -212,8 +212,9 @@ class TextClassification(ClassificationTask):
         return {"text_tokens": summary}
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
-        """Texts in memory, or streamed (``data.streaming``; ``auto`` when the files pass 1 GiB):
-        then ``x`` is a FileArray of where each text is, read in the input pipeline."""
+        """Texts in memory, or streamed (``data.streaming``; ``auto`` when the files pass 1 GiB and
+        their encoding can be read from a byte offset, so not UTF-16/32): then ``x`` is a FileArray
+        of where each text is, read in the input pipeline."""
         from functools import partial
 
         from tlmulti.data import text as texts
@@ -223,8 +224,10 @@ class TextClassification(ClassificationTask):
         source = resolve_source(ref)
         data = self.recipe.data
         args = (source, data.text_column, data.label_column, labelled, data.encoding, data.separator)
-        stream_choice(data.streaming, 0, 0)  # checks the value
-        if data.streaming is not False and stream_choice(data.streaming, 1, texts.text_bytes(source)):
+        stream = stream_choice(data.streaming, 0, 0)  # checks the value; True / False as set
+        if data.streaming == "auto":  # past 1 GiB, in an encoding that can be cut into lines (not UTF-16)
+            stream = texts.line_aligned(data.encoding) and stream_choice("auto", 1, texts.text_bytes(source))
+        if stream:
             rows, where = texts.scan_text_rows(*args)
             x = FileArray(where, partial(texts.load_text, separator=data.separator, encoding=data.encoding), (),
                           object, {"reader": "text", "separator": data.separator, "encoding": data.encoding})
