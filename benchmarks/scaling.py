@@ -110,8 +110,14 @@ def run_child(recipe: dict, home: str, limit_gb: float, code: str | None = None)
     env = {**os.environ, "TLMULTI_HOME": home}
     if code:  # another version of tlmulti (a checkout of an earlier commit) runs this one
         env["PYTHONPATH"] = code
-    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"recipe": recipe})], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return measure([sys.executable, __file__, "--child", json.dumps({"recipe": recipe})], env, limit_gb)
+
+
+def measure(argv: list[str], env: dict, limit_gb: float) -> dict:
+    """Run ``argv`` (a child that prints one ``RESULT {json}`` line), sampling its resident and
+    private memory; killed past ``limit_gb``. Adds ``wall`` (the whole process), ``peak_mb`` and
+    ``anon_mb`` (the private part) to the child's result."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0, peak, anon, killed = time.perf_counter(), 0.0, 0.0, False
     lines = []
     import threading
@@ -136,6 +142,7 @@ def run_child(recipe: dict, home: str, limit_gb: float, code: str | None = None)
         sys.stdout.write("".join(lines[-30:]))
         raise SystemExit(f"a run failed (exit {proc.returncode})")
     result["wall"] = wall  # the whole process: start, reading, features, training, evaluation
+    result.setdefault("peak_mb", peak)  # the child's own getrusage peak when it reports one
     result["anon_mb"] = anon
     return result
 
