@@ -228,3 +228,20 @@ def test_stratified_take_is_proportional():
     idx = spam_assassin._stratified_take(strata, 20, np.random.default_rng(0))
     counts = {s: sum(strata[i] == s for i in idx) for s in "abc"}
     assert counts == {"a": 14, "b": 5, "c": 1}
+
+
+def test_text_columns_fill_missing_fields_and_hold_repeated_values_once(tmp_path):
+    from tlmulti.data.text import load_text, read_text_columns
+
+    jl = tmp_path / "rows.jsonl"
+    rows = [{"text": "first one", "label": "spam", "domain": "mail"},
+            {"text": "second", "label": "ham"},
+            {"text": "third text", "label": "spam", "domain": "web", "source": "forum"}]
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts, columns = read_text_columns(jl)
+    assert texts == ["first one", "second", "third text"]
+    assert columns == {"label": ["spam", "ham", "spam"], "domain": ["mail", None, "web"],
+                       "source": [None, None, "forum"]}
+    assert columns["label"][0] is columns["label"][2]  # one string for a repeated label
+    where, streamed = read_text_columns(jl, stream=True)
+    assert streamed == columns and [load_text(w) for w in where] == texts

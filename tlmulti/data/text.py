@@ -7,10 +7,10 @@ text per ``.txt`` file. Files must be in the configured encoding (UTF-8 by defau
 is not, an empty text, or a missing column is a :class:`~tlmulti.errors.DataError` naming the
 file, the row and the fix.
 
-Large data streams (:func:`scan_text_rows`): the rows are read once to check them and keep
-their labels and columns, but each text only as where it is (file, byte offset); the input
-pipeline reads it back with :func:`load_text`, parsed exactly as when everything is read into
-memory (both go through the same line-by-line reader).
+Large data streams (:func:`read_text_columns` with ``stream``): the rows are read once to check
+them and keep their labels and columns, but each text only as where it is (file, byte offset);
+the input pipeline reads it back with :func:`load_text`, parsed exactly as when everything is
+read into memory (both go through the same line-by-line reader).
 
 Example::
 
@@ -233,7 +233,7 @@ def _manifest_rows(path: Path, text_columns, label_column, labelled, encoding, s
     _check_columns(path, first, text_columns, label_column if labelled else None)
     line_word = "line" if path.suffix.lower() in (".jsonl", ".json") else "row"
     fmt = "jsonl" if line_word == "line" else path.suffix.lower().lstrip(".")
-    columns = tuple(text_columns)
+    columns, name = tuple(text_columns), str(path)  # one string for every row's ``where``
     for n, offset, header, row in chain(head, records):
         text = join_columns(row, text_columns, separator)
         if not text:
@@ -249,7 +249,7 @@ def _manifest_rows(path: Path, text_columns, label_column, labelled, encoding, s
                 raise DataError(f"Data '{path}' {line_word} {n} has an empty label (column '{label_column}').")
             item.pop(label_column, None)
             item["label"] = str(label).strip()
-        yield item, (str(path), offset, fmt, header, columns)
+        yield item, (name, offset, fmt, header, columns)
 
 
 def _file_rows(files, encoding: str, labels=None):
@@ -260,21 +260,21 @@ def _file_rows(files, encoding: str, labels=None):
         row = {"text": text, "path": str(f)}
         if labels is not None:
             row["label"] = labels[i]
-        yield row, (str(f), 0, "file", None, None)
+        yield row, (row["path"], 0, "file", None, None)
 
 
 def _line_rows(path: Path, encoding: str):
-    found = False
+    found, name = False, str(path)
     for offset, line in _lines(path, encoding):
         if line.strip():
             found = True
-            yield {"text": line.strip()}, (str(path), offset, "line", None, None)
+            yield {"text": line.strip()}, (name, offset, "line", None, None)
     if not found:
         raise DataError(f"Text file '{path}' has no non-empty lines.")
 
 
 def load_text(where, separator: str = "\n", encoding: str = "utf-8") -> str:
-    """The text at ``where`` (from :func:`scan_text_rows`), as :func:`read_text_rows` reads it."""
+    """The text at ``where`` (from :func:`read_text_columns`), as :func:`read_text_rows` reads it."""
     path, offset, fmt, header, text_columns = where
     path = Path(path)
     if fmt == "file":
@@ -324,20 +324,32 @@ def read_text_rows(source, text_columns=("text",), label_column: str = "label", 
     return [row for row, _ in _rows(source, text_columns, label_column, labelled, encoding, separator)]
 
 
-def scan_text_rows(source, text_columns=("text",), label_column: str = "label", labelled: bool = True,
-                   encoding: str = "utf-8", separator: str = "\n") -> tuple[list[dict], list[tuple]]:
-    """The rows of :func:`read_text_rows` without their ``text`` (every row still checked), and
-    for each where its text is: ``(path, byte offset, format, CSV header, text columns)`` for
-    :func:`load_text`."""
-    if not line_aligned(encoding):
+def read_text_columns(source, text_columns=("text",), label_column: str = "label", labelled: bool = True,
+                      encoding: str = "utf-8", separator: str = "\n", stream: bool = False) -> tuple[list, dict]:
+    """``(texts, columns)``: the texts of :func:`read_text_rows` in order, and its other fields
+    as one list per column (``label`` among them when labelled; None where a row lacks a
+    column), a value repeated across rows (a label, a domain) held once.
+
+    With ``stream`` the texts are not kept, only where each one is: ``(path, byte offset,
+    format, CSV header, text columns)`` for :func:`load_text` (every row is still read and
+    checked), so what stays in memory is the manifest."""
+    if stream and not line_aligned(encoding):
         raise DataError(f"Texts in {encoding} (data.encoding) cannot be streamed: a newline is not one byte. "
                         "Re-save the data as UTF-8, or set data.streaming: false.")
-    rows, where = [], []
-    for row, at in _rows(source, text_columns, label_column, labelled, encoding, separator):
-        row.pop("text")
-        rows.append(row)
-        where.append(at)
-    return rows, where
+    texts, columns, pools = [], {}, {}
+    for n, (row, at) in enumerate(_rows(source, text_columns, label_column, labelled, encoding, separator)):
+        text = row.pop("text")
+        texts.append(at if stream else text)
+        for k, v in row.items():
+            column = columns.setdefault(k, [None] * n)
+            if isinstance(v, str):
+                pool = pools.setdefault(k, {})
+                v = pool.setdefault(v, v) if len(pool) < 1000 else pool.get(v, v)
+            column.append(v)
+        for column in columns.values():
+            if len(column) == n:  # this row lacks the column
+                column.append(None)
+    return texts, columns
 
 
 def text_bytes(source) -> int:

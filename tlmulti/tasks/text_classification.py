@@ -227,20 +227,16 @@ class TextClassification(ClassificationTask):
         stream = stream_choice(data.streaming, 0, 0)  # checks the value; True / False as set
         if data.streaming == "auto":  # past 1 GiB, in an encoding that can be cut into lines (not UTF-16)
             stream = texts.line_aligned(data.encoding) and stream_choice("auto", 1, texts.text_bytes(source))
+        found, columns = texts.read_text_columns(*args, stream=stream)
         if stream:
-            rows, where = texts.scan_text_rows(*args)
-            x = FileArray(where, partial(texts.load_text, separator=data.separator, encoding=data.encoding), (),
+            x = FileArray(found, partial(texts.load_text, separator=data.separator, encoding=data.encoding), (),
                           object, {"reader": "text", "separator": data.separator, "encoding": data.encoding})
         else:
-            rows = texts.read_text_rows(*args)
-            x = np.empty(len(rows), dtype=object)
-            x[:] = [r["text"] for r in rows]
-        y, classes = reader_labels([r.get("label") for r in rows], classes, labelled, str(source))
-        keys = []
-        for r in rows[:1000]:
-            keys.extend(k for k in r if k not in ("text", "label") and k not in keys)
-        meta = {k: [r.get(k) for r in rows] for k in keys}
-        return Examples(x=x, y=y, classes=classes, meta=meta)
+            x = np.empty(len(found), dtype=object)
+            x[:] = found
+        labels = columns.pop("label", [None] * len(found))
+        y, classes = reader_labels(labels, classes, labelled, str(source))
+        return Examples(x=x, y=y, classes=classes, meta=columns)
 
     def read_inputs(self, items):
         texts = [str(t) for t in items]
