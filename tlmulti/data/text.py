@@ -341,7 +341,9 @@ def read_text_columns(source, text_columns=("text",), label_column: str = "label
         text = row.pop("text")
         texts.append(at if stream else text)
         for k, v in row.items():
-            column = columns.setdefault(k, [None] * n)
+            column = columns.get(k)
+            if column is None:  # a column first seen here: None for the rows before
+                column = columns[k] = [None] * n
             if isinstance(v, str):
                 pool = pools.setdefault(k, {})
                 v = pool.setdefault(v, v) if len(pool) < 1000 else pool.get(v, v)
