@@ -106,6 +106,18 @@ def test_recipe_roundtrips_through_yaml(tmp_path):
     assert again.to_dict() == recipe.to_dict()
 
 
+def test_a_bad_value_from_an_override_names_the_override_not_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("task: text_classification\ndata:\n  batch_size: 8\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, overrides=["data.streaming=maybe"])
+    assert str(err.value) == ("Key 'data.streaming' (--set data.streaming=maybe) must be one of auto, true, "
+                              "false, got 'maybe'.")
+    path.write_text("task: text_classification\ndata:\n  streaming: maybe\n")
+    with pytest.raises(RecipeError, match=f"Key 'data.streaming' in {path} must be one of"):
+        load_recipe(path, overrides=["data.batch_size=4"])
+
+
 def test_choices_are_checked_at_any_depth_with_key_and_values():
     with pytest.raises(RecipeError, match=r"'data.augment.flip'.* must be one of none, horizontal, vertical, both, got 'sideways'"):
         from_dict({"data": {"augment": {"flip": "sideways"}}})

@@ -369,9 +369,12 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
     except TlmultiError as exc:
         raise RecipeError(f"Key 'task'{located(source)}: {exc}") from None
     body = {k: v for k, v in data.items() if k not in ("head", "data")}
-    recipe = build(Recipe, body, "", source)
-    recipe.head = build(cls.head_config, data.get("head"), "head", source)
-    recipe.data = build(cls.data_config, data.get("data"), "data", source)
+    try:
+        recipe = build(Recipe, body, "", source)
+        recipe.head = build(cls.head_config, data.get("head"), "head", source)
+        recipe.data = build(cls.data_config, data.get("data"), "data", source)
+    except RecipeError as exc:
+        raise _blame_override(exc, overrides, source) from None
     if not recipe.phases:
         raise RecipeError(f"Key 'phases'{located(source)} must list at least one phase.")
     for i, phase in enumerate(recipe.phases):
@@ -381,6 +384,16 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
         recipe.backbone.name = registry.get_task(task_name).default_backbone
     recipe.source = source
     return recipe
+
+
+def _blame_override(exc: RecipeError, overrides, source: str | None) -> RecipeError:
+    """An error about a key that an override set names that override, not the recipe file."""
+    text = str(exc)
+    for override in overrides or ():
+        key = override.partition("=")[0].strip()
+        if text.startswith(f"Key '{key}'{located(source)} "):
+            return RecipeError(text.replace(f"Key '{key}'{located(source)}", f"Key '{key}' (--set {override})", 1))
+    return exc
 
 
 def load_recipe(path=None, overrides=(), task: str | None = None) -> Recipe:
