@@ -41,6 +41,8 @@ def main():
     )
     recipe = tlmulti.load_recipe(task="image_classification", overrides=[
         "backbone.name=small_cnn.example",
+        "data.train=dataset:fashion-mnist/train",
+        "data.test=dataset:fashion-mnist/test",
         "data.image_size=[28, 28]",
         "data.limit_per_class=60",          # a small labelled set
         "phases.0.epochs=3",

@@ -75,49 +75,6 @@ def inference_model(model):
     return keras.models.clone_model(model, clone_function=strip), removed
 
 
-def _kind(model) -> str:
-    dtype = str(model.inputs[0].dtype)
-    if "string" in dtype:
-        return "text"
-    return "image" if len(model.inputs[0].shape) == 4 else "waveform"
-
-
-def _with_class_map(model):
-    """Segmentation models also return the class map (argmax over classes)."""
-    import keras
-    import tensorflow as tf
-
-    class ClassMap(keras.layers.Layer):
-        def call(self, p):
-            return tf.math.argmax(p, axis=-1, output_type=tf.int32)  # TFLite / ONNX builtin ArgMax
-
-        def compute_output_shape(self, shape):
-            return shape[:-1]
-
-        def compute_output_spec(self, p):
-            return keras.KerasTensor(p.shape[:-1], dtype="int32")
-
-    probs = model.outputs[0]
-    class_map = ClassMap(name="class_map")(probs)
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, {"probabilities": probs, "class_map": class_map}, name="exported")
-
-
-def _token_model(model):
-    """The text model from the tokenizer's outputs (token ids) on."""
-    import keras
-
-    tokenizer = model.get_layer("tokenizer")
-    keys = list(tokenizer.outputs)
-    inputs = {k: keras.Input((tokenizer.sequence_length,), dtype="int32", name=k) for k in keys}
-    x = inputs
-    for layer in model.layers:
-        if layer.name in ("tokenizer",) or type(layer).__name__ == "InputLayer" or layer.name.endswith("_removed"):
-            continue
-        x = layer(x)
-    return keras.Model(inputs, x, name="exported_tokens"), tokenizer
-
-
 def _representative(task, recipe, n: int = 100):
     """Up to ``n`` training inputs (balanced over classes where labels are per example)."""
     examples = task.read(recipe.data.train, classes=task.classes)
@@ -154,32 +111,27 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
     run_dir = Path(run_dir)
     recipe, task, model = load_run(run_dir)
     serving, removed = inference_model(model)
-    kind = _kind(serving)
-    segmentation = recipe.task == "segmentation"
-    if segmentation:
-        serving = _with_class_map(serving)
     info = {"format": fmt, "quantize": quantize, "task": recipe.task, "backbone": recipe.backbone.name,
             "classes": list(task.classes), "source_run": str(run_dir.resolve()),
             "test_metrics": {k: v for k, v in (json.loads((run_dir / "metrics.json").read_text()).get("test") or {}).items()
                              if isinstance(v, (int, float))},
             "augmentation_removed": removed, "tlmulti": __version__, "tensorflow": tf.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    info["input"], info["output"], info["preprocessing"] = _signature(task, recipe, serving, kind, fmt, segmentation)
+    info["input"], info["output"], info["preprocessing"] = task.export_signature(serving, fmt)
+    serving, extra = task.export_model(serving, fmt)  # the task's outputs and input form in this format
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         target = tmp / MODEL_FILES[fmt]
-        if kind == "text" and fmt != "saved_model":
-            token_model, tokenizer = _token_model(serving)
-            (tmp / "vocab.txt").write_text("\n".join(tokenizer.vocabulary) + "\n", encoding="utf-8")
-            serving = token_model
+        for name, text in extra.items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if fmt == "saved_model":
             serving.export(str(target), format="tf_saved_model", verbose=False)
         elif fmt == "tflite":
-            info["tflite_ops"] = _to_tflite(serving, target, task, recipe, kind, quantize)
+            info["tflite_ops"] = _to_tflite(serving, target, task, recipe, quantize)
         else:
-            _to_onnx(serving, target, kind)
+            _to_onnx(serving, target, task)
         (tmp / "labels.txt").write_text("\n".join(task.classes) + "\n", encoding="utf-8")
         info["file_bytes"] = sum(p.stat().st_size for p in ([target] if target.is_file() else target.rglob("*"))
                                  if p.is_file())
@@ -193,74 +145,12 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
     return out
 
 
-def _signature(task, recipe, serving, kind: str, fmt: str, segmentation: bool):
-    if kind == "image":
-        h, w = task.image_size()
-        c = task.channels()
-        shape = [1, h, w, c] if fmt == "tflite" else [None, None, None, c]
-        inputs = {"image": {"dtype": "float32", "shape": shape, "range": [0, 255],
-                            "note": "raw pixels; the model resizes to its network size and normalises"}}
-        prep = {"resize_to": [h, w], "channels": c, "normalization": task.spec.input.get("normalization", "unit")}
-    elif kind == "waveform":
-        contract = task.contract()
-        inputs = {"waveform": {"dtype": "float32", "shape": [1 if fmt == "tflite" else None, contract.clip_samples],
-                               "range": [-1, 1], "sample_rate": contract.sample_rate,
-                               "note": "mono, centred in (or cropped to) the clip length"}}
-        prep = {"sample_rate": contract.sample_rate, "clip_seconds": contract.clip_seconds,
-                "frontend": contract.frontend, "log_mel": contract.frontend_config() if contract.frontend == "log_mel" else None}
-    elif fmt == "saved_model":
-        inputs = {"text": {"dtype": "string", "shape": [None], "note": "raw text; the tokenizer is inside"}}
-        prep = {"tokenizer": "inside the model"}
-    else:
-        tok = serving.get_layer("tokenizer")
-        shape = [1 if fmt == "tflite" else None, tok.sequence_length]
-        inputs = {k: {"dtype": "int32", "shape": shape} for k in tok.outputs}
-        prep = {"tokenizer": {"vocabulary": "vocab.txt", "lowercase": tok.lowercase, "strip_accents": tok.strip_accents,
-                              "sequence_length": tok.sequence_length, "cls": tok.cls_token, "sep": tok.sep_token,
-                              "pad": tok.pad_token, "unk": tok.unk_token,
-                              "note": "[CLS] word pieces [SEP], padded with [PAD]; padding_mask 1 on tokens"}}
-    if segmentation:
-        output = {"probabilities": "float32 (batch, H, W, classes) at the input size",
-                  "class_map": "int32 (batch, H, W): argmax over classes, ids as in labels.txt"}
-    else:
-        output = {"probabilities": f"float32 (batch, {len(task.classes)}), classes in labels.txt order"}
-    return inputs, output, prep
-
-
-def _fixed(serving, kind: str, task):
-    """A batch-1, fixed-size model for TFLite."""
+def _to_tflite(serving, target: Path, task, recipe, quantize: str) -> str:
     import keras
-
-    if kind == "image":
-        h, w = task.image_size()
-        inputs = keras.Input((h, w, task.channels()), batch_size=1, name="image")
-    elif kind == "waveform":
-        inputs = keras.Input((task.contract().clip_samples,), batch_size=1, name="waveform")
-    else:
-        inputs = {k: keras.Input(tuple(t.shape[1:]), batch_size=1, dtype="int32", name=k)
-                  for k, t in serving.input.items()}
-    return keras.Model(inputs, serving(inputs), name="exported_fixed")
-
-
-def _representative_inputs(task, recipe, serving, kind):
-    x = _representative(task, recipe)
-    if kind == "image":
-        import tensorflow as tf
-
-        h, w = task.image_size()
-        x = tf.image.resize(np.asarray(x, np.float32), (h, w)).numpy()
-        return [{"image": x[i:i + 1]} for i in range(len(x))]
-    if kind == "waveform":
-        return [{"waveform": np.asarray(x[i:i + 1], np.float32)} for i in range(len(x))]
-    from tlmulti.errors import TlmultiError
-
-    raise TlmultiError("int8 quantization of text exports needs token inputs; use --quantize dynamic for text.")
-
-
-def _to_tflite(serving, target: Path, task, recipe, kind: str, quantize: str) -> str:
     import tensorflow as tf
 
-    fixed = _fixed(serving, kind, task)
+    inputs = task.fixed_inputs(serving)
+    fixed = keras.Model(inputs, serving(inputs), name="exported_fixed")  # batch 1, fixed size
     names = [t.name.split(":")[0] for t in fixed.inputs]
     specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(fixed.inputs, names)]
     as_dict = isinstance(fixed.input, dict)
@@ -285,7 +175,7 @@ def _to_tflite(serving, target: Path, task, recipe, kind: str, quantize: str) ->
         if quantize == "float16":
             conv.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            samples = _representative_inputs(task, recipe, serving, kind)
+            samples = task.representative_inputs(_representative(task, recipe))
             conv.representative_dataset = lambda: ([s[k] for k in names] for s in samples)
         return conv
 
@@ -306,20 +196,14 @@ def _to_tflite(serving, target: Path, task, recipe, kind: str, quantize: str) ->
     return ops
 
 
-def _to_onnx(serving, target: Path, kind: str) -> None:
+def _to_onnx(serving, target: Path, task) -> None:
     try:
         import tf2onnx
     except ImportError:
         raise RunError("ONNX export needs tf2onnx and onnxruntime: pip install 'tlmulti[export]' "
                        "(or pip install tf2onnx onnxruntime).") from None
-    import tensorflow as tf
 
-    if kind == "image":
-        spec = (tf.TensorSpec((None, None, None, serving.inputs[0].shape[-1]), tf.float32, name="image"),)
-    elif kind == "waveform":
-        spec = (tf.TensorSpec((None, serving.inputs[0].shape[-1]), tf.float32, name="waveform"),)
-    else:
-        spec = ({k: tf.TensorSpec((None, t.shape[-1]), tf.int32, name=k) for k, t in serving.input.items()},)
+    spec = task.onnx_signature(serving)
     _register_onnx_handlers()
     try:
         with _collect_tf2onnx_errors() as errors:
@@ -418,7 +302,7 @@ class ExportedModel:
                                                          providers=["CPUExecutionProvider"])
 
     def _outputs(self, values: list):
-        if self.info["task"] == "segmentation":
+        if "class_map" in self.info["output"]:
             probs = next(v for v in values if v.ndim == 4)
             ids = next(v for v in values if v.ndim == 3)
             return {"probabilities": probs, "class_map": ids}

@@ -16,9 +16,7 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import yaml
 
 from tlmulti import choices, registry
 from tlmulti.errors import RecipeError, TlmultiError
+from tlmulti.overrides import apply_overrides
 from tlmulti.schema import at_least, build, choice, field_choices, located  # noqa: F401  (the recipe API)
 
 
@@ -248,108 +247,13 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------------------------
-# Overrides
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise RecipeError(f"Override '{text}' must look like key.path=value, e.g. phases.0.epochs=3.")
-    key, _, raw = text.partition("=")
-    key = key.strip()
-    if not key:
-        raise RecipeError(f"Override '{text}' has no key before '='.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):
-        try:
-            value = float(value)  # YAML 1.1 reads 1e-5 as a string
-        except ValueError:
-            pass
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides) -> dict:
-    """Return a copy of ``data`` with each ``a.b.c=value`` applied; list items by index, or
-    ``*`` for every item of a list (``phases.*.epochs=3``)."""
-    data = copy.deepcopy(data)
-    for text in overrides or ():
-        parts, value = parse_override(text)
-        if "*" in parts:
-            star = parts.index("*")
-            items = _node_at(data, parts[:star], text)
-            if not isinstance(items, list):
-                raise RecipeError(f"Override '{text}': '{'.'.join(parts[:star])}' is not a list, so '*' does not apply.")
-            head = ".".join(parts[:star])
-            rest = ".".join(parts[star + 1:])
-            raw = text.partition("=")[2]
-            data = apply_overrides(data, [f"{head}.{k}{'.' + rest if rest else ''}={raw}" for k in range(len(items))])
-            continue
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            where = ".".join(parts[: i + 1])
-            if isinstance(node, list):
-                node = _list_item(node, part, where, text)
-                continue
-            if node.get(part) is None:
-                node[part] = [] if part == "phases" else {}
-            node = node[part]
-            if not isinstance(node, (dict, list)):
-                raise RecipeError(f"Override '{text}': '{where}' is a value, not a section.")
-        last = parts[-1]
-        if isinstance(node, list):
-            idx = _index(last, node, text)
-            if idx == len(node):
-                node.append(value)
-            else:
-                node[idx] = value
-        else:
-            node[last] = value
-    return data
-
-
-def _node_at(data, parts, text):
-    """The value at ``parts`` of plain recipe data (None where a key is missing)."""
-    node = data
-    for part in parts:
-        if isinstance(node, list):
-            idx = _index(part, node, text)
-            node = node[idx] if idx < len(node) else None
-        elif isinstance(node, dict):
-            node = node.get(part)
-        else:
-            return None
-    return node
-
-
-def _index(part: str, node: list, text: str) -> int:
-    try:
-        idx = int(part)
-    except ValueError:
-        raise RecipeError(f"Override '{text}': '{part}' must be a list index (0, 1, ...).") from None
-    if not 0 <= idx <= len(node):
-        raise RecipeError(f"Override '{text}': index {idx} is out of range (the list has {len(node)} items).")
-    return idx
-
-
-def _list_item(node: list, part: str, where: str, text: str):
-    idx = _index(part, node, text)
-    if idx == len(node):
-        node.append({})
-    item = node[idx]
-    if item is None:
-        item = node[idx] = {}
-    return item
-
-
-# --------------------------------------------------------------------------------------------
 # Loading
 
 
-def task_class(task_name: str):
-    spec = registry.get_task(task_name)
-    return registry.resolve(spec.implementation)
+def section_configs(spec: registry.TaskSpec) -> tuple[type, type]:
+    """The dataclasses of a task's ``head`` and ``data`` sections, as its registry entry names
+    them (classes or ``"module:Class"`` strings)."""
+    return registry.resolve(spec.head_config), registry.resolve(spec.data_config)
 
 
 def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
@@ -365,14 +269,15 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
     if not isinstance(task_name, str):
         raise RecipeError(f"Key 'task'{located(source)} must be a string, got {task_name!r}.")
     try:
-        cls = task_class(task_name)
+        spec = registry.get_task(task_name)
     except TlmultiError as exc:
         raise RecipeError(f"Key 'task'{located(source)}: {exc}") from None
+    head_config, data_config = section_configs(spec)
     body = {k: v for k, v in data.items() if k not in ("head", "data")}
     try:
         recipe = build(Recipe, body, "", source)
-        recipe.head = build(cls.head_config, data.get("head"), "head", source)
-        recipe.data = build(cls.data_config, data.get("data"), "data", source)
+        recipe.head = build(head_config, data.get("head"), "head", source)
+        recipe.data = build(data_config, data.get("data"), "data", source)
     except RecipeError as exc:
         raise _blame_override(exc, overrides, source) from None
     if not recipe.phases:
@@ -381,7 +286,7 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
         if not phase.name:
             phase.name = f"phase{i + 1}"
     if not recipe.backbone.name:
-        recipe.backbone.name = registry.get_task(task_name).default_backbone
+        recipe.backbone.name = spec.default_backbone
     recipe.source = source
     return recipe
 
@@ -440,78 +345,3 @@ def resolve_path(value: str | None) -> str | None:
     if value is None or value.startswith("dataset:") or "://" in value:
         return value
     return str(Path(os.path.expandvars(value)).expanduser().resolve())
-
-
-# --------------------------------------------------------------------------------------------
-# Command-line flags: each one is an override of a recipe key, declared once here.
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A command-line option that sets the recipe key ``key``.
-
-    ``kind``: ``str``, ``int`` or ``float``; ``multiple``: repeatable, giving a list; ``path``: made
-    absolute against the working directory; ``resets``: keys set to null (or ``[]``) when this
-    flag is given and their own flag is not (``--data`` drops the recipe's own validation and
-    test sets, which belong to the recipe's data); ``choices``: a tuple or a function returning
-    one. ``key`` may use ``*`` for every list item (``phases.*.epochs``).
-    """
-
-    option: str
-    key: str
-    help: str
-    kind: type = str
-    multiple: bool = False
-    path: bool = False
-    resets: tuple[tuple[str, Any], ...] = ()
-    choices: Any = None
-    metavar: Optional[str] = None
-
-    @property
-    def dest(self) -> str:
-        return self.option.lstrip("-").replace("-", "_")
-
-
-TRAIN_FLAGS = (
-    Flag("--data", "data.train", "Training data: a class-folder tree, a manifest, or dataset:NAME/SPLIT.",
-         path=True, resets=(("data.val", None), ("data.test", None), ("data.holdout", []))),
-    Flag("--val-data", "data.val", "Validation data (default: a seeded stratified split of --data).", path=True),
-    Flag("--test-data", "data.test", "Test data, evaluated once after training.", path=True),
-    Flag("--backbone", "backbone.name", "Registered backbone name (see 'tlmulti backbones list')."),
-    Flag("--weights", "backbone.weights", "Local weights file or preset folder for the backbone.", path=True),
-    Flag("--epochs", "phases.*.epochs", "Epochs of every phase (per phase: --set phases.N.epochs=E).", kind=int),
-    Flag("--batch-size", "data.batch_size", "Batch size.", kind=int),
-    Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method (auto: try each, keep the best "
-         "label-free target score).",
-         choices=registry.adaptation_methods),
-    Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
-    Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",
-         kind=bool),
-    Flag("--weights-lock", "backbone.weights_lock", "Refuse weights whose sha256 is not in this lockfile "
-         "(made by 'tlmulti weights lock').", path=True),
-    Flag("--holdout", "data.holdout", "Keep training examples with this manifest value out of training and score "
-         "them with the test set, e.g. --holdout accent=en-029 (repeatable).", multiple=True,
-         metavar="COLUMN=VALUE"),
-    Flag("--split-by", "data.split_by", "Keep every value of this manifest column (e.g. patient) in one split; "
-         "a value in both training and test data is an error.", metavar="COLUMN"),
-)
-
-
-def overrides_from_flags(values: dict, flags=TRAIN_FLAGS) -> list[str]:
-    """``--set``-style overrides for the flags given in ``values`` (option dest -> value; None or
-    an empty tuple means not given). Resets come first, so an explicit flag always wins."""
-    given = [f for f in flags if values.get(f.dest) not in (None, ())]
-    given_keys = {f.key for f in given}
-    out = []
-    for f in given:
-        for key, empty in f.resets:
-            if key not in given_keys:
-                out.append(f"{key}={json.dumps(empty)}")
-    for f in given:
-        value = values[f.dest]
-        if f.multiple:
-            value = [resolve_path(v) for v in value] if f.path else list(value)
-        elif f.path:
-            value = resolve_path(value)
-        out.append(f"{f.key}={json.dumps(value) if isinstance(value, (str, list, bool)) else value}")
-    return out

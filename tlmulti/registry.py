@@ -81,10 +81,13 @@ class BackboneSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task needs: its family, defaults and the class that implements it.
+    """What a task needs: its family, defaults, its recipe sections and the class that implements it.
 
     ``implementation`` is ``"module:Class"`` and is imported only when the task runs, so the
-    registry itself never imports TensorFlow.
+    registry itself never imports TensorFlow. ``data_config`` and ``head_config`` are the
+    dataclasses the recipe's ``data`` and ``head`` sections are validated into: a class or
+    ``"module:Class"`` (default: :class:`tlmulti.recipe.DataConfig` and
+    :class:`tlmulti.recipe.HeadConfig`, which a task's own classes usually extend).
     """
 
     name: str
@@ -93,6 +96,8 @@ class TaskSpec:
     default_backbone: str
     default_recipe: str = ""
     description: str = ""
+    data_config: Any = "tlmulti.recipe:DataConfig"
+    head_config: Any = "tlmulti.recipe:HeadConfig"
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,9 @@ def register_backbone(name: str, *, source: str, families, replace: bool = False
 
 def register_task(name: str, *, family: str, implementation: str, default_backbone: str,
                   replace: bool = False, **fields_) -> TaskSpec:
-    """Register a task: ``implementation`` is ``"module:Class"`` subclassing :class:`tlmulti.tasks.Task`."""
+    """Register a task: ``implementation`` is ``"module:Class"`` subclassing :class:`tlmulti.tasks.Task`;
+    ``data_config`` / ``head_config`` (a dataclass or ``"module:Class"``) validate the recipe's
+    ``data`` and ``head`` sections. See :class:`TaskSpec` for fields."""
     if name in _TASKS and not replace:
         raise RegistryError(f"Task '{name}' is already registered; pass replace=True to override it.")
     spec = TaskSpec(name=name, family=family, implementation=implementation,

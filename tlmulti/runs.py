@@ -273,7 +273,8 @@ def load_run(run_dir, model_file: str = "model.keras"):
     another model of the run (``source_only.keras``: the model before domain adaptation)."""
 
     import tlmulti.layers  # noqa: F401  registers custom layers
-    from tlmulti.recipe import load_recipe, task_class
+    from tlmulti.recipe import load_recipe
+    from tlmulti.tasks import task_class
 
     run_dir = Path(run_dir)
     status = read_info(run_dir).get("status")

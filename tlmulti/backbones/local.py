@@ -41,8 +41,8 @@ def load_keras_file(path):
     """A ``.keras`` model file, loaded in Keras safe mode with tlmulti's layers registered.
 
     A file that holds Python code (a ``Lambda`` layer), names a SavedModel tlmulti does not trust
-    (see :func:`tlmulti.layers.hub.check_trusted`), or is truncated or damaged is refused with
-    one :class:`~tlmulti.errors.RunError` naming the file."""
+    (see :func:`tlmulti.backbones._saved_model.check_trusted`), or is truncated or damaged is
+    refused with one :class:`~tlmulti.errors.RunError` naming the file."""
     import keras
 
     import tlmulti.layers  # noqa: F401  registers custom layers
@@ -79,7 +79,7 @@ def load_file(path, input_shape=None):
     if path.is_file() and path.suffix in (".keras", ".h5"):
         return load_keras_file(path)
     if path.is_dir() and (path / "saved_model.pb").exists():
-        from tlmulti.layers.hub import build_tfhub_backbone
+        from tlmulti.backbones.tfhub import build_tfhub_backbone
 
         return build_tfhub_backbone(str(path), input_shape=tuple(input_shape or (None,)))
     if path.is_dir() and ((path / "config.json").exists() or (path / "metadata.json").exists()):

@@ -29,10 +29,24 @@ def load(spec, weights, input_shape):
     opts = dict(spec.options)
     if opts.pop("per_example", False):
         return per_example_backbone(handle, input_shape, opts.get("output_index"))
-    from tlmulti.layers.hub import build_tfhub_backbone
-
     return build_tfhub_backbone(handle, input_shape=tuple(input_shape or opts.pop("input_shape", (None,))),
                                 input_dtype=opts.pop("input_dtype", "float32"), **opts)
+
+
+def build_tfhub_backbone(
+    handle, input_shape, input_dtype="float32", trainable=False, signature=None, output_key=None
+):
+    """A functional ``keras.Model`` named ``"backbone"``: Input -> HubLayer (named ``"hub"``)."""
+    import keras
+
+    from tlmulti.layers.hub import HubLayer
+
+    inputs = keras.Input(shape=tuple(input_shape), dtype=input_dtype, name="inputs")
+    hub_layer = HubLayer(
+        handle, trainable=trainable, signature=signature, output_key=output_key, name="hub"
+    )
+    outputs = hub_layer(inputs)
+    return keras.Model(inputs, outputs, name="backbone")
 
 
 def per_example_backbone(handle, input_shape, output_index=None):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tlmulti import choices
 from tlmulti.cli.common import run_training, user_errors
 from tlmulti.errors import TlmultiError
 
@@ -39,8 +40,8 @@ def resume(run_dir):
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), required=True)
-@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none",
+@click.option("--format", "fmt", type=click.Choice(choices.EXPORT_FORMATS), required=True)
+@click.option("--quantize", type=click.Choice(choices.EXPORT_QUANTIZATIONS), default="none",
               show_default=True, help="TFLite weights: float16, dynamic int8, or int8 with a representative sample.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (model, labels.txt, export.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")

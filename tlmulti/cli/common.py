@@ -13,8 +13,8 @@ import sys
 
 import click
 
+from tlmulti.cli.flags import TRAIN_FLAGS, overrides_from_flags
 from tlmulti.errors import TlmultiError
-from tlmulti.recipe import TRAIN_FLAGS
 
 
 @contextlib.contextmanager
@@ -86,9 +86,9 @@ def user_errors(fn):
 
 def recipe_from_cli(recipe_path, task, overrides, flags=TRAIN_FLAGS, **values):
     """Load ``recipe_path`` (or the default recipe of ``task``) with the given flag ``values``
-    turned into overrides (:func:`tlmulti.recipe.overrides_from_flags`), then ``--set`` ones.
+    turned into overrides (:func:`tlmulti.cli.flags.overrides_from_flags`), then ``--set`` ones.
     ``task`` given with a recipe file switches that recipe's task."""
-    from tlmulti.recipe import load_recipe, overrides_from_flags
+    from tlmulti.recipe import load_recipe
 
     sets = overrides_from_flags(values, flags)
     if task and recipe_path:
@@ -97,7 +97,7 @@ def recipe_from_cli(recipe_path, task, overrides, flags=TRAIN_FLAGS, **values):
 
 
 def flag_option(flag):
-    """The Click option of a recipe :class:`~tlmulti.recipe.Flag`."""
+    """The Click option of a recipe :class:`~tlmulti.cli.flags.Flag`."""
     if flag.kind is bool:
         return click.option(flag.option, flag.dest, is_flag=True, default=None, help=flag.help)
     values = flag.choices() if callable(flag.choices) else flag.choices
@@ -147,7 +147,7 @@ def print_metrics(metrics: dict, as_json: bool, task=None) -> None:
 
 def trust_option(fn):
     """``--trust``: let the run's model file load SavedModels outside the registry and the
-    weights store (see :func:`tlmulti.layers.hub.check_trusted`)."""
+    weights store (see :func:`tlmulti.backbones._saved_model.check_trusted`)."""
 
     @click.option("--trust", is_flag=True, help="Load SavedModels the run names even if they are not registered "
                   "or in the weights store (only for run folders you trust).")
@@ -163,7 +163,7 @@ def trust_option(fn):
 def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False):
     """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
 
-    ``flags``: the domain's own train options (:class:`~tlmulti.recipe.Flag`: option, recipe
+    ``flags``: the domain's own train options (:class:`~tlmulti.cli.flags.Flag`: option, recipe
     key, help), added to the shared ones. Domains with several tasks (vision) get ``--task``
     with the registered tasks of the family.
     """

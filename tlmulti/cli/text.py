@@ -11,7 +11,7 @@ joined), ``--label-column`` and ``--max-length``; ``predict`` takes raw strings 
 from __future__ import annotations
 
 from tlmulti.cli.common import domain_group
-from tlmulti.recipe import Flag
+from tlmulti.cli.flags import Flag
 
 TEXT_FLAGS = (
     Flag("--text-column", "data.text_column", multiple=True,

@@ -47,12 +47,15 @@ def root() -> Path:
     return paths.home() / "cache" / "features"
 
 
+def slices_root() -> Path:
+    """Where :mod:`tlmulti.data.stacks` keeps decoded volume slices, in entries like the features'."""
+    return paths.home() / "cache" / "slices"
+
+
 def roots() -> list[Path]:
     """Every cache ``tlmulti cache`` manages: backbone features, then decoded volume slices
     (:mod:`tlmulti.data.stacks`)."""
-    from tlmulti.data import stacks
-
-    return [root(), stacks.root()]
+    return [root(), slices_root()]
 
 
 def make_key(parts: dict) -> str:

@@ -98,6 +98,8 @@ def is_lazy(x) -> bool:
     """True for inputs the pipeline must read by index (files, memory-mapped feature arrays)."""
     if isinstance(x, (list, tuple)):
         return any(is_lazy(a) for a in x)
+    if isinstance(x, dict):
+        return any(is_lazy(a) for a in x.values())
     return isinstance(x, (FileArray, np.memmap))
 
 

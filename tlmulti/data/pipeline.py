@@ -34,14 +34,37 @@ def _slices(x, y=None):
             return tf.constant(a.astype(str))
         return a
 
-    if isinstance(x, list):
-        x = tuple(x)  # tf.data reads a list as one tensor, a tuple as several inputs
-    x = {k: as_tensor(v) for k, v in x.items()} if isinstance(x, dict) else as_tensor(x)
-    return tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
+    def structure(v):
+        if isinstance(v, list):
+            v = tuple(v)  # tf.data reads a list as one tensor, a tuple as several parts
+        if isinstance(v, dict):
+            return {k: as_tensor(a) for k, a in v.items()}
+        return tuple(as_tensor(a) for a in v) if isinstance(v, tuple) else as_tensor(v)
+
+    return tf.data.Dataset.from_tensor_slices(structure(x) if y is None else (structure(x), structure(y)))
 
 
 def _parts(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _flat(v) -> tuple[list | None, list]:
+    """``(dict keys or None, arrays)`` of inputs or targets: one array, a list / tuple or a dict."""
+    if isinstance(v, dict):
+        keys = sorted(v)
+        return keys, [v[k] for k in keys]
+    return None, _parts(v)
+
+
+def _unflat(v, keys, values):
+    """The structure of ``v`` (see :func:`_flat`) around tensors ``values``."""
+    if keys:
+        return dict(zip(keys, values))
+    return tuple(values) if isinstance(v, (list, tuple)) else values[0]
+
+
+def _length(v) -> int:
+    return len(_flat(v)[1][0])
 
 
 def _large_array(a) -> bool:
@@ -67,14 +90,16 @@ def _tf_dtype(a):
 def _fetch(x, y, per_example: bool):
     """A function from index tensor(s) to ``x`` (or ``(x, y)``) tensors, reading lazy inputs with
     ``tf.numpy_function`` (large in-memory arrays too); small in-memory parts (labels) are gathered
-    from tensors."""
+    from tensors. Targets may be structured like inputs (a dict of arrays, say boxes and their
+    classes), one row per example in each array."""
     import tensorflow as tf
 
     from tlmulti.data.lazy import FileArray, is_lazy
 
-    keys = sorted(x) if isinstance(x, dict) else None
-    parts = ([x[k] for k in keys] if keys else _parts(x)) + ([] if y is None else [y])  # labels last
-    n_x = len(parts) - (y is not None)
+    keys, x_parts = _flat(x)
+    y_keys, y_parts = _flat(y) if y is not None else (None, [])
+    parts = x_parts + y_parts  # targets last
+    n_x = len(x_parts)
     lazy = [i for i, a in enumerate(parts) if is_lazy(a) or _large_array(a)]
     kept = {i: _as_tensor(np.asarray(a)) for i, a in enumerate(parts) if i not in lazy}
 
@@ -107,11 +132,8 @@ def _fetch(x, y, per_example: bool):
                 if t.dtype == tf.float16:  # features cached at half precision: computed on as float32
                     t = tf.cast(t, tf.float32)
                 values.append(t)
-        if keys:
-            xs = dict(zip(keys, values[:n_x]))
-        else:
-            xs = tuple(values[:n_x]) if isinstance(x, (list, tuple)) else values[0]
-        return xs if y is None else (xs, values[n_x])
+        xs = _unflat(x, keys, values[:n_x])
+        return xs if y is None else (xs, _unflat(y, y_keys, values[n_x:]))
 
     return fetch
 
@@ -120,7 +142,7 @@ def _indexed(x, y, batch_size: int, order=None, augment=None, per_example: bool 
     """Batches of lazy ``x`` read by index: ``order`` (a dataset of indices) or 0..n-1."""
     import tensorflow as tf
 
-    n = len(_parts(x)[0])
+    n = _length(x)
     ds = order if order is not None else tf.data.Dataset.range(n)
     if augment is not None or per_example:
         ds = ds.map(_fetch(x, y, per_example=True), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -145,7 +167,7 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
     from tlmulti.data.lazy import is_lazy
 
     if is_lazy(x) or is_lazy(y):
-        n = len(_parts(x)[0])
+        n = _length(x)
         order = tf.data.Dataset.range(n)
         if shuffle:
             order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -153,7 +175,7 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
         return _indexed(x, y, batch_size, order, each).prefetch(tf.data.AUTOTUNE)
     ds = _slices(x, y)
     if shuffle:
-        n = len(y) if y is not None else int(ds.cardinality())
+        n = _length(y) if y is not None else int(ds.cardinality())
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -171,7 +193,7 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
     """
     import tensorflow as tf
 
-    n = len(y)
+    n = _length(y)
     base = tf.data.Dataset.range(n)
 
     def one_epoch(epoch: int):

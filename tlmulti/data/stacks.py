@@ -31,17 +31,16 @@ from typing import Callable
 
 import numpy as np
 
-from tlmulti import paths
+from tlmulti.data import cache
 from tlmulti.errors import DataError
 
 
 def root() -> Path:
-    return paths.home() / "cache" / "slices"
+    return cache.slices_root()
 
 
 def key_of(path, options: dict, others=()) -> str:
     """Entry name for ``path`` (and ``others``, e.g. its mask) decoded with ``options``."""
-    from tlmulti.data import cache
 
     def stamp(p):
         st = os.stat(p)
@@ -55,8 +54,6 @@ def stored(path, options: dict, decode: Callable[[], list[np.ndarray]], others=(
     """Paths of the ``.npy`` files holding the arrays ``decode()`` returns for ``path`` (first
     axis: one entry per 2-D image), from the cache when there, else decoded now and written.
     None when the disk has no room for them (the caller keeps ``decode()``'s arrays in memory)."""
-    from tlmulti.data import cache
-
     key = key_of(path, options, others)
     base = root()
     found = cache.load(key, base)

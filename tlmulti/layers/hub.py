@@ -16,7 +16,7 @@ SavedModel does not list as trainable (e.g. batch-norm statistics) are never tra
 Example (runs offline; any TF2 SavedModel directory or TF-Hub URL works as the handle)::
 
     import tempfile, numpy as np, tensorflow as tf
-    from tlmulti.layers.hub import build_tfhub_backbone
+    from tlmulti.backbones.tfhub import build_tfhub_backbone
 
     class Tiny(tf.Module):
         def __init__(self):
@@ -43,131 +43,19 @@ says how to get it there.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import inspect
 import os
 import re
-import tempfile
 import warnings
 
 import keras
 import tensorflow as tf
 
-from tlmulti.errors import MissingWeightsError, RecipeError
+from tlmulti.backbones._saved_model import LAST_PATH, check_trusted, first_line, load_saved_model
+from tlmulti.errors import RecipeError
 from tlmulti.integrity import tree_sha256
 
-__all__ = ["HubLayer", "PerExampleHub", "build_tfhub_backbone"]
-
-_REMOTE_PREFIXES = ("http://", "https://", "gs://")
-_WAYS_OUT = (
-    "download it on a machine with internet and pass the local SavedModel directory as the handle, "
-    "or run `tlmulti weights import NAME PATH`"
-)
-
-
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _expected_cache_dir(handle):
-    """Where ``hub.resolve`` caches (and looks for) a downloaded URL handle."""
-    try:
-        from tensorflow_hub import resolver
-
-        cache_dir = resolver.tfhub_cache_dir(use_temp=True)
-    except Exception:  # pragma: no cover - depends on the tensorflow_hub internals
-        cache_dir = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(
-            tempfile.gettempdir(), "tfhub_modules"
-        )
-    return os.path.join(cache_dir, hashlib.sha1(handle.encode("utf8")).hexdigest())
-
-
-def _load_saved_model(handle):
-    """Resolves ``handle`` and loads the SavedModel; MissingWeightsError when it is not here."""
-    remote = handle.startswith(_REMOTE_PREFIXES)
-    try:
-        import tensorflow_hub as hub
-
-        path = hub.resolve(handle)
-    except Exception as exc:
-        reason = _first_line(exc)
-        if remote:
-            raise MissingWeightsError(
-                f"TF-Hub model {handle!r} is not on this machine and could not be downloaded "
-                f"({reason}); it was looked for in the TF-Hub cache at "
-                f"{_expected_cache_dir(handle)} "
-                f"(set TFHUB_CACHE_DIR to use another cache), so {_WAYS_OUT}."
-            ) from exc
-        where = os.path.abspath(handle)
-        looked = "" if where == handle else f" (looked for {where})"
-        detail = "" if isinstance(exc, OSError) else f" ({reason})"
-        raise MissingWeightsError(
-            f"TF-Hub SavedModel directory {handle!r}{looked} does not exist{detail}, "
-            f"so {_WAYS_OUT}."
-        ) from exc
-    path = os.fspath(path)
-    _LAST_PATH[handle] = path
-    if not any(
-        tf.io.gfile.exists(os.path.join(path, name))
-        for name in ("saved_model.pb", "saved_model.pbtxt")
-    ):
-        raise MissingWeightsError(
-            f"TF-Hub handle {handle!r} resolved to {path!r}, which holds no saved_model.pb "
-            f"(an incomplete download or not a TF2 SavedModel directory), so {_WAYS_OUT}."
-        )
-    try:
-        return tf.saved_model.load(path)
-    except (OSError, tf.errors.NotFoundError) as exc:
-        raise MissingWeightsError(
-            f"TF-Hub SavedModel {path!r} (handle {handle!r}) could not be read "
-            f"({_first_line(exc)}), so {_WAYS_OUT}."
-        ) from exc
-
-
-_LAST_PATH: dict[str, str] = {}  # handle -> the folder it resolved to (for the sha256 record)
-_TRUST = {"all": False}
-
-
-@contextlib.contextmanager
-def trusting_saved_models():
-    """Within this block, model files may name any SavedModel (``--trust``; or TLMULTI_TRUST=1)."""
-    before = _TRUST["all"]
-    _TRUST["all"] = True
-    try:
-        yield
-    finally:
-        _TRUST["all"] = before
-
-
-def check_trusted(handle: str, sha256: str | None) -> None:
-    """Refuse to load a SavedModel that a model *file* names, unless it is a registered
-    backbone's handle or lies in tlmulti's weights or backbone store, and (when the file recorded
-    one) still has the sha256 it had when the model was saved. A SavedModel runs its own graph,
-    so a run folder must not be able to make tlmulti run one it did not write itself."""
-    from tlmulti import paths, registry
-    from tlmulti.errors import RunError
-    from tlmulti.integrity import tree_sha256
-
-    if _TRUST["all"] or os.environ.get("TLMULTI_TRUST", "").lower() in ("1", "true", "yes"):
-        return
-    known = {s.handle for s in registry.list_backbones() if s.source in ("tfhub", "local")}
-    local = os.path.abspath(os.path.expanduser(handle)) if "://" not in handle else None
-    stores = [str(paths.weights_store().resolve()), str(paths.backbone_store().resolve())]
-    inside = local is not None and any(os.path.realpath(local).startswith(s + os.sep) for s in stores)
-    if handle not in known and not inside:
-        raise RunError(
-            f"Refusing to load the SavedModel {handle!r} named in this model file: tlmulti runs only the "
-            "SavedModels of registered backbones or of its weights store (a SavedModel runs its own graph). "
-            "If you trust it, load with --trust (or TLMULTI_TRUST=1), or import it with 'tlmulti weights import'."
-        )
-    if sha256 and local is not None and os.path.isdir(local) and tree_sha256(local) != sha256:
-        raise RunError(
-            f"Refusing to load the SavedModel {handle!r}: its files changed since the model was saved "
-            "(sha256 differs). Restore the original or load with --trust."
-        )
-
+__all__ = ["HubLayer", "PerExampleHub"]
 
 def _saved_variables(module):
     """Returns ``[(tf.Variable, listed_as_trainable)]`` for the loaded SavedModel, deduplicated.
@@ -272,9 +160,9 @@ class HubLayer(keras.layers.Layer):
         self._hub_output_key = output_key
         self._hub_arguments_config = dict(arguments or {})
 
-        module = _load_saved_model(self._hub_handle)
+        module = load_saved_model(self._hub_handle)
         self._hub_module = module
-        folder = _LAST_PATH.get(self._hub_handle)
+        folder = LAST_PATH.get(self._hub_handle)
         self._hub_sha256 = sha256 or (tree_sha256(folder) if folder and os.path.isdir(folder) else None)
         self._hub_fn, self._hub_signature_inputs = self._select_callable(module)
         self._hub_training = (
@@ -296,7 +184,7 @@ class HubLayer(keras.layers.Layer):
                 except Exception as exc:  # e.g. a string-typed variable Keras cannot hold
                     warnings.warn(
                         f"HubLayer {self._hub_handle!r}: variable {tf_var.name!r} is not "
-                        f"tracked by Keras ({_first_line(exc)}); it keeps its SavedModel value.",
+                        f"tracked by Keras ({first_line(exc)}); it keeps its SavedModel value.",
                         stacklevel=2,
                     )
         self._hub_variables = wrapped
@@ -493,15 +381,3 @@ class PerExampleHub(HubLayer):
         config = super().get_config()
         config["output_index"] = self.output_index
         return config
-
-
-def build_tfhub_backbone(
-    handle, input_shape, input_dtype="float32", trainable=False, signature=None, output_key=None
-):
-    """A functional ``keras.Model`` named ``"backbone"``: Input -> HubLayer (named ``"hub"``)."""
-    inputs = keras.Input(shape=tuple(input_shape), dtype=input_dtype, name="inputs")
-    hub_layer = HubLayer(
-        handle, trainable=trainable, signature=signature, output_key=output_key, name="hub"
-    )
-    outputs = hub_layer(inputs)
-    return keras.Model(inputs, outputs, name="backbone")

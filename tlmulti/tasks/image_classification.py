@@ -7,53 +7,15 @@ conversion and the backbone's normalisation are layers inside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from tlmulti import choices
 from tlmulti.data import Examples
-from tlmulti.recipe import DataConfig, choice
-from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
+from tlmulti.tasks.base import ModelParts, resolve_groups
+from tlmulti.tasks.classification import ClassificationTask
+from tlmulti.tasks.exporting import ImageExport
 
 
-@dataclass
-class AugmentConfig:
-    """Random augmentation of training images (layers inactive at inference)."""
-
-    flip: str = choice("none", choices.FLIPS)
-    rotate: float = 0.0  # fraction of a full turn
-    zoom: float = 0.0
-    translate: float = 0.0
-    contrast: float = 0.0
-    brightness: float = 0.0
-
-
-@dataclass
-class IntensityConfig:
-    """How raw medical values become the 0..255 pixels models take, one transform per file:
-    ``normalize``: auto (8-bit unchanged, wider by percentiles) | percentile | minmax | window
-    (``window`` [center, width], e.g. a CT window in HU, or the DICOM file's own) | none, with
-    ``percentiles`` [low, high]; ``slice_axis``: the NIfTI axis cut into 2-D slices (2: axial)."""
-
-    normalize: str = choice("auto", choices.INTENSITY_NORMALIZATIONS)
-    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    window: list[float] = field(default_factory=list)
-    slice_axis: int = 2
-
-
-@dataclass
-class ImageDataConfig(IntensityConfig, DataConfig):
-    """``image_size`` [H, W] (empty: the backbone's contract); ``path_column`` of manifests.
-    Files: PNG / JPEG / BMP / GIF, 8/16-bit and float TIFF, DICOM, NIfTI volumes (one example per
-    slice, all slices of a volume in one split)."""
-
-    image_size: list[int] = field(default_factory=list)
-    path_column: str = "path"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-class ImageTaskMixin:
+class ImageTaskMixin(ImageExport):
     """Image input contract and reading, shared by classification and segmentation."""
 
     def image_size(self) -> tuple[int, int]:
@@ -92,7 +54,6 @@ class ImageTaskMixin:
 class ImageClassification(ImageTaskMixin, ClassificationTask):
     name = "image_classification"
     family = "vision"
-    data_config = ImageDataConfig
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
         return self.load_pixels(self.read_paths(ref, classes, labelled))

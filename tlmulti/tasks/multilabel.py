@@ -18,26 +18,15 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tlmulti.data import Examples
 from tlmulti.errors import DataError, RecipeError
-from tlmulti.tasks.image_classification import ImageClassification, ImageDataConfig
-
-
-@dataclass
-class MultiLabelDataConfig(ImageDataConfig):
-    """``labels_column``: the manifest column of labels; ``separator`` between them."""
-
-    labels_column: str = "labels"
-    separator: str = "|"
+from tlmulti.tasks.image_classification import ImageClassification
 
 
 class MultiLabelImageClassification(ImageClassification):
     name = "multilabel_image_classification"
-    data_config = MultiLabelDataConfig
     output_activation = "sigmoid"
 
     # -- data -----------------------------------------------------------------------------------
@@ -111,7 +100,8 @@ class MultiLabelImageClassification(ImageClassification):
         self.check_threshold()
 
     def metrics_from(self, probs, examples: Examples, group_by: str | None = None) -> dict:
-        from tlmulti.evaluation import grouped_accuracy, multilabel_metrics
+        from tlmulti.evaluation.classification import grouped_accuracy
+        from tlmulti.evaluation.multilabel import multilabel_metrics
 
         self.check_decision(examples.classes)
         data, ev = self.recipe.data, self.recipe.evaluation

@@ -27,72 +27,18 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tlmulti import choices
 from tlmulti.data import Examples
 from tlmulti.errors import DataError, RecipeError, TlmultiError
-from tlmulti.recipe import DataConfig, choice
+from tlmulti.reports.view import ReportView
 from tlmulti.tasks.base import ModelParts, Task, resolve_groups
-from tlmulti.tasks.image_classification import ImageTaskMixin, IntensityConfig
+from tlmulti.tasks.image_classification import ImageTaskMixin
 
 N_OVERLAYS = 4
-
-
-@dataclass
-class SegmentationAugmentConfig:
-    """Random augmentation of training tiles, applied to image and mask together in phases
-    without the feature cache: ``flip`` none|horizontal|vertical|both, ``rot90`` quarter turns,
-    ``brightness`` / ``contrast`` (image only)."""
-
-    flip: str = choice("both", choices.FLIPS)
-    rot90: bool = True
-    brightness: float = 0.0
-    contrast: float = 0.0
-
-
-@dataclass
-class SegmentationDataConfig(IntensityConfig, DataConfig):
-    """Segmentation data: folders, masks, classes, medical formats, tiling.
-
-    ``classes``: names by id (0 = background); default: from the masks (``background``,
-    ``class_1``, ...). ``palette``: class name -> ``[r, g, b]`` (or ``[grey]``) for colour masks.
-    ``binarize_masks``: any non-zero id is foreground (instance masks). ``tile``: ``[h, w]`` cut
-    images into tiles of this size (the network's input size) every ``tile_stride`` (default
-    half a tile); empty: resize whole images to ``image_size``. ``normalize``: auto | percentile
-    | minmax | window | none, with ``percentiles`` and ``window`` ``[center, width]``.
-    ``slice_axis``: NIfTI axis cut into 2-D slices (2 = axial); ``skip_empty_slices`` drops
-    training slices of volumes / stacks whose mask is all background.
-    """
-
-    image_size: list[int] = field(default_factory=list)
-    images_dir: str = "images"
-    masks_dir: str = "masks"
-    mask_suffix: str = ""
-    classes: list[str] = field(default_factory=list)
-    palette: dict[str, list[int]] = field(default_factory=dict)
-    binarize_masks: bool = False
-    tile: list[int] = field(default_factory=list)
-    tile_stride: list[int] = field(default_factory=list)
-    skip_empty_slices: bool = False
-    augment: SegmentationAugmentConfig = field(default_factory=SegmentationAugmentConfig)
-
-
-@dataclass
-class SegmentationHeadConfig:
-    """``decoder``: auto (U-Net when the backbone names skip layers, else simple) | unet |
-    simple; ``decoder_filters``: widths of the U-Net blocks, deepest first; ``loss``: ce+dice |
-    ce | dice, ``dice_weight`` the weight of Dice in ce+dice."""
-
-    decoder: str = choice("auto", choices.SEGMENTATION_DECODERS)
-    decoder_filters: list[int] = field(default_factory=lambda: [128, 64, 32, 16])
-    batchnorm: bool = True
-    dropout: float = 0.0
-    loss: str = choice("ce+dice", choices.SEGMENTATION_LOSSES)
-    dice_weight: float = 1.0
 
 
 @dataclass
@@ -115,8 +61,13 @@ class SegmentationParts(ModelParts):
 class Segmentation(ImageTaskMixin, Task):
     name = "segmentation"
     family = "vision"
-    data_config = SegmentationDataConfig
-    head_config = SegmentationHeadConfig
+    report_view = ReportView(
+        metric_rows=(("mean Dice (foreground)", "mean_dice"), ("mean IoU (foreground)", "mean_iou"),
+                     ("mean IoU (with background)", "mean_iou_with_background"), ("pixel accuracy", "pixel_accuracy")),
+        per_class_columns=("iou", "dice", "precision", "recall", "pixels"), per_class_score="iou",
+        confusion_kind="Pixel confusion", confusion_cells="shares",
+        confusion_text=("<p>Each row is a true class; the colour and the number are the share of its pixels "
+                        "predicted as each class.</p>"))
     classes: list[str] = []
 
     def __init__(self, recipe, spec=None):
@@ -337,7 +288,7 @@ class Segmentation(ImageTaskMixin, Task):
 
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
         from tlmulti.data.slides import stitched
-        from tlmulti.evaluation import confusion, segmentation_metrics
+        from tlmulti.evaluation.segmentation import confusion, segmentation_metrics
 
         if group_by:
             raise TlmultiError("Segmentation metrics have no --group-by; evaluate each group's folder separately.")
@@ -381,7 +332,7 @@ class Segmentation(ImageTaskMixin, Task):
     def worst_examples(self, model, examples, k: int = 16) -> list[dict]:
         """The images with the lowest foreground Dice, as overlay panels (image | truth | prediction)."""
         from tlmulti.data.slides import stitched
-        from tlmulti.evaluation import confusion, segmentation_metrics
+        from tlmulti.evaluation.segmentation import confusion, segmentation_metrics
         from tlmulti.reports.overlays import overlay_panel
 
         if examples.y is None:
@@ -449,6 +400,22 @@ class Segmentation(ImageTaskMixin, Task):
         return results
 
     # -- printing --------------------------------------------------------------------------------
+    # -- export ---------------------------------------------------------------------------------
+    def export_model(self, serving, fmt: str):
+        """The probabilities and the class map (argmax over classes) at the input size."""
+        import keras
+
+        from tlmulti.layers.segmentation import ClassMap
+
+        probs = serving.outputs[0]
+        inputs = serving.inputs[0] if len(serving.inputs) == 1 else serving.inputs
+        return keras.Model(inputs, {"probabilities": probs, "class_map": ClassMap(name="class_map")(probs)},
+                           name="exported"), {}
+
+    def export_outputs(self) -> dict:
+        return {"probabilities": "float32 (batch, H, W, classes) at the input size",
+                "class_map": "int32 (batch, H, W): argmax over classes, ids as in labels.txt"}
+
     def headline(self, metrics: dict) -> str:
         section, m = ("test", metrics["test"]) if metrics.get("test") else ("val", metrics.get("val", {}))
         return (f"{section} mean Dice {m.get('mean_dice', float('nan')):.4f}  mean IoU "

@@ -23,79 +23,19 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import numpy as np
 
-from tlmulti import choices
 from tlmulti.data import Examples
 from tlmulti.errors import RecipeError
-from tlmulti.recipe import DataConfig, at_least, choice
-from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
+from tlmulti.tasks.base import ModelParts, resolve_groups
+from tlmulti.tasks.classification import ClassificationTask
+from tlmulti.tasks.exporting import WaveformExport
 
 
-@dataclass
-class FeatureConfig:
-    """Log-mel parameters. Empty values come from the backbone's input contract; a pretrained
-    backbone fixes ``n_mels`` (changing it is an error)."""
-
-    n_mels: Optional[int] = None
-    n_fft: Optional[int] = None
-    win_length: Optional[int] = None
-    hop_length: Optional[int] = None
-    fmin: Optional[float] = None
-    fmax: Optional[float] = None
-    scale: Optional[str] = choice(None, (None,) + choices.AUDIO_SCALES)
-    normalize: Optional[str] = choice(None, (None,) + choices.AUDIO_NORMALIZATIONS)
-
-
-@dataclass
-class AudioAugmentConfig:
-    """Training-only augmentation. Waveform: ``speed`` (max relative speed change), ``shift``
-    (max fraction of the clip), ``gain_db``, ``noise_prob`` with ``snr_db`` [low, high].
-    SpecAugment on log-mel features: ``time_masks`` of up to ``time_width`` frames and
-    ``freq_masks`` of up to ``freq_width`` mel bands. All zero: no augmentation."""
-
-    speed: float = 0.0
-    shift: float = 0.0
-    gain_db: float = 0.0
-    noise_prob: float = 0.0
-    snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
-    time_masks: int = 0
-    time_width: int = 10
-    freq_masks: int = 0
-    freq_width: int = 6
-
-    def waveform_enabled(self) -> bool:
-        return bool(self.speed or self.shift or self.gain_db or self.noise_prob)
-
-    def spec_enabled(self) -> bool:
-        return bool((self.time_masks and self.time_width) or (self.freq_masks and self.freq_width))
-
-
-@dataclass
-class AudioDataConfig(DataConfig):
-    """``sample_rate`` / ``clip_seconds`` (empty: the backbone's contract, else 16 kHz and 1 s;
-    ``clip_seconds: auto``: the 95th percentile of the training files' durations, rounded up to
-    0.1 s, between 0.5 and 10 s, written into the saved recipe);
-    ``trim_silence`` with ``trim_db`` before centring; ``path_column`` of manifests;
-    ``report_groups``: extra manifest columns reported per group (accuracy and worst group)."""
-
-    sample_rate: Optional[int] = None
-    clip_seconds: Union[float, str, None] = at_least(None, 0.0, auto=True)
-    trim_silence: bool = True
-    trim_db: float = 30.0
-    path_column: str = "path"
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    augment: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
-    report_groups: list[str] = field(default_factory=lambda: ["accent", "speaker"])
-
-
-class SpeechClassification(ClassificationTask):
+class SpeechClassification(WaveformExport, ClassificationTask):
     name = "speech_classification"
     family = "audio"
-    data_config = AudioDataConfig
 
     # -- contract -------------------------------------------------------------------------------
     def contract(self):
@@ -234,7 +174,7 @@ class SpeechClassification(ClassificationTask):
         has that column), plus
         ``groups``: accuracy per value and the worst group of every ``data.report_groups``
         column the data has (accent, speaker)."""
-        from tlmulti.evaluation import grouped_accuracy
+        from tlmulti.evaluation.classification import grouped_accuracy
 
         probs = self.probabilities(model, examples.x)
         metrics = self.metrics_from(probs, examples, group_by)

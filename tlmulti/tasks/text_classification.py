@@ -24,43 +24,19 @@ from __future__ import annotations
 
 import codecs
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tlmulti import choices, registry
+from tlmulti import registry
 from tlmulti.data import Examples, resolve_source
 from tlmulti.errors import DataError, MissingWeightsError, RecipeError, TlmultiError
-from tlmulti.recipe import DataConfig, HeadConfig, choice
-from tlmulti.tasks.base import ClassificationTask, ModelParts, resolve_groups
+from tlmulti.tasks.base import ModelParts, resolve_groups
+from tlmulti.tasks.classification import ClassificationTask
+from tlmulti.tasks.exporting import TextExport
 
 #: Texts whose tokens the data summary counts at most.
 SUMMARY_TEXTS = 20_000
-
-
-@dataclass
-class TextDataConfig(DataConfig):
-    """``text_column``: one column or several joined by ``separator`` (e.g. [subject, body]);
-    empty: ``text``, or the only column of words (found in the training manifest and written
-    into the saved recipe);
-    ``sequence_length``: tokens per text, [CLS]/[SEP] included (0: the backbone's default);
-    ``encoding`` of the files."""
-
-    text_column: list[str] = field(default_factory=list)
-    separator: str = "\n"
-    sequence_length: int = 0
-    encoding: str = "utf-8"
-
-
-@dataclass
-class TextHeadConfig(HeadConfig):
-    """``pooling``: ``mean`` (masked mean of the token vectors), ``cls`` (BERT pooler output, or
-    the first token), ``max``, or ``auto``: the backbone's own (mean for sentence encoders such as
-    MiniLM, cls for BERT). Then optional hidden layers, dropout, and the class layer."""
-
-    pooling: str = choice("auto", choices.TEXT_POOLINGS)
-    dropout: float = 0.1
 
 
 def is_handle(name: str) -> bool:
@@ -88,22 +64,6 @@ def register_handle(name: str) -> str:
         description="BERT-family backbone from a handle or folder",
     )
     return name
-
-
-def build_embedding_bag(spec, weights, input_shape):
-    """Backbone trained from scratch: a token embedding (``options.dim`` wide) and dropout.
-
-    Takes ``token_ids``; the task pools its token vectors like a BERT encoder's, so the same head
-    sits on it. With MiniLM's tokenizer this is the no-transfer baseline of the text benchmark.
-    """
-    import keras
-
-    opts = spec.options
-    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(int(opts.get("vocabulary_size", 30522)), int(opts.get("dim", 64)),
-                               name="token_embedding")(token_ids)
-    x = keras.layers.Dropout(float(opts.get("dropout", 0.0)), name="embedding_dropout")(x)
-    return keras.Model({"token_ids": token_ids}, {"sequence_output": x}, name="embedding_bag")
 
 
 def text_encoder(core, pooling: str, name: str = "backbone"):
@@ -159,11 +119,9 @@ def text_groups(backbone, spec) -> dict[str, list]:
     return out
 
 
-class TextClassification(ClassificationTask):
+class TextClassification(TextExport, ClassificationTask):
     name = "text_classification"
     family = "text"
-    data_config = TextDataConfig
-    head_config = TextHeadConfig
 
     def __init__(self, recipe, spec=None):
         name = recipe.backbone.name

@@ -7,8 +7,8 @@ backbone with :func:`tlmulti.save_backbone`, so recipes use it by name like any 
 domain can do the same with its own recipe.
 
 A backbone of source ``source_pretrained`` names its source recipe; :func:`ensure_source_backbone`
-builds it when it is missing. The trainer calls it before a run starts (before that run's seed
-is set), so the first run on a machine gives the same metrics as later ones.
+builds it when it is missing. :func:`train` (``tlmulti.train``) calls it before a run starts
+(before that run's seed is set), so the first run on a machine gives the same metrics as later ones.
 
 Example::
 
@@ -24,7 +24,25 @@ import sys
 import time
 
 from tlmulti import paths, registry
-from tlmulti.errors import TlmultiError
+from tlmulti.errors import RegistryError, TlmultiError
+from tlmulti.training.trainer import Run, train_on, workers_for
+
+
+def train(recipe, out=None) -> Run:
+    """Train ``recipe`` end to end and write the run folder (never overwriting one).
+
+    A backbone pretrained by tlmulti on a source recipe is built first when it is missing
+    (:func:`ensure_source_backbone`), before this run's folder and seed, so it does not change
+    this run. A failure before the first epoch leaves nothing behind; after it, the folder is
+    kept with status ``failed`` (or ``interrupted`` for Ctrl-C / SIGTERM, raised as
+    :class:`tlmulti.training.trainer.RunInterrupted`) and ``tlmulti resume`` continues it from
+    its last checkpoint."""
+    place = workers_for(recipe)  # a multi-worker strategy starts before any other TensorFlow work
+    try:
+        ensure_source_backbone(registry.get_backbone(recipe.backbone.name))
+    except RegistryError:
+        pass  # a handle or folder a task registers itself (text backbones), or a name the task rejects
+    return train_on(recipe, place, out=out)
 
 
 def pretrain(recipe, name: str, out=None, overwrite: bool = False, description: str = ""):
@@ -34,7 +52,6 @@ def pretrain(recipe, name: str, out=None, overwrite: bool = False, description: 
     backbone's folder. The backbone keeps the recipe backbone's input contract and layer groups.
     """
     from tlmulti.backbones.local import save_backbone
-    from tlmulti.training.trainer import train
 
     folder = paths.backbone_store() / name
     if not overwrite and (folder / "backbone.keras").exists():

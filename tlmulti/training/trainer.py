@@ -1,8 +1,9 @@
 """The one trainer: phased freeze/unfreeze fine-tuning for every task.
 
-``train(recipe)`` reads the data through the recipe's task, builds the model inside the recipe's
-``tf.distribute`` strategy, runs :func:`fine_tune` and writes the run folder. ``fine_tune`` runs
-the phases in order:
+``train_on(recipe, workers_for(recipe))`` reads the data through the recipe's task, builds the
+model inside the recipe's ``tf.distribute`` strategy, runs :func:`fine_tune` and writes the run
+folder (``tlmulti.train``, in :mod:`tlmulti.training.pretrain`, first builds a missing source
+backbone). ``fine_tune`` runs the phases in order:
 
 * a phase where no backbone group trains fits only the head, with the backbone called with
   ``training=False``; its features are computed once and cached (``cache_features: auto``), so
@@ -31,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlmulti import registry, runs
+from tlmulti import runs
 from tlmulti.data.summary import format_summary, summarize
-from tlmulti.errors import RecipeError, RegistryError, RunError, TlmultiError
+from tlmulti.errors import RecipeError, RunError, TlmultiError
 from tlmulti.recipe import Recipe
 from tlmulti.tasks import make_task
 from tlmulti.training.distribute import Workers, get_strategy, prepare, workers as place_of
@@ -161,7 +162,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         epoch0 = sum(r["epochs_run"] for r in records)
         if resuming and initial:
             checkpoints.restore_optimizer(run_dir, optimizer, model.trainable_variables)
-        val_ds = workers.feed(lambda b: make_dataset(x_val, val.y, b), batch) if len(val) else None
+        val_ds = workers.feed(lambda b: make_dataset(x_val, task.targets(val), b), batch) if len(val) else None
         callbacks = []
         es = None
         if es_config.enabled and val_ds is not None:
@@ -180,7 +181,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                 model.set_weights(best)
         elif initial < phase.epochs:
             def epochs_of(b, seed=recipe.seed + 1000 * i, augment=None if use_cache else parts.augment_pairs):
-                ds = make_epoch_dataset(x_train, train.y, b, seed=seed, epochs=phase.epochs, initial_epoch=initial,
+                ds = make_epoch_dataset(x_train, task.targets(train), b, seed=seed, epochs=phase.epochs, initial_epoch=initial,
                                         augment=augment)
                 return with_class_weights(ds, class_weight) if workers.several else ds
 
@@ -205,27 +206,27 @@ class RunInterrupted(TlmultiError):
     """Training stopped by Ctrl-C or SIGTERM; the run folder is kept and can be resumed."""
 
 
-def train(recipe: Recipe, out=None) -> Run:
-    """Train ``recipe`` end to end and write the run folder (never overwriting one).
+def workers_for(recipe: Recipe) -> Workers:
+    """This process's place among the workers of the recipe's ``distribute``. A multi-worker
+    strategy starts here, so call it before any other TensorFlow work. Domain adaptation runs on
+    one worker."""
+    place = place_of(recipe.distribute)
+    if place.several and recipe.adaptation.method != "none":
+        raise RecipeError("Domain adaptation runs on one worker: set adaptation.method: none with "
+                          "distribute: multi_worker, or train on one machine (distribute: mirrored for its GPUs).")
+    return place
 
-    A backbone pretrained by tlmulti on a source recipe is built first when it is missing
-    (:mod:`tlmulti.training.pretrain`), before this run's folder and seed, so it does not change
-    this run. A failure before the first epoch leaves nothing behind; after it, the folder is
-    kept with status ``failed`` (or ``interrupted`` for Ctrl-C / SIGTERM, raised as
+
+def train_on(recipe: Recipe, place: Workers, out=None) -> Run:
+    """Train ``recipe`` end to end as this process's ``place`` (:func:`workers_for`) and write the
+    run folder (never overwriting one); the recipe's backbone must be available.
+
+    A failure before the first epoch leaves nothing behind; after it, the folder is kept with
+    status ``failed`` (or ``interrupted`` for Ctrl-C / SIGTERM, raised as
     :class:`RunInterrupted`) and ``tlmulti resume`` continues it from its last checkpoint."""
     import shutil
     import tempfile
 
-    from tlmulti.training.pretrain import ensure_source_backbone
-
-    place = place_of(recipe.distribute)  # a multi-worker strategy starts before any other TensorFlow work
-    if place.several and recipe.adaptation.method != "none":
-        raise RecipeError("Domain adaptation runs on one worker: set adaptation.method: none with "
-                          "distribute: multi_worker, or train on one machine (distribute: mirrored for its GPUs).")
-    try:
-        ensure_source_backbone(registry.get_backbone(recipe.backbone.name))
-    except RegistryError:
-        pass  # a handle or folder a task registers itself (text backbones), or a name the task rejects
     if place.chief:
         run_dir = runs.create_run_dir(out or recipe.output.dir, recipe.name)
         return _guarded(run_dir, lambda: _train_into(recipe, run_dir, place=place))
@@ -357,6 +358,6 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
         write_report(run_dir, title=f"{recipe.name}: {recipe.task} with {recipe.backbone.name}",
                      headline=task.headline(metrics), task=recipe.task, metrics=metrics, history=history,
                      summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
-                     classes=train_ex.classes)
+                     classes=train_ex.classes, view=task.report_view)
     runs.finish_run(run_dir, recipe, model, metrics, history, threshold=task.threshold)
     return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)

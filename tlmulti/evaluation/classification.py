@@ -1,12 +1,8 @@
-"""Metrics shared by every task (plots and other reports: :mod:`tlmulti.reports`).
-
-``classification_metrics`` gives accuracy, loss, macro F1, per-class precision/recall/F1, the
+"""Classification metrics: accuracy, loss, macro F1, per-class precision / recall / F1, the
 confusion matrix, the ranking and calibration metrics clinical users expect (AUROC, AUPRC,
 sensitivity / specificity at a threshold, ECE, bootstrap confidence intervals; computed with
 scikit-learn) and, when a group column is given (domain, accent, speaker), the accuracy of each
-group and the worst one. ``segmentation_metrics`` gives IoU, Dice, precision and recall per
-class from a pixel confusion matrix (``confusion``), and their means over the foreground.
-"""
+group and the worst one."""
 
 from __future__ import annotations
 
@@ -151,47 +147,6 @@ def grouped_accuracy(y_true, pred, values, column: str) -> dict:
             "worst_group": {"group": worst, "accuracy": by_group[worst]["accuracy"]}}
 
 
-def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """Pixel confusion matrix ``cm[true, predicted]``."""
-    t = np.asarray(y_true, dtype=np.int64).ravel()
-    p = np.asarray(y_pred, dtype=np.int64).ravel()
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def segmentation_metrics(cm, classes: list[str]) -> dict:
-    """IoU, Dice, precision and recall per class from a pixel confusion matrix, and their means
-    over the foreground classes (all but class 0) where they are defined."""
-    cm = np.asarray(cm, dtype=np.float64)
-    per_class, ious, dices = {}, [], []
-    for i, name in enumerate(classes):
-        tp = cm[i, i]
-        fp = cm[:, i].sum() - tp
-        fn = cm[i, :].sum() - tp
-        union = tp + fp + fn
-        iou = tp / union if union else None
-        dice = 2 * tp / (2 * tp + fp + fn) if union else None
-        per_class[name] = {
-            "iou": None if iou is None else float(iou), "dice": None if dice is None else float(dice),
-            "precision": float(tp / (tp + fp)) if tp + fp else None,
-            "recall": float(tp / (tp + fn)) if tp + fn else None,
-            "pixels": int(cm[i, :].sum()), "predicted_pixels": int(cm[:, i].sum()),
-        }
-        if i > 0 or len(classes) == 1:
-            if iou is not None:
-                ious.append(iou)
-                dices.append(dice)
-    all_iou = [c["iou"] for c in per_class.values() if c["iou"] is not None]
-    total = cm.sum()
-    return {
-        "mean_iou": float(np.mean(ious)) if ious else 0.0,
-        "mean_dice": float(np.mean(dices)) if dices else 0.0,
-        "mean_iou_with_background": float(np.mean(all_iou)) if all_iou else 0.0,
-        "pixel_accuracy": float(np.trace(cm) / total) if total else 0.0,
-        "per_class": per_class,
-        "confusion_matrix": cm.astype(np.int64).tolist(),
-    }
-
-
 def _rank_auroc(positive, scores) -> np.ndarray:
     """AUROC of each row (Mann-Whitney U from average ranks, as scikit-learn's ties give); NaN
     where a row has no positive or no negative."""
@@ -227,70 +182,3 @@ def _nanmean_rows(values) -> np.ndarray:
     total = np.where(finite, values, 0.0).sum(axis=0)
     count = finite.sum(axis=0)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def best_f1_threshold(y_true, scores) -> float:
-    """The score threshold with the highest F1 on these examples (0.5 when there is no positive)."""
-    from sklearn.metrics import precision_recall_curve
-
-    y_true = np.asarray(y_true).astype(bool)
-    if not y_true.any():
-        return 0.5
-    precision, recall, thresholds = precision_recall_curve(y_true, scores)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-    return float(thresholds[int(np.argmax(f1))])
-
-
-def multilabel_metrics(y_true, probs, classes, thresholds=None, bootstrap: int = 0, seed: int = 0,
-                       threshold_from: str = "given") -> dict:
-    """Metrics of independent per-label probabilities ``probs`` (N, L) against multi-hot labels.
-
-    Per label: AUROC, AUPRC and, at its threshold (``thresholds[i]``, or the F1-best threshold on
-    these examples when None), precision, recall, F1. Overall: macro AUROC / AUPRC / F1, micro F1,
-    subset accuracy (every label right) and label accuracy; with ``bootstrap``, a 95% interval of
-    the macro AUROC."""
-    from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support, roc_auc_score
-
-    y_true = np.asarray(y_true).astype(int)
-    probs = np.asarray(probs, dtype=np.float64)
-    chosen = [None] * len(classes) if thresholds is None else list(thresholds)
-    source = threshold_from if thresholds is not None else "these examples (best F1 per label)"
-    chosen = [best_f1_threshold(y_true[:, i], probs[:, i]) if t is None else float(t) for i, t in enumerate(chosen)]
-    pred = (probs >= np.asarray(chosen)[None, :]).astype(int)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, pred, zero_division=0)
-    per_class, aurocs, auprcs = {}, [], []
-    for i, name in enumerate(classes):
-        both = 0 < y_true[:, i].sum() < len(y_true)
-        auc = float(roc_auc_score(y_true[:, i], probs[:, i])) if both else None
-        ap = float(average_precision_score(y_true[:, i], probs[:, i])) if y_true[:, i].any() else None
-        if auc is not None:
-            aurocs.append(auc)
-        if ap is not None:
-            auprcs.append(ap)
-        per_class[name] = {"auroc": auc, "auprc": ap, "threshold": chosen[i], "precision": float(precision[i]),
-                           "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
-    eps = 1e-7
-    p = np.clip(probs, eps, 1 - eps)
-    out = {
-        "n": int(len(y_true)),
-        "loss": float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p))) if len(y_true) else 0.0,
-        "subset_accuracy": float((pred == y_true).all(axis=1).mean()) if len(y_true) else 0.0,
-        "label_accuracy": float((pred == y_true).mean()) if len(y_true) else 0.0,
-        "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
-        "macro_auprc": float(np.mean(auprcs)) if auprcs else None,
-        "macro_f1": float(np.mean([f1[i] for i in range(len(classes)) if support[i]])) if support.any() else 0.0,
-        "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
-        "thresholds": chosen, "threshold_from": source, "per_class": per_class,
-    }
-    if bootstrap and len(y_true):
-        rng = np.random.default_rng(seed)
-        values = []
-        for start in range(0, bootstrap, 100):
-            idx = rng.integers(0, len(y_true), (min(100, bootstrap - start), len(y_true)))
-            values.append(_nanmean_rows(np.stack([_rank_auroc(y_true[idx, i] > 0, probs[idx, i])
-                                                  for i in range(len(classes))])))
-        values = np.concatenate(values)
-        out["ci"] = {"level": 0.95, "resamples": int(bootstrap), "seed": int(seed),
-                     "macro_auroc": [float(v) for v in np.nanpercentile(values, [2.5, 97.5])]
-                     if np.isfinite(values).any() else None}
-    return out

@@ -1,0 +1,89 @@
+"""Command-line flags of the ``train`` commands: each one is an override of a recipe key,
+declared once here and turned into ``--set``-style overrides by :func:`overrides_from_flags`.
+
+Example::
+
+    from tlmulti.cli.flags import TRAIN_FLAGS, overrides_from_flags
+    overrides_from_flags({"epochs": 3, "batch_size": 16}, TRAIN_FLAGS)
+    # ['phases.*.epochs=3', 'data.batch_size=16']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tlmulti import registry
+from tlmulti.recipe import resolve_path
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option that sets the recipe key ``key``.
+
+    ``kind``: ``str``, ``int`` or ``float``; ``multiple``: repeatable, giving a list; ``path``: made
+    absolute against the working directory; ``resets``: keys set to null (or ``[]``) when this
+    flag is given and their own flag is not (``--data`` drops the recipe's own validation and
+    test sets, which belong to the recipe's data); ``choices``: a tuple or a function returning
+    one. ``key`` may use ``*`` for every list item (``phases.*.epochs``).
+    """
+
+    option: str
+    key: str
+    help: str
+    kind: type = str
+    multiple: bool = False
+    path: bool = False
+    resets: tuple[tuple[str, Any], ...] = ()
+    choices: Any = None
+    metavar: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.option.lstrip("-").replace("-", "_")
+
+
+TRAIN_FLAGS = (
+    Flag("--data", "data.train", "Training data: a class-folder tree, a manifest, or dataset:NAME/SPLIT.",
+         path=True, resets=(("data.val", None), ("data.test", None), ("data.holdout", []))),
+    Flag("--val-data", "data.val", "Validation data (default: a seeded stratified split of --data).", path=True),
+    Flag("--test-data", "data.test", "Test data, evaluated once after training.", path=True),
+    Flag("--backbone", "backbone.name", "Registered backbone name (see 'tlmulti backbones list')."),
+    Flag("--weights", "backbone.weights", "Local weights file or preset folder for the backbone.", path=True),
+    Flag("--epochs", "phases.*.epochs", "Epochs of every phase (per phase: --set phases.N.epochs=E).", kind=int),
+    Flag("--batch-size", "data.batch_size", "Batch size.", kind=int),
+    Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method (auto: try each, keep the best "
+         "label-free target score).",
+         choices=registry.adaptation_methods),
+    Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
+    Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",
+         kind=bool),
+    Flag("--weights-lock", "backbone.weights_lock", "Refuse weights whose sha256 is not in this lockfile "
+         "(made by 'tlmulti weights lock').", path=True),
+    Flag("--holdout", "data.holdout", "Keep training examples with this manifest value out of training and score "
+         "them with the test set, e.g. --holdout accent=en-029 (repeatable).", multiple=True,
+         metavar="COLUMN=VALUE"),
+    Flag("--split-by", "data.split_by", "Keep every value of this manifest column (e.g. patient) in one split; "
+         "a value in both training and test data is an error.", metavar="COLUMN"),
+)
+
+
+def overrides_from_flags(values: dict, flags=TRAIN_FLAGS) -> list[str]:
+    """``--set``-style overrides for the flags given in ``values`` (option dest -> value; None or
+    an empty tuple means not given). Resets come first, so an explicit flag always wins."""
+    given = [f for f in flags if values.get(f.dest) not in (None, ())]
+    given_keys = {f.key for f in given}
+    out = []
+    for f in given:
+        for key, empty in f.resets:
+            if key not in given_keys:
+                out.append(f"{key}={json.dumps(empty)}")
+    for f in given:
+        value = values[f.dest]
+        if f.multiple:
+            value = [resolve_path(v) for v in value] if f.path else list(value)
+        elif f.path:
+            value = resolve_path(value)
+        out.append(f"{f.key}={json.dumps(value) if isinstance(value, (str, list, bool)) else value}")
+    return out

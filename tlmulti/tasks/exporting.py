@@ -1,0 +1,149 @@
+"""What a task exports, by the kind of input it serves: raw pixels, waveforms or texts.
+
+:func:`tlmulti.export.export_run` asks the task, never its name: :meth:`export_model` gives the
+serving model in a format (and the extra files beside it), :meth:`export_signature` the input,
+output and preprocessing written into ``export.json``, :meth:`fixed_inputs` the batch-1 inputs
+a TFLite model is traced with, :meth:`representative_inputs` the samples int8 calibration
+reads and :meth:`onnx_signature` the ONNX input specs. A task mixes in the class of its input
+kind and overrides :meth:`export_outputs` (and :meth:`export_model`) when it returns more than
+class probabilities, as segmentation does with its class map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tlmulti.errors import TlmultiError
+
+
+class TaskExport:
+    """The parts every export shares: the serving model as trained and its probabilities."""
+
+    def export_model(self, serving, fmt: str):
+        """``(model, extra files)`` to write in format ``fmt``; files are ``{name: text}``."""
+        return serving, {}
+
+    def export_outputs(self) -> dict:
+        return {"probabilities": f"float32 (batch, {len(self.classes)}), classes in labels.txt order"}
+
+    def export_inputs(self, serving, fmt: str):
+        """``(inputs, preprocessing)`` of the serving model in format ``fmt``."""
+        raise TlmultiError(f"Task '{self.name}' does not say what its exported model takes; give it an "
+                           "input kind (tlmulti.tasks.exporting: ImageExport, WaveformExport, TextExport).")
+
+    def export_signature(self, serving, fmt: str):
+        """``(inputs, outputs, preprocessing)`` for ``export.json``."""
+        inputs, prep = self.export_inputs(serving, fmt)
+        return inputs, self.export_outputs(), prep
+
+
+class ImageExport(TaskExport):
+    """Raw pixels, float32 0..255, ``(batch, H, W, C)``: any size (the model resizes), TFLite at
+    the run's network size."""
+
+    def export_inputs(self, serving, fmt: str):
+        h, w = self.image_size()
+        c = self.channels()
+        shape = [1, h, w, c] if fmt == "tflite" else [None, None, None, c]
+        inputs = {"image": {"dtype": "float32", "shape": shape, "range": [0, 255],
+                            "note": "raw pixels; the model resizes to its network size and normalises"}}
+        prep = {"resize_to": [h, w], "channels": c, "normalization": self.spec.input.get("normalization", "unit")}
+        return inputs, prep
+
+    def fixed_inputs(self, serving):
+        import keras
+
+        h, w = self.image_size()
+        return keras.Input((h, w, self.channels()), batch_size=1, name="image")
+
+    def representative_inputs(self, x) -> list[dict]:
+        import tensorflow as tf
+
+        h, w = self.image_size()
+        x = tf.image.resize(np.asarray(x, np.float32), (h, w)).numpy()
+        return [{"image": x[i:i + 1]} for i in range(len(x))]
+
+    def onnx_signature(self, serving):
+        import tensorflow as tf
+
+        return (tf.TensorSpec((None, None, None, serving.inputs[0].shape[-1]), tf.float32, name="image"),)
+
+
+class WaveformExport(TaskExport):
+    """Mono waveforms at the run's sample rate and clip length, float32 -1..1, ``(batch, samples)``."""
+
+    def export_inputs(self, serving, fmt: str):
+        contract = self.contract()
+        inputs = {"waveform": {"dtype": "float32", "shape": [1 if fmt == "tflite" else None, contract.clip_samples],
+                               "range": [-1, 1], "sample_rate": contract.sample_rate,
+                               "note": "mono, centred in (or cropped to) the clip length"}}
+        prep = {"sample_rate": contract.sample_rate, "clip_seconds": contract.clip_seconds,
+                "frontend": contract.frontend, "log_mel": contract.frontend_config() if contract.frontend == "log_mel" else None}
+        return inputs, prep
+
+    def fixed_inputs(self, serving):
+        import keras
+
+        return keras.Input((self.contract().clip_samples,), batch_size=1, name="waveform")
+
+    def representative_inputs(self, x) -> list[dict]:
+        return [{"waveform": np.asarray(x[i:i + 1], np.float32)} for i in range(len(x))]
+
+    def onnx_signature(self, serving):
+        import tensorflow as tf
+
+        return (tf.TensorSpec((None, serving.inputs[0].shape[-1]), tf.float32, name="waveform"),)
+
+
+class TextExport(TaskExport):
+    """Raw strings in SavedModel (the WordPiece tokenizer is inside). TFLite and ONNX cannot carry
+    the tokenizer (its string ops are TensorFlow Text kernels neither runtime has), so those take
+    ``token_ids`` / ``padding_mask`` / ``segment_ids`` and the folder holds ``vocab.txt``."""
+
+    def export_model(self, serving, fmt: str):
+        if fmt == "saved_model":
+            return serving, {}
+        model, tokenizer = _token_model(serving)
+        return model, {"vocab.txt": "\n".join(tokenizer.vocabulary) + "\n"}
+
+    def export_inputs(self, serving, fmt: str):
+        if fmt == "saved_model":
+            return ({"text": {"dtype": "string", "shape": [None], "note": "raw text; the tokenizer is inside"}},
+                    {"tokenizer": "inside the model"})
+        tok = serving.get_layer("tokenizer")
+        shape = [1 if fmt == "tflite" else None, tok.sequence_length]
+        inputs = {k: {"dtype": "int32", "shape": shape} for k in tok.outputs}
+        prep = {"tokenizer": {"vocabulary": "vocab.txt", "lowercase": tok.lowercase, "strip_accents": tok.strip_accents,
+                              "sequence_length": tok.sequence_length, "cls": tok.cls_token, "sep": tok.sep_token,
+                              "pad": tok.pad_token, "unk": tok.unk_token,
+                              "note": "[CLS] word pieces [SEP], padded with [PAD]; padding_mask 1 on tokens"}}
+        return inputs, prep
+
+    def fixed_inputs(self, serving):
+        import keras
+
+        return {k: keras.Input(tuple(t.shape[1:]), batch_size=1, dtype="int32", name=k)
+                for k, t in serving.input.items()}
+
+    def representative_inputs(self, x) -> list[dict]:
+        raise TlmultiError("int8 quantization of text exports needs token inputs; use --quantize dynamic for text.")
+
+    def onnx_signature(self, serving):
+        import tensorflow as tf
+
+        return ({k: tf.TensorSpec((None, t.shape[-1]), tf.int32, name=k) for k, t in serving.input.items()},)
+
+
+def _token_model(model):
+    """The text model from the tokenizer's outputs (token ids) on."""
+    import keras
+
+    tokenizer = model.get_layer("tokenizer")
+    keys = list(tokenizer.outputs)
+    inputs = {k: keras.Input((tokenizer.sequence_length,), dtype="int32", name=k) for k in keys}
+    x = inputs
+    for layer in model.layers:
+        if layer.name in ("tokenizer",) or type(layer).__name__ == "InputLayer" or layer.name.endswith("_removed"):
+            continue
+        x = layer(x)
+    return keras.Model(inputs, x, name="exported_tokens"), tokenizer
