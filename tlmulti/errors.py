@@ -27,3 +27,8 @@ class MissingWeightsError(TlmultiError):
 
 class RunError(TlmultiError):
     """A run folder is missing, incomplete, or would be overwritten."""
+
+
+class DiskFullError(RunError):
+    """A disk has no room for what tlmulti writes (a run folder, an export, a cache entry,
+    converted weights): the message names the disk, the space needed and what to do."""

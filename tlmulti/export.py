@@ -22,6 +22,13 @@ preprocessing, classes, the source run and its test metrics, tlmulti / TensorFlo
 ``--quantize`` (TFLite): ``float16`` weights, ``dynamic`` int8 weights, or ``int8`` with a
 representative sample of the run's training data (float inputs and outputs).
 
+The export is written into a temporary folder next to ``out`` and renamed into place once it is
+complete; with ``overwrite`` the previous export is moved aside and deleted only after the new
+one is in place, so a run that cannot be loaded or a failed conversion leaves the previous export
+as it was. Of two exports to one ``out`` at the same time, one is kept and the other ends with an
+error saying so. The disk must have room for the model's weights (plus 1 MB) before anything is
+written; a full disk (ENOSPC / EDQUOT) is reported in one line naming it, with nothing left behind.
+
 Example::
 
     from tlmulti.export import export_run
@@ -30,14 +37,16 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tlmulti import choices
+from tlmulti import choices, paths
 from tlmulti.errors import RunError
 
 AUGMENTATION_CLASSES = ("WaveformAugment", "SpecAugment")
@@ -101,28 +110,26 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
         raise RunError(f"Unknown quantization '{quantize}'; use one of {', '.join(choices.EXPORT_QUANTIZATIONS)}.")
     if quantize != "none" and fmt != "tflite":
         raise RunError(f"--quantize {quantize} applies to TFLite exports; export {fmt} with --quantize none.")
-    out = Path(out).expanduser()
+    out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise RunError(f"Export folder '{out}' already exists; choose another --out or pass --overwrite.")
-        if not (out / "export.json").is_file():
-            raise RunError(f"'{out}' is not a tlmulti export folder (no export.json); it is never overwritten.")
-        shutil.rmtree(out)
+        _replaceable(out, overwrite)
     run_dir = Path(run_dir)
-    recipe, task, model = load_run(run_dir)
+    recipe, task, model = load_run(run_dir)  # the previous export is untouched until the new one is complete
     serving, removed = inference_model(model)
     info = {"format": fmt, "quantize": quantize, "task": recipe.task, "backbone": recipe.backbone.name,
             "classes": list(task.classes), "source_run": str(run_dir.resolve()),
-            "test_metrics": {k: v for k, v in (json.loads((run_dir / "metrics.json").read_text()).get("test") or {}).items()
-                             if isinstance(v, (int, float))},
+            "test_metrics": _test_metrics(run_dir),
             "augmentation_removed": removed, "tlmulti": __version__, "tensorflow": tf.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     info["input"], info["output"], info["preprocessing"] = task.export_signature(serving, fmt)
     serving, extra = task.export_model(serving, fmt)  # the task's outputs and input form in this format
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    fix = "free some space or give --out on another disk"
+    need = sum(4 * int(np.prod(w.shape)) for w in getattr(serving, "weights", []))  # float32 weights
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{time.time_ns()}")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths.check_free(out.parent, need, f"the {fmt} export", fix)
+        tmp.mkdir()
         target = tmp / MODEL_FILES[fmt]
         for name, text in extra.items():
             (tmp / name).write_text(text, encoding="utf-8")
@@ -136,13 +143,68 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
         info["file_bytes"] = sum(p.stat().st_size for p in ([target] if target.is_file() else target.rglob("*"))
                                  if p.is_file())
         (tmp / "export.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        _swap(tmp, out, overwrite)
+    except OSError as exc:
+        if paths.is_disk_full(exc):
+            raise paths.disk_full(out.parent, f"the {fmt} export", fix, need + (1 << 20)) from None
+        raise RunError(f"Cannot write the export to '{out}' ({exc.strerror or exc}); choose another --out.") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     keras.backend.clear_session()
     return out
+
+
+def _test_metrics(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+        test = metrics.get("test") or {}
+        return {k: v for k, v in test.items() if isinstance(v, (int, float))}
+    except (OSError, ValueError, AttributeError):
+        raise RunError(f"'{path}' is missing or damaged; restore it from a backup, or train the run again "
+                       "(its test metrics go into export.json).") from None
+
+
+def _replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse ``out`` (a folder that is not empty) unless ``overwrite`` and it is an export."""
+    if not overwrite:
+        raise RunError(f"Export folder '{out}' already exists; choose another --out or pass --overwrite.")
+    if not out.is_dir() or not (out / "export.json").is_file():
+        raise RunError(f"'{out}' is not a tlmulti export folder (no export.json); it is never overwritten.")
+
+
+def _swap(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the complete export ``tmp`` to ``out``; with ``overwrite`` the export there is moved
+    aside first and deleted once the new one is in place (put back if the rename fails)."""
+    clash = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+    another = (f"Export folder '{out}' was written by another export running at the same time; that export is "
+               "kept and this one was not written")
+    try:
+        os.rename(tmp, out)  # out absent, or an empty folder
+        return
+    except OSError as exc:
+        if exc.errno not in clash:
+            raise
+    if not overwrite:
+        raise RunError(f"{another}; choose another --out, or pass --overwrite to replace it.")
+    _replaceable(out, overwrite)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.rename(out, old)
+    except FileNotFoundError:  # another export with --overwrite moved it first
+        pass
+    try:
+        os.rename(tmp, out)
+    except OSError as exc:
+        if exc.errno in clash:  # another export took the place: it is complete and stays
+            shutil.rmtree(old, ignore_errors=True)
+            raise RunError(f"{another}.") from None
+        try:
+            os.rename(old, out)  # the previous export, back in place
+        except OSError:
+            pass
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _to_tflite(serving, target: Path, task, recipe, quantize: str) -> str:
@@ -209,6 +271,8 @@ def _to_onnx(serving, target: Path, task) -> None:
         with _collect_tf2onnx_errors() as errors:
             tf2onnx.convert.from_keras(serving, input_signature=spec, opset=17, output_path=str(target))
     except Exception as exc:
+        if paths.is_disk_full(exc):
+            raise
         raise RunError(f"ONNX conversion failed in tf2onnx ({str(exc).strip().splitlines()[-1][:300]}).") from None
     import onnxruntime
 

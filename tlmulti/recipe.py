@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,7 +28,7 @@ import yaml
 from tlmulti import choices, registry
 from tlmulti.errors import RecipeError, TlmultiError
 from tlmulti.overrides import apply_overrides
-from tlmulti.schema import at_least, build, choice, field_choices, located  # noqa: F401  (the recipe API)
+from tlmulti.schema import above, at_least, build, choice, field_choices, located  # noqa: F401  (the recipe API)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class PhaseConfig:
 
     name: str = ""
     epochs: Union[int, str] = at_least(5, 0, auto=True)
-    learning_rate: float = at_least(1e-3, 0.0)
+    learning_rate: float = above(1e-3, 0)
     schedule: str = choice("constant", choices.LR_SCHEDULES)
     warmup: float = at_least(0.0, 0.0)
     patience: Optional[int] = at_least(None, 0)  # None: callbacks.early_stopping.patience
@@ -178,7 +179,7 @@ class AdaptationConfig:
     weight: float = at_least(1.0, 0.0)
     schedule: str = choice("ramp", choices.ADAPTATION_SCHEDULES)
     epochs: Union[int, str] = at_least("auto", 1, auto=True)
-    learning_rate: Optional[float] = at_least(None, 0.0)
+    learning_rate: Optional[float] = above(None, 0)
     unfreeze: Optional[Union[str, list[str]]] = None
     guard: float = at_least(0.02, 0.0)
     candidates: list[str] = field(default_factory=list)
@@ -256,8 +257,10 @@ def section_configs(spec: registry.TaskSpec) -> tuple[type, type]:
     return registry.resolve(spec.head_config), registry.resolve(spec.data_config)
 
 
-def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
-    """Validate a recipe mapping (after ``overrides``) into a :class:`Recipe`."""
+def from_dict(data: dict, overrides=(), source: str | None = None, typed: dict | None = None) -> Recipe:
+    """Validate a recipe mapping (after ``overrides``) into a :class:`Recipe`. An error about a
+    key an override set names the override (``typed``: what the user typed for some of them,
+    e.g. a command-line flag)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -279,7 +282,7 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
         recipe.head = build(head_config, data.get("head"), "head", source)
         recipe.data = build(data_config, data.get("data"), "data", source)
     except RecipeError as exc:
-        raise _blame_override(exc, overrides, source) from None
+        raise _blame_override(exc, overrides, source, typed) from None
     if not recipe.phases:
         raise RecipeError(f"Key 'phases'{located(source)} must list at least one phase.")
     for i, phase in enumerate(recipe.phases):
@@ -291,20 +294,26 @@ def from_dict(data: dict, overrides=(), source: str | None = None) -> Recipe:
     return recipe
 
 
-def _blame_override(exc: RecipeError, overrides, source: str | None) -> RecipeError:
-    """An error about a key that an override set names that override, not the recipe file."""
+def _blame_override(exc: RecipeError, overrides, source: str | None, typed=None) -> RecipeError:
+    """An error about a key that an override set (the key itself, an item below it, or one that
+    its ``*`` matches) names that override, not the recipe file: ``--set OVERRIDE``, or what
+    ``typed`` says the user typed for it (``{"phases.*.epochs=-1": "--epochs -1"}``)."""
     text = str(exc)
-    for override in overrides or ():
+    for override in reversed(list(overrides or ())):  # the last override of a key is the one that counts
         key = override.partition("=")[0].strip()
-        if text.startswith(f"Key '{key}'{located(source)} "):
-            return RecipeError(text.replace(f"Key '{key}'{located(source)}", f"Key '{key}' (--set {override})", 1))
+        pattern = r"[^.']+".join(re.escape(part) for part in key.split("*"))
+        match = re.match(rf"Key '({pattern}(?:\.[^']*)?)'{re.escape(located(source))} ", text)
+        if match:
+            blamed = (typed or {}).get(override) or f"--set {override}"
+            return RecipeError(f"Key '{match.group(1)}' ({blamed}) " + text[match.end():])
     return exc
 
 
-def load_recipe(path=None, overrides=(), task: str | None = None) -> Recipe:
+def load_recipe(path=None, overrides=(), task: str | None = None, typed: dict | None = None) -> Recipe:
     """Load a YAML recipe (or the default recipe of ``task`` when ``path`` is None).
 
-    Raises :class:`tlmulti.errors.RecipeError` naming the file and key on any problem.
+    Raises :class:`tlmulti.errors.RecipeError` naming the file and key on any problem, or the
+    override that set the key (``typed``: override -> what the user typed, as for :func:`from_dict`).
     """
     if path is None:
         if task is None:
@@ -321,7 +330,7 @@ def load_recipe(path=None, overrides=(), task: str | None = None) -> Recipe:
         raise RecipeError(f"Recipe file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"Recipe file '{path}' cannot be read: {exc}.") from None
-    return from_dict(data, overrides, source=str(path))
+    return from_dict(data, overrides, source=str(path), typed=typed)
 
 
 def recipes_dir() -> Path:

@@ -9,7 +9,11 @@ plots, ``report.html`` and, while training, ``checkpoint/`` (see
 ``run.json`` ``status`` is ``running``, ``interrupted`` (Ctrl-C / SIGTERM: resume with
 ``tlmulti resume``), ``failed`` (with the error; resumable from its last checkpoint) or
 ``finished``. A run that fails before its first epoch leaves nothing behind; after that the folder
-stays, marked. Two trainings started at once with the same ``--out``: exactly one gets it.
+stays, marked. Two trainings started at once with the same ``--out``: exactly one gets it; two
+``tlmulti resume`` of one run at once: exactly one takes it over (the take-over holds an
+``flock`` on ``.tlmulti-resume.lock`` while it checks the owner and claims the folder). A folder
+left by a run that never reached its first checkpoint (killed, or its first checkpoint did not
+fit on the disk) holds no trained work: a new run with the same ``--out`` reuses it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pathlib import Path
 from tlmulti.errors import RunError
 
 _MARKER = ".tlmulti-run"  # the lock: created with O_EXCL by the process that owns the folder
-CREATED_AT_START = (_MARKER, "run.json", "recipe.yaml", "data_summary.json")
+_TAKEOVER_LOCK = ".tlmulti-resume.lock"  # flock'ed while a resume checks the owner and claims the folder
+CREATED_AT_START = (_MARKER, "run.json", "recipe.yaml", "data_summary.json", "splits.csv")
 
 
 def _claim(path: Path) -> None:
@@ -34,13 +39,26 @@ def _claim(path: Path) -> None:
         fd = os.open(path / _MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         raise RunError(f"Run folder '{path}' is being used by another training; choose another --out.") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except OSError:  # a full disk: no half-written claim is left behind
+        (path / _MARKER).unlink(missing_ok=True)
+        raise
 
 
 def _refuse_existing(path: Path) -> None:
     info = read_info(path)
+    if _never_started(path, info):  # no trained work in it: this run takes the folder
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            path.mkdir()
+            return
+        except FileExistsError:
+            if not path.is_dir() or any(path.iterdir()):
+                raise RunError(f"Run folder '{path}' is being used by another training; choose another --out.") from None
+            return
     if info.get("status") in ("running", "interrupted", "failed"):
         raise RunError(
             f"Run folder '{path}' holds a {info['status']} run; continue it with 'tlmulti resume {path}' "
@@ -84,16 +102,44 @@ def create_run_dir(out, name: str) -> Path:
 
 def read_info(run_dir) -> dict:
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text())
+        info = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}
+
+
+def run_info(run_dir, need: tuple = ()) -> dict:
+    """``run.json`` of ``run_dir`` with the keys ``need`` (``classes``: a non-empty list); a
+    missing, damaged or incomplete file is a RunError naming it and the way out."""
+    path = Path(run_dir) / "run.json"
+    again = (f"restore it from a backup, or train again with 'tlmulti run {Path(run_dir) / 'recipe.yaml'}' "
+             "and another --out")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"'{run_dir}' is not a tlmulti run folder (no run.json); give the --out folder of a "
+                       "'train' command.") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"'{path}' is damaged (not valid JSON: {str(exc)[:80]}); {again}.") from None
+    if not isinstance(info, dict):
+        raise RunError(f"'{path}' is damaged (not a JSON object); {again}.")
+    for key in need:
+        value = info.get(key)
+        if value is None or (key == "classes" and not (isinstance(value, list) and value
+                                                       and all(isinstance(c, str) for c in value))):
+            raise RunError(f"'{path}' has no valid '{key}' (damaged or edited); {again}.")
+    return info
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a reader sees the old file or the whole new one."""
+    """Write JSON atomically: a reader sees the old file or the whole new one. A failed write
+    (a full disk) leaves the old file and no temporary one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def set_status(run_dir: Path, status: str, **fields) -> dict:
@@ -106,7 +152,24 @@ def set_status(run_dir: Path, status: str, **fields) -> dict:
 
 def started(run_dir: Path) -> bool:
     """Whether training has begun to fill the folder (a checkpoint or a model exists)."""
-    return (Path(run_dir) / "checkpoint").is_dir() or (Path(run_dir) / "model.keras").exists()
+    run_dir = Path(run_dir)
+    return any((run_dir / name).exists() for name in ("checkpoint", ".checkpoint.old", "model.keras"))
+
+
+def _never_started(path: Path, info: dict) -> bool:
+    """A run folder whose run stopped before its first checkpoint (on this machine, its owner
+    gone): only what a run writes at its start is there, nothing trained."""
+    if info.get("status") not in ("running", "interrupted", "failed") or started(path):
+        return False
+    try:
+        owner = json.loads((path / _MARKER).read_text())
+        if owner.get("host") != socket.gethostname() or owner_alive(path):
+            return False
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return False
+    return all(p.name in CREATED_AT_START or p.name.startswith(".") for p in path.iterdir())
 
 
 def release(run_dir: Path) -> None:
@@ -139,22 +202,60 @@ def owner_alive(run_dir: Path) -> bool:
 
 
 def take_over(run_dir: Path) -> None:
-    """Claim an unfinished run for ``tlmulti resume``: refused while its owner still runs."""
+    """Claim an unfinished run for ``tlmulti resume``: refused while its owner still runs, and
+    atomic: of several resumes at once, exactly one claims it (the others see it running)."""
+    import fcntl
+
     run_dir = Path(run_dir)
-    info = read_info(run_dir)
-    status = info.get("status")
+    status = run_info(run_dir).get("status")
     if status == "finished":
         raise RunError(f"Run '{run_dir}' is finished; there is nothing to resume.")
     if status not in ("running", "interrupted", "failed"):
         raise RunError(f"'{run_dir}' is not a tlmulti run folder (no run.json with a status); give the --out "
                        "folder of a 'train' command.")
-    if not (run_dir / "checkpoint").is_dir():
-        raise RunError(f"Run '{run_dir}' has no checkpoint (it stopped before its first epoch); start it again "
-                       "with 'tlmulti run' on its recipe.yaml and another --out.")
-    if owner_alive(run_dir):
-        raise RunError(f"Run '{run_dir}' is still training (process {json.loads((run_dir / _MARKER).read_text())['pid']}).")
-    release(run_dir)
-    _claim(run_dir)
+    try:
+        lock = os.open(run_dir / _TAKEOVER_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise RunError(f"Cannot lock run folder '{run_dir}' ({exc.strerror or exc}).") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one take-over at a time; the kernel drops it if this process dies
+        if owner_alive(run_dir):
+            try:
+                pid = json.loads((run_dir / _MARKER).read_text())["pid"]
+            except (OSError, ValueError, KeyError):
+                pid = "?"
+            raise RunError(f"Run '{run_dir}' is still training (process {pid}).")
+        old = run_dir / ".checkpoint.old"
+        if not (run_dir / "checkpoint").is_dir() and old.is_dir():  # stopped between the two renames of a save
+            os.replace(old, run_dir / "checkpoint")
+        if not (run_dir / "checkpoint").is_dir():
+            recipe = run_dir / "recipe.yaml"
+            how = f"'tlmulti run {recipe}'" if recipe.is_file() else "your recipe"
+            where = (f"--out {run_dir} (the folder is reused)" if _never_started(run_dir, read_info(run_dir))
+                     else "another --out")
+            raise RunError(f"Run '{run_dir}' has no checkpoint (it stopped before its first epoch, nothing was "
+                           f"trained); start it again with {how} and {where}.")
+        state = run_dir / "checkpoint" / "state.json"
+        try:
+            saved = json.loads(state.read_text())
+            if not isinstance(saved, dict) or not {"phase", "epoch", "history", "records"} <= set(saved):
+                raise ValueError("not a checkpoint state")
+        except (OSError, ValueError):
+            raise RunError(f"Checkpoint file '{state}' is missing or damaged; the run cannot continue from it: "
+                           f"start it again with 'tlmulti run {run_dir / 'recipe.yaml'}' and another --out.") from None
+        run_info(run_dir, need=("classes",))
+        release(run_dir)
+        try:
+            _claim(run_dir)
+        except OSError as exc:
+            from tlmulti import paths
+
+            if paths.is_disk_full(exc):
+                raise paths.disk_full(run_dir, "the run's lock file", f"free some space and run 'tlmulti resume "
+                                      f"{run_dir}' again") from None
+            raise RunError(f"Cannot claim run folder '{run_dir}' ({exc.strerror or exc}).") from None
+    finally:
+        os.close(lock)  # releases the flock
 
 
 def absolute_paths(recipe):
@@ -225,16 +326,30 @@ def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list, **fie
 def save_model(model, path: Path) -> None:
     """Save ``model`` to ``path`` through a temporary file, so a full disk or a crash never
     leaves a half-written model that looks finished."""
+    from tlmulti import paths
+
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    fix = f"free some space and run 'tlmulti resume {path.parent}' to finish the run from its last checkpoint"
+    need = sum(4 * _size(w) for w in model.weights) + (1 << 16)  # float32 weights and the archive's files
+    paths.check_free(path.parent, need, f"the model {path.name}", fix)
     try:
         model.save(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        if paths.is_disk_full(exc):
+            raise paths.disk_full(path.parent, f"the model {path.name}", fix, need) from None
         raise RunError(f"Cannot write '{path}' ({exc.strerror or exc}); free some disk space and run "
                        f"'tlmulti resume {path.parent}' to finish the run from its last checkpoint.") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _size(weight) -> int:
+    n = 1
+    for d in weight.shape:
+        n *= int(d)
+    return n
 
 
 def write_history(path: Path, history: list) -> None:
@@ -287,8 +402,8 @@ def load_run(run_dir, model_file: str = "model.keras"):
                 f"'{run_dir}' is not a finished run folder: {name} is missing "
                 "(give the --out folder of a 'train' command)."
             )
+    info = run_info(run_dir, need=("classes",))
     recipe = load_recipe(run_dir / "recipe.yaml")
-    info = json.loads((run_dir / "run.json").read_text())
     task = task_class(recipe.task)(recipe, spec=_run_spec(recipe.backbone.name, info))
     task.classes = info["classes"]
     if info.get("threshold") is not None:

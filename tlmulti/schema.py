@@ -2,8 +2,9 @@
 
 :func:`build` turns a mapping into a dataclass, recursing into nested dataclasses, lists and
 mappings: an unknown key suggests the nearest valid one, a wrong type says what was expected,
-and fields declared with :func:`choice` or :func:`at_least` are checked wherever they sit. This
-is what validates recipes (:mod:`tlmulti.recipe`).
+fields declared with :func:`choice`, :func:`at_least` or :func:`above` are checked wherever they
+sit, and a number must be finite (no ``.nan``, no ``.inf``). This is what validates recipes
+(:mod:`tlmulti.recipe`).
 
 Example::
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import field
 from typing import Any, Union
@@ -40,8 +42,16 @@ def choice(default, values):
 
 def at_least(default, minimum, auto: bool = False):
     """A numeric dataclass field that must be ``>= minimum`` (checked by :func:`build`); with
-    ``auto``, the word ``auto`` is accepted too (a value derived from the data at run time)."""
+    ``auto``, the word ``auto`` is accepted too (a value derived from the data at run time). A
+    list default (e.g. ``[]`` of a size) makes a list field whose every item must be ``>= minimum``."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"minimum": minimum, "auto": auto})
     return field(default=default, metadata={"minimum": minimum, "auto": auto})
+
+
+def above(default, bound):
+    """A numeric dataclass field that must be ``> bound`` (a learning rate: more than 0)."""
+    return field(default=default, metadata={"above": bound})
 
 
 def located(source: str | None) -> str:
@@ -102,13 +112,18 @@ def _convert(value, tp, key: str, source: str | None):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads 1e-3 as a string
+                number = float(value)  # YAML reads 1e-3 as a string
             except ValueError:
                 pass
+        if number is not None and not math.isfinite(number):
+            raise RecipeError(f"Key '{key}'{located(source)} must be a finite number, got {value!r}.")
+        if number is not None:
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -163,5 +178,10 @@ def _check_field(f, value, key: str, source: str | None) -> None:
         if value != "auto":
             raise RecipeError(f"Key '{key}'{located(source)} must be a number ({minimum} or more) or auto, got {value!r}.")
         return
-    if minimum is not None and value is not None and value < minimum:
-        raise RecipeError(f"Key '{key}'{located(source)} must be {minimum} or more, got {value!r}.")
+    for i, item in enumerate(value) if isinstance(value, list) else ((None, value),):
+        where = key if i is None else f"{key}.{i}"
+        if minimum is not None and item is not None and item < minimum:
+            raise RecipeError(f"Key '{where}'{located(source)} must be {minimum} or more, got {item!r}.")
+        bound = f.metadata.get("above")
+        if bound is not None and item is not None and not item > bound:
+            raise RecipeError(f"Key '{where}'{located(source)} must be more than {bound}, got {item!r}.")

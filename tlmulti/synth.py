@@ -71,8 +71,10 @@ class Utterance:
     def command(self) -> list[str]:
         if self.engine == "espeak":
             voice = self.voice + (f"+{self.variant}" if self.variant else "")
+            # "--" ends espeak-ng's options: a word such as "--version" or "-x" is spoken, not obeyed.
             return ["espeak-ng", "-v", voice, "-s", str(int(self.speed)), "-p", str(int(self.pitch)),
-                    "-w", str(self.path), self.word]
+                    "-w", str(self.path), "--", self.word]
+        # flite's -t takes the next argument as the text, whatever it begins with.
         return ["flite", "-voice", self.voice, "--setf", f"duration_stretch={self.speed:.3f}",
                 "-t", self.word, "-o", str(self.path)]
 

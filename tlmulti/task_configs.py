@@ -57,7 +57,7 @@ class ImageDataConfig(IntensityConfig, DataConfig):
     Files: PNG / JPEG / BMP / GIF, 8/16-bit and float TIFF, DICOM, NIfTI volumes (one example per
     slice, all slices of a volume in one split)."""
 
-    image_size: list[int] = field(default_factory=list)
+    image_size: list[int] = at_least([], 1)
     path_column: str = "path"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -100,15 +100,15 @@ class SegmentationDataConfig(IntensityConfig, DataConfig):
     training slices of volumes / stacks whose mask is all background.
     """
 
-    image_size: list[int] = field(default_factory=list)
+    image_size: list[int] = at_least([], 1)
     images_dir: str = "images"
     masks_dir: str = "masks"
     mask_suffix: str = ""
     classes: list[str] = field(default_factory=list)
     palette: dict[str, list[int]] = field(default_factory=dict)
     binarize_masks: bool = False
-    tile: list[int] = field(default_factory=list)
-    tile_stride: list[int] = field(default_factory=list)
+    tile: list[int] = at_least([], 1)
+    tile_stride: list[int] = at_least([], 1)
     skip_empty_slices: bool = False
     augment: SegmentationAugmentConfig = field(default_factory=SegmentationAugmentConfig)
 

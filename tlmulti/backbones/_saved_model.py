@@ -1,23 +1,29 @@
 """TF-Hub handles and local TF2 SavedModels: resolving and loading them, and deciding whether to.
 
-:func:`load_saved_model` resolves a handle with ``tensorflow_hub.resolve`` (a TF-Hub URL, found
-in or downloaded to the TF-Hub cache, or a local SavedModel directory) and loads it with
-``tf.saved_model.load``; a handle that is not on this machine and cannot be downloaded, or a
-folder that is not a TF2 SavedModel, is :class:`tlmulti.errors.MissingWeightsError` naming where
-it was looked for and the ways out.
+:func:`resolve_handle` turns a handle into the one location that is both checked and loaded: a
+URL (``https://``, ``gs://``, any ``scheme://``) stays as it is; a local path has ``~`` expanded,
+is made absolute and has every symbolic link and ``..`` resolved (``os.path.realpath``), so what
+:func:`check_trusted` decides on is byte for byte what :func:`open_saved_model` loads.
+:func:`open_saved_model` loads a local folder directly and a URL through
+``tensorflow_hub.resolve`` (found in or downloaded to the TF-Hub cache); a location that is not
+on this machine and cannot be downloaded, or a folder that is not a TF2 SavedModel, is
+:class:`tlmulti.errors.MissingWeightsError` naming where it was looked for and the ways out.
 
-A SavedModel runs its own graph, so one named by a model *file* is loaded only when
-:func:`check_trusted` allows it: the handle of a registered backbone, or a folder in tlmulti's
-weights or backbone store that still has the sha256 recorded when the model was saved. Within
-:func:`trusting_saved_models` (``--trust``), or with ``TLMULTI_TRUST=1``, any SavedModel is
-loaded. :class:`tlmulti.layers.hub.HubLayer` wraps the loaded SavedModel as a Keras 3 layer.
+A SavedModel runs its own graph, so one named by a model *file* or by a run folder's recipe
+(``tlmulti resume``, ``tlmulti run RUN/recipe.yaml``: within :func:`checking_saved_models`) is
+loaded only when :func:`check_trusted` allows it: the handle of a registered backbone, or a
+folder in tlmulti's weights or backbone store that still has the sha256 recorded when the model
+was saved. Within :func:`trusting_saved_models` (``--trust``), or with ``TLMULTI_TRUST=1``, any
+SavedModel is loaded. :class:`tlmulti.layers.hub.HubLayer` wraps the loaded SavedModel as a
+Keras 3 layer.
 
 Example::
 
-    from tlmulti.backbones._saved_model import check_trusted, load_saved_model, trusting_saved_models
+    from tlmulti.backbones._saved_model import check_trusted, open_saved_model, resolve_handle, trusting_saved_models
+    location = resolve_handle("~/models/my_saved_model")   # e.g. /home/me/models/my_saved_model
     with trusting_saved_models():
-        check_trusted("/data/my_saved_model", None)   # passes: trusted by the block
-    module = load_saved_model("/data/my_saved_model")
+        check_trusted(location, None)   # passes: trusted by the block
+    module, folder = open_saved_model(location)
 """
 
 from __future__ import annotations
@@ -25,16 +31,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 
 import tensorflow as tf
 
-from tlmulti.errors import MissingWeightsError
+from tlmulti.errors import MissingWeightsError, RunError
 
-__all__ = ["LAST_PATH", "check_trusted", "expected_cache_dir", "first_line", "load_saved_model",
-           "trusting_saved_models"]
+__all__ = ["check_trusted", "checking_saved_models", "expected_cache_dir", "first_line", "load_saved_model",
+           "must_check", "open_saved_model", "resolve_handle", "trusting_saved_models"]
 
-_REMOTE_PREFIXES = ("http://", "https://", "gs://")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WAYS_OUT = (
     "download it on a machine with internet and pass the local SavedModel directory as the handle, "
     "or run `tlmulti weights import NAME PATH`"
@@ -44,6 +51,20 @@ _WAYS_OUT = (
 def first_line(exc):
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_url(handle: str) -> bool:
+    return bool(_URL.match(handle))
+
+
+def resolve_handle(handle) -> str:
+    """The location ``handle`` names, computed once for both the trust check and the load: a URL
+    unchanged; a local path with ``~`` expanded, joined to the current directory and resolved
+    with ``os.path.realpath`` (symbolic links and ``..`` followed as the file system does)."""
+    handle = os.fspath(handle)
+    if is_url(handle):
+        return handle
+    return os.path.realpath(os.path.join(os.getcwd(), os.path.expanduser(handle)))
 
 
 def expected_cache_dir(handle):
@@ -59,31 +80,30 @@ def expected_cache_dir(handle):
     return os.path.join(cache_dir, hashlib.sha1(handle.encode("utf8")).hexdigest())
 
 
-def load_saved_model(handle):
-    """Resolves ``handle`` and loads the SavedModel; MissingWeightsError when it is not here."""
-    remote = handle.startswith(_REMOTE_PREFIXES)
-    try:
-        import tensorflow_hub as hub
+def open_saved_model(location, handle=None):
+    """Loads the SavedModel at ``location`` (from :func:`resolve_handle`); returns ``(module,
+    folder)``, the folder it was read from. MissingWeightsError when it is not here. ``handle``
+    (what the user wrote) only appears in messages."""
+    handle = location if handle is None else handle
+    looked = "" if location == handle else f" (looked for {location})"
+    if is_url(location):
+        try:
+            import tensorflow_hub as hub
 
-        path = hub.resolve(handle)
-    except Exception as exc:
-        reason = first_line(exc)
-        if remote:
+            path = os.fspath(hub.resolve(location))
+        except Exception as exc:
             raise MissingWeightsError(
                 f"TF-Hub model {handle!r} is not on this machine and could not be downloaded "
-                f"({reason}); it was looked for in the TF-Hub cache at "
-                f"{expected_cache_dir(handle)} "
+                f"({first_line(exc)}); it was looked for in the TF-Hub cache at "
+                f"{expected_cache_dir(location)} "
                 f"(set TFHUB_CACHE_DIR to use another cache), so {_WAYS_OUT}."
             ) from exc
-        where = os.path.abspath(handle)
-        looked = "" if where == handle else f" (looked for {where})"
-        detail = "" if isinstance(exc, OSError) else f" ({reason})"
-        raise MissingWeightsError(
-            f"TF-Hub SavedModel directory {handle!r}{looked} does not exist{detail}, "
-            f"so {_WAYS_OUT}."
-        ) from exc
-    path = os.fspath(path)
-    LAST_PATH[handle] = path
+    else:
+        path = location
+        if not os.path.isdir(path):
+            raise MissingWeightsError(
+                f"TF-Hub SavedModel directory {handle!r}{looked} does not exist, so {_WAYS_OUT}."
+            )
     if not any(
         tf.io.gfile.exists(os.path.join(path, name))
         for name in ("saved_model.pb", "saved_model.pbtxt")
@@ -93,7 +113,7 @@ def load_saved_model(handle):
             f"(an incomplete download or not a TF2 SavedModel directory), so {_WAYS_OUT}."
         )
     try:
-        return tf.saved_model.load(path)
+        return tf.saved_model.load(path), path
     except (OSError, tf.errors.NotFoundError) as exc:
         raise MissingWeightsError(
             f"TF-Hub SavedModel {path!r} (handle {handle!r}) could not be read "
@@ -101,8 +121,12 @@ def load_saved_model(handle):
         ) from exc
 
 
-LAST_PATH: dict[str, str] = {}  # handle -> the folder it resolved to (for the sha256 record)
-_TRUST = {"all": False}
+def load_saved_model(handle):
+    """Resolves ``handle`` and loads the SavedModel (no trust check); MissingWeightsError when it is not here."""
+    return open_saved_model(resolve_handle(handle), handle)[0]
+
+
+_TRUST = {"all": False, "check": 0}
 
 
 @contextlib.contextmanager
@@ -116,29 +140,57 @@ def trusting_saved_models():
         _TRUST["all"] = before
 
 
-def check_trusted(handle: str, sha256: str | None) -> None:
-    """Refuse to load a SavedModel that a model *file* names, unless it is a registered
-    backbone's handle or lies in tlmulti's weights or backbone store, and (when the file recorded
-    one) still has the sha256 it had when the model was saved. A SavedModel runs its own graph,
-    so a run folder must not be able to make tlmulti run one it did not write itself."""
+@contextlib.contextmanager
+def checking_saved_models():
+    """Within this block, every SavedModel a HubLayer loads must pass :func:`check_trusted`: what
+    is built here was named by a model file or a run folder's recipe, not by the user."""
+    _TRUST["check"] += 1
+    try:
+        yield
+    finally:
+        _TRUST["check"] -= 1
+
+
+def must_check() -> bool:
+    """True inside :func:`checking_saved_models`."""
+    return _TRUST["check"] > 0
+
+
+def _trusted_by_user() -> bool:
+    return _TRUST["all"] or os.environ.get("TLMULTI_TRUST", "").lower() in ("1", "true", "yes")
+
+
+def check_trusted(location: str, sha256: str | None, handle: str | None = None) -> None:
+    """Refuse to load the SavedModel at ``location`` (from :func:`resolve_handle`, the location
+    that is then loaded) unless it is a registered backbone's handle or a folder inside tlmulti's
+    weights or backbone store, and (when one was recorded) still has the sha256 it had when the
+    model was saved. A SavedModel runs its own graph, so a run folder must not be able to make
+    tlmulti run one it did not write itself. ``handle`` (as written) only appears in messages."""
     from tlmulti import paths, registry
-    from tlmulti.errors import RunError
     from tlmulti.integrity import tree_sha256
 
-    if _TRUST["all"] or os.environ.get("TLMULTI_TRUST", "").lower() in ("1", "true", "yes"):
+    if _trusted_by_user():
         return
-    known = {s.handle for s in registry.list_backbones() if s.source in ("tfhub", "local")}
-    local = os.path.abspath(os.path.expanduser(handle)) if "://" not in handle else None
-    stores = [str(paths.weights_store().resolve()), str(paths.backbone_store().resolve())]
-    inside = local is not None and any(os.path.realpath(local).startswith(s + os.sep) for s in stores)
-    if handle not in known and not inside:
+    handle = location if handle is None else handle
+    shown = repr(handle) if handle == location else f"{handle!r} ({location})"
+    local = not is_url(location)
+    known = {resolve_handle(s.handle) for s in registry.list_backbones() if s.source in ("tfhub", "local")}
+    stores = [os.path.realpath(paths.weights_store()), os.path.realpath(paths.backbone_store())]
+    inside = local and any(location.startswith(s + os.sep) for s in stores)
+    if location not in known and not inside:
         raise RunError(
-            f"Refusing to load the SavedModel {handle!r} named in this model file: tlmulti runs only the "
-            "SavedModels of registered backbones or of its weights store (a SavedModel runs its own graph). "
-            "If you trust it, load with --trust (or TLMULTI_TRUST=1), or import it with 'tlmulti weights import'."
+            f"Refusing to load the SavedModel {shown} named by a model file or a run folder's recipe: tlmulti "
+            "runs only the SavedModels of registered backbones or of its weights store (a SavedModel runs its "
+            "own graph). If you trust it, pass --trust (or TLMULTI_TRUST=1), or import it with "
+            "'tlmulti weights import NAME PATH'."
         )
-    if sha256 and local is not None and os.path.isdir(local) and tree_sha256(local) != sha256:
+    if inside and not os.path.isdir(location):
         raise RunError(
-            f"Refusing to load the SavedModel {handle!r}: its files changed since the model was saved "
-            "(sha256 differs). Restore the original or load with --trust."
+            f"Refusing to load the SavedModel {shown}: it is not a SavedModel folder in the weights store "
+            "(missing, or a file); import it with 'tlmulti weights import NAME PATH' or pass --trust."
+        )
+    if sha256 and local and (not os.path.isdir(location) or tree_sha256(location) != sha256):
+        raise RunError(
+            f"Refusing to load the SavedModel {shown}: its files changed since the model was saved "
+            "(sha256 differs). Restore the original or pass --trust."
         )

@@ -22,6 +22,13 @@ architecture from scratch; a ``.weights.h5`` given as weights (or imported with 
 import``) is loaded as it is, and a source-format file given as weights is converted on the fly
 (read with the same restricted readers, without a pinned hash).
 
+Before the converted file is written, the disk of the weights store must have room for it
+(estimated from the tensors: their bytes plus 4 kB each and 1 MB), so h5py never runs into a full
+disk (libhdf5 can crash the process after an ENOSPC). When it has no room, or a write fails with
+ENOSPC / EDQUOT anyway, the temporary file is removed, a line names the disk and the space
+needed, and the converted model is used for this run without being kept (converted again next
+time).
+
 Example::
 
     from tlmulti import registry
@@ -33,10 +40,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
+
+from tlmulti import paths
 from tlmulti.backbones._store import RANDOM, file_sha256, handle_status, install_hint, local_handle, store_dir
-from tlmulti.errors import MissingWeightsError
+from tlmulti.errors import DiskFullError, MissingWeightsError
 from tlmulti.registry import resolve
 
 CONVERTED = "converted.weights.h5"
@@ -105,13 +116,31 @@ def convert(spec, source: Path, build, input_shape):
     model = build(spec, input_shape)
     resolve(spec.options["assign"])(model, tensors)
     folder = store_dir(spec)
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{CONVERTED}.{os.getpid()}.tmp.weights.h5"
-    model.save_weights(str(tmp))
-    record = {"backbone": spec.name, "source": str(source), "source_sha256": sha or file_sha256(source),
-              "format": spec.options["format"], "weights_sha256": file_sha256(tmp)}
-    os.replace(tmp, folder / CONVERTED)  # atomic: a reader sees the old file or the whole new one
-    (folder / RECORD).write_text(json.dumps(record, indent=2))
+    record_tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
+    need = sum(int(np.prod(w.shape)) * 4 + 4096 for w in model.weights)  # float32 and HDF5's per-dataset records
+    what, fix = f"the converted weights of '{spec.name}'", "they are used for this run only and converted again next time"
+    try:
+        paths.check_free(folder, need, what, fix)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_weights(str(tmp))
+        record = {"backbone": spec.name, "source": str(source), "source_sha256": sha or file_sha256(source),
+                  "format": spec.options["format"], "weights_sha256": file_sha256(tmp)}
+        record_tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, folder / CONVERTED)  # atomic: a reader sees the old file or the whole new one
+        os.replace(record_tmp, folder / RECORD)
+    except DiskFullError as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+    except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError with errno 28 in its text
+        if not paths.is_disk_full(exc):
+            raise
+        print(str(paths.disk_full(folder, what, fix, need + (1 << 20))), file=sys.stderr, flush=True)
+    finally:
+        for leftover in (tmp, record_tmp):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
     return model
 
 

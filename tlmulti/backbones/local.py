@@ -61,6 +61,13 @@ def load_keras_file(path):
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         text = str(exc)
+        if "TFSMLayer" in text:
+            raise RunError(
+                f"Refusing to load '{path}': it contains a TFSMLayer, a wrapper that runs the graph of a foreign "
+                "SavedModel on this machine; tlmulti does not load TFSMLayers from model files, not even with --trust. "
+                "Use the SavedModel as a backbone instead (source 'local' or 'tfhub', its folder as the handle): "
+                "tlmulti wraps it in its own layer, which a run folder loads with --trust."
+            ) from None
         if "Lambda" in text or "safe_mode" in text:
             raise RunError(
                 f"Refusing to load '{path}': it contains a Lambda layer, i.e. Python code that would run on "

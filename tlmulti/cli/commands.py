@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from tlmulti import choices
-from tlmulti.cli.common import run_training, user_errors
+from tlmulti.cli.common import received_recipe_rule, run_training, trust_option, user_errors
 from tlmulti.errors import TlmultiError
 
 
@@ -17,20 +17,26 @@ from tlmulti.errors import TlmultiError
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder to create (never overwritten).")
+@trust_option
 @user_errors
 def run(recipe, overrides, out):
-    """Run RECIPE, whatever its task. A run folder's recipe.yaml reproduces that run."""
+    """Run RECIPE, whatever its task. A run folder's recipe.yaml reproduces that run (a SavedModel
+    it names as backbone.weights loads only from the weights store, or with --trust)."""
     from tlmulti.recipe import load_recipe
 
-    run_training(load_recipe(recipe, overrides=overrides), out)
+    loaded = load_recipe(recipe, overrides=overrides)
+    with received_recipe_rule(recipe, overrides):
+        run_training(loaded, out)
 
 
 @click.command("resume")
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@trust_option
 @user_errors
 def resume(run_dir):
     """Continue RUN_DIR (interrupted by Ctrl-C, SIGTERM, a crash or a full disk) from its last
-    checkpoint; it ends with the metrics the uninterrupted run would have had."""
+    checkpoint; it ends with the metrics the uninterrupted run would have had. A SavedModel its
+    recipe names as backbone.weights loads only from the weights store, or with --trust."""
     from tlmulti.training.trainer import resume as resume_run
 
     run = resume_run(run_dir)
@@ -45,6 +51,7 @@ def resume(run_dir):
               show_default=True, help="TFLite weights: float16, dynamic int8, or int8 with a representative sample.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (model, labels.txt, export.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
+@trust_option
 @user_errors
 def export(run_dir, fmt, quantize, out, overwrite):
     """Export the finished run RUN_DIR with its preprocessing inside (augmentation removed): it
@@ -271,11 +278,15 @@ def cache_list():
     from tlmulti.data import cache as feature_cache
 
     found = feature_cache.entries()
+    unfinished = feature_cache.partials()
     where = " and ".join(str(r) for r in feature_cache.roots())
-    if not found:
+    if not found and not unfinished:
         click.echo(f"Nothing cached in {where}.")
         return
     click.echo(f"{'key':<34}{'what':<36}{'examples':>9}{'MiB':>9}  {'dtype':<12}last used")
+    for m in unfinished:
+        state = f"writing, pid {m['pid']}" if m["alive"] else f"pid {m['pid']} ended"
+        click.echo(f"{m['key']:<34}{f'(partial: {state})':<36}{'':>9}{m['bytes'] / 2**20:>9.1f}")
     for m in found:
         if m.get("corrupt"):
             click.echo(f"{m['key']:<34}{'(corrupt: no meta.json)':<36}{'':>9}{m['bytes'] / 2**20:>9.1f}")
@@ -285,15 +296,17 @@ def cache_list():
         dtypes = ",".join(sorted({o["dtype"].lstrip("<>|=") for o in m.get("outputs", [])}))
         click.echo(f"{m['key']:<34}{what[:35]:<36}{m.get('examples', 0):>9}"
                    f"{m.get('bytes', 0) / 2**20:>9.1f}  {dtypes:<12}{m.get('last_used', '')}")
-    total = sum(m.get("bytes", 0) for m in found)
-    click.echo(f"{len(found)} entries, {total / 2**20:.1f} MiB in {where}")
+    total = sum(m.get("bytes", 0) for m in found + unfinished)
+    partial = f" and {len(unfinished)} partial ('tlmulti cache clear' removes those whose process ended)" if unfinished else ""
+    click.echo(f"{len(found)} entries{partial}, {total / 2**20:.1f} MiB in {where}")
 
 
 @cache.command("clear")
 @click.argument("keys", nargs=-1)
 @user_errors
 def cache_clear(keys):
-    """Delete the entries KEYS (every entry when none is given); runs compute them again when needed."""
+    """Delete the entries KEYS (every entry when none is given), and the partial ones of those keys
+    whose process has ended; runs compute them again when needed."""
     from tlmulti.data import cache as feature_cache
 
     n, freed = feature_cache.clear(list(keys))

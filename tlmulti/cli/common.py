@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from tlmulti.cli.flags import TRAIN_FLAGS, overrides_from_flags
+from tlmulti.cli.flags import TRAIN_FLAGS, overrides_from_flags, typed_flags
 from tlmulti.errors import TlmultiError
 
 
@@ -87,13 +87,31 @@ def user_errors(fn):
 def recipe_from_cli(recipe_path, task, overrides, flags=TRAIN_FLAGS, **values):
     """Load ``recipe_path`` (or the default recipe of ``task``) with the given flag ``values``
     turned into overrides (:func:`tlmulti.cli.flags.overrides_from_flags`), then ``--set`` ones.
-    ``task`` given with a recipe file switches that recipe's task."""
+    ``task`` given with a recipe file switches that recipe's task. An error about a key a flag set
+    names the flag as typed (``--epochs -1``), one about a ``--set`` key that override."""
     from tlmulti.recipe import load_recipe
 
     sets = overrides_from_flags(values, flags)
+    typed = {k: v for k, v in typed_flags(values, flags).items() if k not in (overrides or ())}
     if task and recipe_path:
         sets.insert(0, f"task={task}")
-    return load_recipe(recipe_path, overrides=sets + list(overrides or ()), task=None if recipe_path else task)
+        typed[f"task={task}"] = f"--task {task}"
+    return load_recipe(recipe_path, overrides=sets + list(overrides or ()), task=None if recipe_path else task,
+                       typed=typed)
+
+
+def received_recipe_rule(recipe_path, overrides):
+    """A recipe inside a run folder (beside its run.json) is not the user's own: a SavedModel it
+    names as ``backbone.weights`` loads only under the trust rule for model files (the weights
+    store with a matching hash, or ``--trust``), unless the weights were given on this command
+    line (``--weights``, ``--set backbone.weights=...``)."""
+    from pathlib import Path
+
+    from tlmulti.backbones._saved_model import checking_saved_models
+
+    from_run = recipe_path is not None and (Path(recipe_path).resolve().parent / "run.json").is_file()
+    own_weights = any(o.split("=", 1)[0].strip() == "backbone.weights" for o in overrides)
+    return checking_saved_models() if from_run and not own_weights else contextlib.nullcontext()
 
 
 def flag_option(flag):
@@ -146,8 +164,8 @@ def print_metrics(metrics: dict, as_json: bool, task=None) -> None:
 
 
 def trust_option(fn):
-    """``--trust``: let the run's model file load SavedModels outside the registry and the
-    weights store (see :func:`tlmulti.backbones._saved_model.check_trusted`)."""
+    """``--trust``: let the run's model file or recipe load SavedModels outside the registry and
+    the weights store (see :func:`tlmulti.backbones._saved_model.check_trusted`)."""
 
     @click.option("--trust", is_flag=True, help="Load SavedModels the run names even if they are not registered "
                   "or in the weights store (only for run folders you trust).")
@@ -185,6 +203,7 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
     @group.command("train")
     @train_options(all_flags)
     @task_option
+    @trust_option
     @user_errors
     def train_cmd(recipe, task=None, overrides=(), out=None, **values):
         """Train on your data: frozen-backbone phase, then unfreeze phases, per the recipe.
@@ -193,7 +212,9 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
         override its values.
         """
         chosen = task or (None if recipe else default_task)
-        run_training(recipe_from_cli(recipe, chosen, overrides, all_flags, **values), out)
+        given = overrides_from_flags(values, all_flags) + list(overrides or ())
+        with received_recipe_rule(recipe, given):
+            run_training(recipe_from_cli(recipe, chosen, overrides, all_flags, **values), out)
 
     @group.command("evaluate")
     @click.argument("run_dir", type=click.Path(file_okay=False))

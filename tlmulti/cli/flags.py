@@ -6,6 +6,10 @@ Example::
     from tlmulti.cli.flags import TRAIN_FLAGS, overrides_from_flags
     overrides_from_flags({"epochs": 3, "batch_size": 16}, TRAIN_FLAGS)
     # ['phases.*.epochs=3', 'data.batch_size=16']
+
+Values a flag refuses although its key takes them (``refuse``: ``--epochs 0``) are refused here;
+an error about the key a flag set names the flag as typed (:func:`typed_flags`, passed to
+:func:`tlmulti.recipe.load_recipe`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from tlmulti import registry
+from tlmulti.errors import RecipeError
 from tlmulti.recipe import resolve_path
 
 
@@ -26,7 +31,8 @@ class Flag:
     absolute against the working directory; ``resets``: keys set to null (or ``[]``) when this
     flag is given and their own flag is not (``--data`` drops the recipe's own validation and
     test sets, which belong to the recipe's data); ``choices``: a tuple or a function returning
-    one. ``key`` may use ``*`` for every list item (``phases.*.epochs``).
+    one. ``key`` may use ``*`` for every list item (``phases.*.epochs``). ``refuse``: values the
+    recipe key takes but the flag does not, each with the line that says why.
     """
 
     option: str
@@ -38,6 +44,7 @@ class Flag:
     resets: tuple[tuple[str, Any], ...] = ()
     choices: Any = None
     metavar: Optional[str] = None
+    refuse: tuple[tuple[Any, str], ...] = ()
 
     @property
     def dest(self) -> str:
@@ -51,7 +58,9 @@ TRAIN_FLAGS = (
     Flag("--test-data", "data.test", "Test data, evaluated once after training.", path=True),
     Flag("--backbone", "backbone.name", "Registered backbone name (see 'tlmulti backbones list')."),
     Flag("--weights", "backbone.weights", "Local weights file or preset folder for the backbone.", path=True),
-    Flag("--epochs", "phases.*.epochs", "Epochs of every phase (per phase: --set phases.N.epochs=E).", kind=int),
+    Flag("--epochs", "phases.*.epochs", "Epochs of every phase (per phase: --set phases.N.epochs=E).", kind=int,
+         refuse=((0, "--epochs 0 would train no phase at all and leave the run untrained; give 1 or more "
+                     "(to skip one phase: --set phases.N.epochs=0)."),)),
     Flag("--batch-size", "data.batch_size", "Batch size.", kind=int),
     Flag("--adapt", "adaptation.method", "Unsupervised domain adaptation method (auto: try each, keep the best "
          "label-free target score).",
@@ -71,19 +80,40 @@ TRAIN_FLAGS = (
 
 def overrides_from_flags(values: dict, flags=TRAIN_FLAGS) -> list[str]:
     """``--set``-style overrides for the flags given in ``values`` (option dest -> value; None or
-    an empty tuple means not given). Resets come first, so an explicit flag always wins."""
+    an empty tuple means not given). Resets come first, so an explicit flag always wins. A value
+    the flag refuses (``Flag.refuse``) is a :class:`~tlmulti.errors.RecipeError` saying why."""
+    return [override for override, _ in _flag_overrides(values, flags)]
+
+
+def typed_flags(values: dict, flags=TRAIN_FLAGS) -> dict[str, str]:
+    """Each override of :func:`overrides_from_flags` -> the flag as the user typed it
+    (``{"phases.*.epochs=-1": "--epochs -1"}``), for errors that name the flag."""
+    return dict(_flag_overrides(values, flags))
+
+
+def _typed(f: Flag, value) -> str:
+    if f.kind is bool:
+        return f.option
+    return " ".join(f"{f.option} {v}" for v in (value if f.multiple else [value]))
+
+
+def _flag_overrides(values: dict, flags) -> list[tuple[str, str]]:
     given = [f for f in flags if values.get(f.dest) not in (None, ())]
     given_keys = {f.key for f in given}
     out = []
     for f in given:
         for key, empty in f.resets:
             if key not in given_keys:
-                out.append(f"{key}={json.dumps(empty)}")
+                out.append((f"{key}={json.dumps(empty)}", _typed(f, values[f.dest])))
     for f in given:
         value = values[f.dest]
+        for refused, why in f.refuse:
+            if value == refused:
+                raise RecipeError(why)
+        typed = _typed(f, value)
         if f.multiple:
             value = [resolve_path(v) for v in value] if f.path else list(value)
         elif f.path:
             value = resolve_path(value)
-        out.append(f"{f.key}={json.dumps(value) if isinstance(value, (str, list, bool)) else value}")
+        out.append((f"{f.key}={json.dumps(value) if isinstance(value, (str, list, bool)) else value}", typed))
     return out

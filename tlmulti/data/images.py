@@ -3,7 +3,9 @@
 PNG, JPEG, BMP, GIF (first frame) and TIFF through Pillow; 16-bit and float images are scaled to
 0..255 by their 0.5th and 99.5th percentiles (so a 12-bit microscope image uses the full range);
 palette and alpha images become RGB; grey images are repeated to three channels when the
-backbone wants colour, colour images averaged when it wants grey.
+backbone wants colour, colour images averaged when it wants grey. A file declaring more pixels
+than ``TLMULTI_MAX_IMAGE_PIXELS`` (default: Pillow's limit, about 89 million) is refused
+(:func:`tlmulti.data.medical.open_image`).
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 def load_image(path, size=None, channels: int = 3) -> np.ndarray:
     """One image as ``(H, W, channels)`` uint8, resized to ``size=(H, W)`` when given."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
+
+    from tlmulti.data.medical import open_image
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.seek(0)
             img = ImageOps.exif_transpose(img)  # phone photos: rotate as the camera says
             if img.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "HSV"):
@@ -181,18 +185,19 @@ def _load_one(item, size, channels, intensity) -> np.ndarray:
 
 def image_info(paths, limit: int = 5000) -> dict:
     """``{"sizes": {"WxH": n}, "modes": {mode: n}}`` of up to ``limit`` image files, read from
-    their headers only."""
+    their headers only; sizes as the files are read (after EXIF rotation)."""
     from collections import Counter
 
-    from PIL import Image
+    from tlmulti.data.medical import open_image, oriented_size
 
     sizes, modes = Counter(), Counter()
     for p in list(paths)[:limit]:
         try:
-            with Image.open(p) as img:
-                sizes[f"{img.width}x{img.height}"] += 1
+            with open_image(p) as img:
+                w, h = oriented_size(img)
+                sizes[f"{w}x{h}"] += 1
                 modes[img.mode] += 1
-        except OSError:
+        except (OSError, DataError):
             continue
     return {"sizes": dict(sizes.most_common()), "modes": dict(modes.most_common())}
 

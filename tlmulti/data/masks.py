@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tlmulti.choices import FLIPS
-from tlmulti.data.medical import list_files, read_stack, stem_of, suffix_of
+from tlmulti.data.medical import list_files, open_image, read_stack, stem_of, suffix_of
 from tlmulti.errors import DataError
 
 _SHOW = 5
@@ -170,10 +170,8 @@ def read_mask(path, axis: int = 2, palette=None, classes: list[str] | None = Non
 def _read_indexed(path, keep_palette_indices: bool) -> np.ndarray:
     """A PNG/BMP/GIF mask as ``(1, H, W, C)``: palette images keep their indices unless a recipe
     palette maps their colours."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.seek(0)
             if img.mode == "P" and not keep_palette_indices:
                 img = img.convert("RGB")

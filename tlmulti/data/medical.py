@@ -16,6 +16,9 @@ Every reader returns a stack ``(n, H, W, C)`` of raw values (``n`` is 1 for a pl
 unchanged (``auto``), anything wider is scaled by robust percentiles of the whole image or volume
 (never per tile, so a tile without tissue is not stretched into noise), or by a CT window.
 
+Pillow opens plain images through :func:`open_image`, which refuses a file declaring more pixels
+than :func:`pixel_limit` (a decompression bomb) with one line naming the file.
+
 Large images are cut into overlapping tiles (:func:`tile_boxes`, :func:`extract_tiles`) and
 predictions are put back together by averaging the overlaps (:func:`stitch`), which gives back
 exactly the input size.
@@ -32,6 +35,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NUMPY_SUFFIXES = (".npy",)
 SUFFIXES = PLAIN_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES + NUMPY_SUFFIXES
 NORMALIZATIONS = INTENSITY_NORMALIZATIONS
+MAX_PIXELS_VARIABLE = "TLMULTI_MAX_IMAGE_PIXELS"
+_SILENCED = []  # Pillow's DecompressionBombWarning filtered out (once per process)
 
 
 def suffix_of(path) -> str:
@@ -129,12 +138,8 @@ def stack_shape(path, axis: int = 2) -> tuple[int, int, int] | None:
     suffix = suffix_of(path)
     try:
         if suffix in PLAIN_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                w, h = img.size
-                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotation by a quarter turn
-                    w, h = h, w
+            with open_image(path) as img:
+                w, h = oriented_size(img)
                 return 1, h, w
         if suffix in NIFTI_SUFFIXES:
             import nibabel as nib
@@ -188,10 +193,68 @@ def _as_stack(array: np.ndarray, path, colour: bool | None = None) -> np.ndarray
     raise DataError(f"'{path}' has an array of shape {a.shape}; expected a 2-D image, a colour image or a stack of them.")
 
 
-def _read_plain(path):
-    from PIL import Image, ImageOps
+def pixel_limit() -> int | None:
+    """The most pixels an image file may declare: ``TLMULTI_MAX_IMAGE_PIXELS`` when set, else
+    Pillow's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by default; None: no limit)."""
+    from PIL import Image
 
-    with Image.open(path) as img:
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not value:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DataError(f"{MAX_PIXELS_VARIABLE} must be a whole number of pixels (e.g. 200000000), got {value!r}.")
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses above twice its own limit
+    return limit
+
+
+@contextlib.contextmanager
+def open_image(path):
+    """``PIL.Image.open(path)`` that refuses, with a :class:`DataError` naming the file and the
+    limit, an image declaring more pixels than :func:`pixel_limit` (a decompression bomb: a tiny
+    file that would decode to gigabytes). Pillow's own warning about such files is silenced,
+    since they are refused here."""
+    from PIL import Image
+
+    limit = pixel_limit()
+    if not _SILENCED:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _SILENCED.append(True)
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise DataError(_too_large(path, f"{int(found.group(1)):,} pixels" if found else "too many pixels",
+                                   limit)) from None
+    with img:
+        if limit is not None and img.width * img.height > limit:
+            raise DataError(_too_large(path, f"{img.width}x{img.height} = {img.width * img.height:,} pixels", limit))
+        yield img
+
+
+def _too_large(path, declared: str, limit) -> str:
+    return (f"Image '{path}' declares {declared}, more than the limit of {limit:,} pixels (a guard against "
+            f"decompression bombs); shrink or remove the file, or, if you trust it, raise the limit with "
+            f"{MAX_PIXELS_VARIABLE}=N.")
+
+
+def oriented_size(img) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as it is read: after its EXIF orientation (a
+    quarter turn swaps them), from the header only."""
+    w, h = img.size
+    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        w, h = h, w
+    return w, h
+
+
+def _read_plain(path):
+    from PIL import ImageOps
+
+    with open_image(path) as img:
         img.seek(0)
         img = ImageOps.exif_transpose(img)
         if img.mode in ("P", "PA", "CMYK", "YCbCr", "HSV", "LA"):

@@ -12,8 +12,8 @@ covers the file's path, size and modification time (and its mask's, for segmenta
 every decoding option, so a later run reuses the copy and a changed file gets a new one.
 Entries are written, verified (SHA-256 when a run opens them; a corrupt entry is rebuilt) and
 removed like the feature cache's (:mod:`tlmulti.data.cache`): ``tlmulti cache list|clear``.
-When the disk has no room for a copy, the data is read into memory for the run instead, with a
-line saying so.
+When the disk has no room for a copy (before writing, or a full disk while writing), the data is
+read into memory for the run instead, with a line saying so, and no temporary files are left.
 
 Example::
 
@@ -70,6 +70,8 @@ def stored(path, options: dict, decode: Callable[[], list[np.ndarray]], others=(
         except BaseException:
             writer.abort()
             raise
+        if writer.in_memory:  # the disk filled up while writing: the writer said so
+            return None
     return [str(base / key / f"{i}.npy") for i in range(len(found))]
 
 

@@ -1,9 +1,10 @@
 """The data summary printed before training and saved as ``data_summary.json`` in the run folder.
 
 What a careful practitioner checks before trusting a run: how many examples each class has in
-each split, whether the classes are strongly imbalanced or some have very few examples, and
-how the inputs compare with what the model is fed (image sizes and channels, text lengths
-against the sequence length, audio durations against the clip length). Tasks add the input part
+each split, whether the classes are strongly imbalanced or some have very few examples, whether
+a file is listed under different labels, and how the inputs compare with what the model is fed
+(image sizes and channels, text lengths against the sequence length, audio durations against the
+clip length). Tasks add the input part
 (:meth:`tlmulti.tasks.Task.input_summary`); this module counts and warns.
 
 Example::
@@ -15,10 +16,31 @@ Example::
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 IMBALANCE_RATIO = 10.0  # largest / smallest class in training: warn above this
 FEW_EXAMPLES = 5  # a training class with fewer examples than this is warned about
+FILES_SHOWN = 3  # files named in a warning
+
+
+def conflicting_labels(splits: dict) -> dict[str, list[str]]:
+    """Files (the ``path`` column) listed under more than one label, over all ``splits``:
+    path -> its labels (a multi-label example's label is its set of classes)."""
+    labels: dict[str, set] = {}
+    for examples in splits.values():
+        y = None if examples is None else examples.y
+        paths = None if examples is None else examples.meta.get("path")
+        if y is None or not paths or np.ndim(y) not in (1, 2):
+            continue
+        y = np.asarray(y)
+        for path, row in zip(paths, y):
+            label = examples.classes[int(row)] if y.ndim == 1 else \
+                "|".join(c for c, v in zip(examples.classes, row) if v) or "(none)"
+            if path is not None:
+                labels.setdefault(os.path.normpath(str(path)), set()).add(label)
+    return {p: sorted(v) for p, v in labels.items() if len(v) > 1}
 
 
 def class_counts(examples) -> dict[str, int] | None:
@@ -34,6 +56,13 @@ def summarize(splits: dict, inputs: dict | None = None, warnings: list[str] | No
     """``{"splits": {name: {"n", "per_class"}}, "warnings": [...], "inputs": {...}}`` for the
     given splits (``None`` entries are skipped)."""
     out = {"splits": {}, "warnings": list(warnings or []), "inputs": dict(inputs or {})}
+    conflicts = conflicting_labels(splits)
+    if conflicts:
+        shown = ", ".join(f"{p} ({', '.join(v)})" for p, v in list(conflicts.items())[:FILES_SHOWN])
+        more = f" and {len(conflicts) - FILES_SHOWN} more" if len(conflicts) > FILES_SHOWN else ""
+        out["warnings"].append(
+            f"{len(conflicts)} file(s) listed under different labels: {shown}{more}; give each file one "
+            "label in the manifest.")
     for name, examples in splits.items():
         if examples is None:
             continue

@@ -38,7 +38,10 @@ A model holding a :class:`HubLayer` saves and loads with ``model.save("m.keras")
 ``.keras`` file holds the config and the weight values, not the SavedModel's graph: the handle must
 still resolve on the loading machine.  Offline, a URL handle only resolves if it is already in
 the TF-Hub cache (``TFHUB_CACHE_DIR``); otherwise :class:`tlmulti.errors.MissingWeightsError`
-says how to get it there.
+says how to get it there.  The handle is resolved once
+(:func:`tlmulti.backbones._saved_model.resolve_handle`); a layer loaded from a file, or built
+within :func:`~tlmulti.backbones._saved_model.checking_saved_models`, passes
+:func:`~tlmulti.backbones._saved_model.check_trusted` on that location before it is loaded.
 """
 
 from __future__ import annotations
@@ -51,7 +54,14 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tlmulti.backbones._saved_model import LAST_PATH, check_trusted, first_line, load_saved_model
+from tlmulti.backbones._saved_model import (
+    check_trusted,
+    checking_saved_models,
+    first_line,
+    must_check,
+    open_saved_model,
+    resolve_handle,
+)
 from tlmulti.errors import RecipeError
 from tlmulti.integrity import tree_sha256
 
@@ -160,10 +170,13 @@ class HubLayer(keras.layers.Layer):
         self._hub_output_key = output_key
         self._hub_arguments_config = dict(arguments or {})
 
-        module = load_saved_model(self._hub_handle)
+        # One resolution of the handle: the location the trust check decides on is the one loaded.
+        location = resolve_handle(self._hub_handle)
+        if must_check():  # named by a model file or a run folder's recipe, not by the user
+            check_trusted(location, sha256, self._hub_handle)
+        module, folder = open_saved_model(location, self._hub_handle)
         self._hub_module = module
-        folder = LAST_PATH.get(self._hub_handle)
-        self._hub_sha256 = sha256 or (tree_sha256(folder) if folder and os.path.isdir(folder) else None)
+        self._hub_sha256 = sha256 or (tree_sha256(folder) if os.path.isdir(folder) else None)
         self._hub_fn, self._hub_signature_inputs = self._select_callable(module)
         self._hub_training = (
             None if self._hub_signature_inputs is not None else _training_values(self._hub_fn)
@@ -332,8 +345,8 @@ class HubLayer(keras.layers.Layer):
     # ------------------------------------------------------------------ serialization
     @classmethod
     def from_config(cls, config):
-        check_trusted(config["handle"], config.get("sha256"))
-        return cls(**config)
+        with checking_saved_models():  # a model file names this SavedModel: check_trusted decides
+            return cls(**config)
 
     def get_config(self):
         config = super().get_config()

@@ -10,11 +10,16 @@ After every epoch (and between phases) ``RUN/checkpoint/`` holds:
 * ``optimizer.npz``: the optimizer's variables (moments, iteration count, so the learning-rate
   schedule continues), and ``best.npz``: the weights early stopping would restore.
 
-Arrays are read with ``numpy.load(allow_pickle=False)``: nothing in a checkpoint is executed. A
-checkpoint is written to a temporary folder and renamed into place, so a crash while writing
-leaves the previous one. Together with the per-epoch data order of
-:func:`tlmulti.data.pipeline.make_epoch_dataset`, resuming gives the batches, updates and
-history rows the uninterrupted run would have had (exactly so with ``deterministic: true``).
+Arrays are read with ``numpy.load(allow_pickle=False)``: nothing in a checkpoint is executed; a
+truncated file or one holding object arrays is refused in one line naming it. A checkpoint is
+written to a temporary folder and renamed into place, so a crash while writing leaves the previous
+one. Before writing, the disk must have room for the new checkpoint (its arrays' size plus 1 MB);
+when it has not, or a write fails with ENOSPC / EDQUOT, the temporary folder is removed, the
+previous checkpoint stays, and :class:`~tlmulti.errors.DiskFullError` names the disk and the
+space needed (the run then ends ``failed``, resumable once space is freed). Together with the
+per-epoch data order of :func:`tlmulti.data.pipeline.make_epoch_dataset`, resuming gives the
+batches, updates and history rows the uninterrupted run would have had (exactly so with
+``deterministic: true``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from tlmulti import paths
+from tlmulti.errors import RunError
 
 FOLDER = "checkpoint"
 
@@ -46,18 +54,25 @@ def _variables(layer) -> list:
     return out
 
 
-def _save_arrays(path: Path, variables) -> None:
-    np.savez(path, **{f"v{i}": np.asarray(v) for i, v in enumerate(variables)})
+def _read_npz(path: Path) -> dict:
+    """Every array of ``path`` (read with ``allow_pickle=False``), or RunError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except Exception as exc:  # truncated zip, object arrays, not an npz at all
+        why = "it holds object arrays, which are never unpickled" if "allow_pickle" in str(exc) else (
+            f"truncated or damaged: {type(exc).__name__}: {str(exc).strip()[:120]}")
+        run_dir = path.parent.parent
+        raise RunError(f"Checkpoint file '{path}' cannot be read ({why}); the run cannot continue from it: start "
+                       f"it again with 'tlmulti run {run_dir / 'recipe.yaml'}' and another --out.") from None
 
 
 def _load_arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"v{i}"] for i in range(len(data.files))]
+    data = _read_npz(path)
+    return [data[f"v{i}"] for i in range(len(data))]
 
 
 def _assign(variables, values, what: str, folder: Path) -> None:
-    from tlmulti.errors import RunError
-
     if len(variables) != len(values) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
         raise RunError(f"Checkpoint '{folder}' does not fit this model ({what}); it was written by another "
                        "recipe or tlmulti version. Start the run again with another --out.")
@@ -65,29 +80,47 @@ def _assign(variables, values, what: str, folder: Path) -> None:
         v.assign(a)
 
 
-def load_state(run_dir) -> dict | None:
-    folder = Path(run_dir) / FOLDER
+def load_state(run_dir) -> dict:
+    """The checkpoint's ``state.json``; RunError naming the file when it is missing or damaged."""
+    path = Path(run_dir) / FOLDER / "state.json"
     try:
-        return json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        state = exc
+    if not isinstance(state, dict) or not {"phase", "epoch", "history", "records"} <= set(state):
+        raise RunError(f"Checkpoint file '{path}' is missing or damaged; the run cannot continue from it: start it "
+                       f"again with 'tlmulti run {Path(run_dir) / 'recipe.yaml'}' and another --out.")
+    return state
 
 
 def save(run_dir, state: dict, parts, optimizer=None, best_weights=None) -> None:
-    """Write the checkpoint (atomically: a new folder renamed over the old one)."""
+    """Write the checkpoint (atomically: a new folder renamed over the old one). A full disk
+    raises DiskFullError and leaves the previous checkpoint as it was."""
     run_dir = Path(run_dir)
     tmp = run_dir / f".{FOLDER}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    arrays = {}
-    for role, layer in tracked_layers(parts).items():
-        arrays.update({f"{role}.{i}": np.asarray(v) for i, v in enumerate(_variables(layer))})
-    np.savez(tmp / "weights.npz", **arrays)
+    files = {"weights.npz": {f"{role}.{i}": np.asarray(v) for role, layer in tracked_layers(parts).items()
+                             for i, v in enumerate(_variables(layer))}}
     if optimizer is not None and optimizer.built:
-        _save_arrays(tmp / "optimizer.npz", optimizer.variables)
+        files["optimizer.npz"] = {f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
     if best_weights is not None:
-        np.savez(tmp / "best.npz", **{f"v{i}": np.asarray(w) for i, w in enumerate(best_weights)})
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        files["best.npz"] = {f"v{i}": np.asarray(w) for i, w in enumerate(best_weights)}
+    text = json.dumps(state, indent=1)
+    need = sum(a.nbytes + 4096 for arrays in files.values() for a in arrays.values()) + len(text)
+    had = (run_dir / FOLDER).is_dir()
+    fix = (f"free some space and run 'tlmulti resume {run_dir}' to continue from the last checkpoint" if had
+           else "free some space and start the run again (nothing was trained yet)")
+    shutil.rmtree(tmp, ignore_errors=True)
+    paths.check_free(run_dir, need, "the checkpoint", fix)
+    try:
+        tmp.mkdir()
+        for name, arrays in files.items():
+            np.savez(tmp / name, **arrays)
+        (tmp / "state.json").write_text(text)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if paths.is_disk_full(exc):
+            raise paths.disk_full(run_dir, "the checkpoint", fix, need) from None
+        raise
     final, old = run_dir / FOLDER, run_dir / f".{FOLDER}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -99,11 +132,10 @@ def save(run_dir, state: dict, parts, optimizer=None, best_weights=None) -> None
 def restore_weights(run_dir, parts) -> None:
     """Put the saved variables back into every part the checkpoint holds."""
     folder = Path(run_dir) / FOLDER
-    with np.load(folder / "weights.npz", allow_pickle=False) as data:
-        saved = {}
-        for key in data.files:
-            role, _, i = key.rpartition(".")
-            saved.setdefault(role, {})[int(i)] = data[key]
+    saved = {}
+    for key, value in _read_npz(folder / "weights.npz").items():
+        role, _, i = key.rpartition(".")
+        saved.setdefault(role, {})[int(i)] = value
     for role, layer in tracked_layers(parts).items():
         if role in saved:
             values = [saved[role][i] for i in range(len(saved[role]))]

@@ -237,9 +237,17 @@ def train_on(recipe: Recipe, place: Workers, out=None) -> Run:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def resume(run_dir) -> Run:
+def resume(run_dir, trust: bool = False) -> Run:
     """Continue an interrupted or failed run from its last checkpoint, in the same folder; it
-    ends with the metrics the uninterrupted run would have had."""
+    ends with the metrics the uninterrupted run would have had.
+
+    The recipe comes from the run folder, not from the user, so a SavedModel its backbone names
+    (``backbone.weights``) must pass :func:`tlmulti.backbones._saved_model.check_trusted`, unless
+    ``trust`` (``--trust``)."""
+    from tlmulti.backbones._saved_model import (
+        checking_saved_models,
+        trusting_saved_models,
+    )
     from tlmulti.recipe import load_recipe
     from tlmulti.training import checkpoints
 
@@ -252,7 +260,8 @@ def resume(run_dir) -> Run:
                        "start the run again on every worker instead of resuming it.")
     state = checkpoints.load_state(run_dir)
     runs.set_status(run_dir, "running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return _guarded(run_dir, lambda: _train_into(recipe, run_dir, resume=state))
+    with trusting_saved_models() if trust else checking_saved_models():
+        return _guarded(run_dir, lambda: _train_into(recipe, run_dir, resume=state))
 
 
 def _guarded(run_dir: Path, body) -> Run:
@@ -263,17 +272,34 @@ def _guarded(run_dir: Path, body) -> Run:
         if not runs.started(run_dir):
             runs.discard(run_dir)
             raise RunInterrupted("Interrupted before the first epoch; nothing was kept.") from None
-        runs.set_status(run_dir, "interrupted", ended=stamp)
+        try:
+            runs.set_status(run_dir, "interrupted", ended=stamp)
+        except OSError:  # a full disk: it stays "running", which resume takes over once this exits
+            pass
         runs.release(run_dir)
         raise RunInterrupted(f"Interrupted. The run is kept in '{run_dir}' with its last checkpoint; continue it "
                              f"with 'tlmulti resume {run_dir}'.") from None
     except BaseException as exc:
+        from tlmulti import paths
+
+        full = paths.is_disk_full(exc) and not isinstance(exc, TlmultiError)
         if not runs.started(run_dir):
             runs.discard(run_dir)
+            if full:
+                raise paths.disk_full(run_dir, "the run folder", "free some space and start the run again "
+                                      "(nothing was trained yet)") from None
             raise
+        if full:  # a raw ENOSPC / EDQUOT from a write: one line naming the disk
+            exc = paths.disk_full(run_dir, "the run folder", f"free some space and run 'tlmulti resume {run_dir}' "
+                                  "to continue from the last checkpoint")
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        runs.set_status(run_dir, "failed", ended=stamp, error=f"{type(exc).__name__}: {first}")
+        try:
+            runs.set_status(run_dir, "failed", ended=stamp, error=f"{type(exc).__name__}: {first}")
+        except OSError:  # no room even for run.json: it stays "running", which resume takes over once this exits
+            pass
         runs.release(run_dir)
+        if full:
+            raise exc from None
         raise
 
 
