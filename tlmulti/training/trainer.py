@@ -252,12 +252,12 @@ def resume(run_dir, trust: bool = False) -> Run:
     from tlmulti.training import checkpoints
 
     run_dir = Path(run_dir)
-    runs.take_over(run_dir)
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    if recipe.distribute == "multi_worker":
-        runs.release(run_dir)
+    saved = run_dir / "recipe.yaml"
+    if saved.is_file() and load_recipe(saved).distribute == "multi_worker":
         raise RunError(f"'{run_dir}' was trained by several workers, which keep no checkpoint of their own; "
                        "start the run again on every worker instead of resuming it.")
+    runs.take_over(run_dir)
+    recipe = load_recipe(saved)
     state = checkpoints.load_state(run_dir)
     runs.set_status(run_dir, "running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
     with trusting_saved_models() if trust else checking_saved_models():
