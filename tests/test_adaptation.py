@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import write_image_folder
-from tests.test_training import _build, _recipe
+from tests.builders import (
+    assert_same_weights, build_parts, image_recipe, register_tiny_cnn, values, weights_changed, write_image_folder,
+)
+from tlmulti import registry
 from tlmulti.evaluation import classification_metrics, grouped_accuracy
 
 
@@ -50,7 +52,7 @@ def test_adabn_changes_only_batchnorm_statistics_and_normalises_target_as_source
 
     from tlmulti.training.adaptation import adapt_batchnorm
 
-    task, parts, train, val = _build(_recipe(tiny_backbone, image_folder))
+    task, parts, train, val = build_parts(image_recipe(tiny_backbone, image_folder))
     model = parts.assemble()
     bn = parts.backbone.get_layer("block1_bn")
     stats = {id(v) for l in model._flatten_layers() if l.__class__.__name__ == "BatchNormalization"
@@ -167,6 +169,9 @@ class _ToyTask:
     def class_weight(self, examples):
         return None
 
+    def targets(self, examples):  # what the trainer feeds as y (Task.targets)
+        return examples.y
+
     def read(self, ref, classes=None, labelled=True):
         return self.target
 
@@ -227,7 +232,7 @@ def test_dann_on_a_toy_shift_keeps_source_accuracy_and_improves_the_target():
 
 def test_guard_puts_back_weights_when_a_method_wrecks_source_validation(capfd):
     from tlmulti import registry
-    from tlmulti.training.adaptation import _Training
+    from tlmulti.training.adaptation.methods import _Training
 
     class Wreck(_Training):
         """Pushes every prediction towards class 0 (a method gone wrong)."""
@@ -266,11 +271,8 @@ def _target_folder(tmp_path):
     return flat
 
 
-METHODS = ["adabn", "test_time_bn", "dann", "coral", "mmd", "entropy", "self_training"]
-
-
 def _adapted(tiny_backbone, image_folder, tmp_path, method, **extra):
-    recipe = _recipe(tiny_backbone, image_folder, phases=[
+    recipe = image_recipe(tiny_backbone, image_folder, phases=[
         {"name": "head", "epochs": 1, "learning_rate": 0.01},
         {"name": "ft", "epochs": 2, "learning_rate": 0.005, "unfreeze": "top:2"}],
         adaptation={"method": method, "target_data": str(_target_folder(tmp_path)), "weight": 1.0, "epochs": 2,
@@ -279,75 +281,143 @@ def _adapted(tiny_backbone, image_folder, tmp_path, method, **extra):
     return recipe
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_end_to_end_adaptation(method, tiny_backbone, image_folder, tmp_path):
-    import tlmulti
+def _implementation(method):
+    spec = registry.get_adaptation(method)
+    return registry.resolve(spec.implementation) if spec.implementation else None
 
-    recipe = _adapted(tiny_backbone, image_folder, tmp_path, method)
-    run = tlmulti.train(recipe, out=tmp_path / "run")
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    a = metrics["adaptation"]
-    assert (a["method"], a["chosen"], a["target_examples"]) == (method, method, 8)
-    assert set(a["candidates"]) == {"none", method}
-    c = a["candidates"][method]
-    assert c["guard"] in ("ok", "tripped") and np.isfinite(c["score"]) and 0 <= c["target_entropy"] <= 1
-    if method in ("adabn", "test_time_bn"):
-        # against the same run without adaptation: block1 (never trained: not in top:2) keeps its
-        # kernel, and its BatchNorm statistics moved towards the target images
-        recipe.adaptation.method = "none"
-        plain = tlmulti.train(recipe, out=tmp_path / "plain")
-        layer = lambda m, name: m.get_layer("tiny_cnn").get_layer(name)  # noqa: E731
-        np.testing.assert_array_equal(np.array(layer(run.model, "block1_conv").kernel),
-                                      np.array(layer(plain.model, "block1_conv").kernel))
+
+#: Every registered method with an implementation (a new one is tested the moment it is registered),
+#: and the registered names without one (``none``, ``auto``), which run end to end.
+IMPLEMENTED = [m for m in registry.adaptation_methods() if registry.get_adaptation(m).implementation]
+SELECTORS = [m for m in registry.adaptation_methods() if not registry.get_adaptation(m).implementation]
+
+
+def _split_weights(cnn):
+    """(BatchNorm moving statistics, every other weight) of the tiny CNN, as arrays."""
+    stats, other = [], []
+    for layer in cnn.layers:
+        if layer.__class__.__name__ == "BatchNormalization":
+            stats += [layer.moving_mean, layer.moving_variance]
+            other += [layer.gamma, layer.beta]
+        else:
+            other += list(layer.weights)
+    return values(stats), values(other)
+
+
+@pytest.fixture(scope="module")
+def source_only(tmp_path_factory):
+    """The tiny CNN trained on the source images (head phase, then top:2), shared by the tests
+    that run adaptation on it; each puts ``weights`` back first."""
+    from tlmulti.training.trainer import fine_tune
+
+    root = tmp_path_factory.mktemp("source_only")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLMULTI_HOME", str(root / "home"))
+        backbone = register_tiny_cnn("tiny_cnn.adaptation")
+        recipe = _adapted(backbone, write_image_folder(root / "images"), root, "auto")
+        task, parts, train, val = build_parts(recipe)
+        task.classes = train.classes
+        fine_tune(parts, task, train, val, recipe)
+        model = parts.assemble(augment=False)
+        yield {"recipe": recipe, "task": task, "parts": parts, "train": train, "val": val, "model": model,
+               "weights": model.get_weights()}
+    registry.unregister_backbone(backbone)
+
+
+def _adapt(source_only, phases=None, **adaptation):
+    """``adapt`` on the source-only model with the recipe's adaptation section (and ``phases``,
+    which decide the groups that train) changed; returns (record, {candidate: (all weights,
+    BatchNorm statistics, other backbone weights)})."""
+    import copy
+
+    from tlmulti.training.adaptation import adapt
+
+    s = source_only
+    model, cnn = s["model"], s["parts"].backbone
+    model.set_weights(s["weights"])
+    recipe = copy.deepcopy(s["recipe"])
+    if phases is not None:
+        recipe.phases = copy.deepcopy(list(phases))
+    for key, value in adaptation.items():
+        setattr(recipe.adaptation, key, value)
+    seen = {}
+
+    def each(name):
+        seen[name] = (values(model.weights), *_split_weights(cnn))
+
+    record = adapt(s["parts"], s["task"], s["train"], s["val"], recipe, each=each)
+    assert_same_weights(seen[record["chosen"]][0], model.weights)  # the parts are left at the kept candidate
+    return record, seen
+
+
+@pytest.fixture(scope="module")
+def auto_stage(source_only):
+    """``method: auto`` once on the source-only model: every registered method tried from the same
+    weights, each candidate's weights captured."""
+    return _adapt(source_only, method="auto")
+
+
+@pytest.mark.parametrize("method", IMPLEMENTED)
+def test_every_registered_method_adapts_the_source_only_model(method, auto_stage, source_only):
+    """Each registered method runs on the tiny CNN with unlabelled target images (within ``auto``,
+    from the source-only weights): a candidate row with finite scores, the guard applied, and the
+    model moved the way the method moves it (BatchNorm statistics only, or trained weights)."""
+    from tlmulti.training.adaptation.methods import _Statistics, _Training
+
+    a, seen = auto_stage
+    assert method in seen, f"'{method}' was not tried by auto (candidates: {', '.join(a['candidates'])})"
+    c = a["candidates"][method]  # the tiny CNN has BatchNorm and a phase unfreezes top:2: every method applies
+    assert c["guard"] in ("ok", "tripped") and np.isfinite(c["score"]) and 0 <= c["target_entropy"] <= 1, c
+    assert 0 <= c["source_val"] <= 1 and np.isfinite(c["target_balance_kl"]) and c["seconds"] >= 0
+    assert_same_weights(source_only["weights"], seen["none"][0])  # source-only scored on its own weights
+    cls = _implementation(method)
+    if issubclass(cls, _Statistics):  # every kernel kept; BatchNorm statistics moved unless the guard tripped
+        assert_same_weights(seen["none"][2], seen[method][2])
+        assert weights_changed(seen["none"][1], seen[method][1]) == (c["guard"] == "ok")
+    if issubclass(cls, _Training):
+        assert 1 <= c["epochs_run"] <= source_only["recipe"].adaptation.epochs
+        assert len(c["source_val_by_epoch"]) == c["epochs_run"]
         if c["guard"] == "ok":
-            assert not np.allclose(np.array(layer(run.model, "block1_bn").moving_mean),
-                                   np.array(layer(plain.model, "block1_bn").moving_mean))
-        return
-    import csv
+            assert weights_changed(seen["none"][0], seen[method][0])
 
-    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
-    assert c["epochs_run"] >= 1 and len(c["source_val_by_epoch"]) == c["epochs_run"]
-    assert len(rows) == 3  # the source phases' epochs; the stage is recorded in metrics.json
-    if method == "entropy":  # the model before adaptation is kept: evaluate --compare source-only
+
+@pytest.mark.parametrize("method", SELECTORS)
+def test_the_registered_selectors_none_and_auto(method, tmp_path, request):
+    """The registered names without an implementation. ``none`` trains end to end without
+    adaptation (no record, no source-only model to compare with); ``auto`` tries every registered
+    method, records each, and keeps the best label-free score past the guard."""
+    assert method in ("none", "auto"), f"adaptation method '{method}' has no implementation: add its case here"
+    if method == "none":
         from click.testing import CliRunner
 
+        import tlmulti
         from tlmulti.cli import main
+        from tlmulti.runs import SOURCE_ONLY_MODEL
 
-        result = CliRunner().invoke(main, ["vision", "evaluate", str(tmp_path / "run"), "--data", str(image_folder),
-                                           "--compare", "source-only", "--json"])
-        assert result.exit_code == 0, result.output
-        out = json.loads(result.output[result.output.index("{"):])
-        assert out["compare_dir"].endswith("(source-only)") and out["run"]["n"] == out["compare"]["n"] == 12
-        assert out["compare"]["loss"] != out["run"]["loss"]  # two different models
-        plain = tlmulti.train(_recipe(tiny_backbone, image_folder), out=tmp_path / "plain")
-        result = CliRunner().invoke(main, ["vision", "evaluate", str(plain.dir), "--data", str(image_folder),
+        backbone, images = request.getfixturevalue("tiny_backbone"), request.getfixturevalue("image_folder")
+        run = tlmulti.train(_adapted(backbone, images, tmp_path, "none"), out=tmp_path / "run")
+        assert "adaptation" not in json.loads((run.dir / "metrics.json").read_text())
+        assert not (run.dir / SOURCE_ONLY_MODEL).exists()
+        result = CliRunner().invoke(main, ["vision", "evaluate", str(run.dir), "--data", str(images),
                                            "--compare", "source-only"])
         assert result.exit_code != 0 and "has no source_only.keras" in result.output
-
-
-def test_auto_records_every_candidate_and_keeps_one(tiny_backbone, image_folder, tmp_path):
-    import tlmulti
-
-    run = tlmulti.train(_adapted(tiny_backbone, image_folder, tmp_path, "auto"), out=tmp_path / "run")
-    a = json.loads((tmp_path / "run" / "metrics.json").read_text())["adaptation"]
-    assert set(a["candidates"]) == {"none", *METHODS}
-    assert all("score" in c for c in a["candidates"].values())  # the tiny CNN has BatchNorm: all apply
+        return
+    a, seen = request.getfixturevalue("auto_stage")
+    margin = request.getfixturevalue("source_only")["recipe"].adaptation.select_margin
+    assert (a["method"], a["target_examples"]) == ("auto", 8) and set(a["candidates"]) == set(seen) == {"none", *IMPLEMENTED}
+    assert a["guard"]["metric"] == "accuracy" and a["guard"]["source_only"] == a["candidates"]["none"]["source_val"]
     assert a["chosen"] in a["candidates"] and a["candidates"][a["chosen"]].get("guard") != "tripped"
     best = max(c["score"] for c in a["candidates"].values() if c.get("guard") != "tripped")
     chosen = a["candidates"][a["chosen"]]["score"]
-    assert chosen == best or (a["chosen"] == "none" and best <= chosen + 0.02)
-    assert run.metrics["adaptation"]["chosen"] == a["chosen"]
+    assert chosen == best or (a["chosen"] == "none" and best <= chosen + margin)
 
 
-def test_auto_skips_what_does_not_apply_and_candidates_restrict_it(tiny_backbone, image_folder, tmp_path):
-    import tlmulti
-
-    recipe = _adapted(tiny_backbone, image_folder, tmp_path, "auto", candidates=["dann", "entropy"])
-    recipe.phases = recipe.phases[:1]  # no phase unfreezes a group: feature alignment cannot act
-    a = tlmulti.train(recipe, out=tmp_path / "run").metrics["adaptation"]
+def test_auto_skips_what_does_not_apply_and_candidates_restrict_it(source_only):
+    # no phase unfreezes a group: feature alignment cannot act, entropy trains the head only
+    a, _ = _adapt(source_only, phases=source_only["recipe"].phases[:1], candidates=["dann", "entropy"])
     assert set(a["candidates"]) == {"none", "dann", "entropy"}
     assert "no layer group trains" in a["candidates"]["dann"]["skipped"]
-    assert a["unfrozen_groups"] == [] and "score" in a["candidates"]["entropy"]  # trains the head only
+    assert a["unfrozen_groups"] == [] and "score" in a["candidates"]["entropy"]
 
 
 def test_adaptation_method_without_batchnorm_fails_before_training(image_folder, tmp_path):
@@ -378,7 +448,7 @@ def test_dann_without_an_unfreeze_phase_is_a_clear_error(tiny_backbone, image_fo
     import tlmulti
     from tlmulti.errors import RecipeError
 
-    recipe = _recipe(tiny_backbone, image_folder,
+    recipe = image_recipe(tiny_backbone, image_folder,
                      adaptation={"method": "dann", "target_data": str(_target_folder(tmp_path))})
     with pytest.raises(RecipeError, match="aligns backbone features, and no phase unfreezes"):
         tlmulti.train(recipe, out=tmp_path / "run")
@@ -388,7 +458,7 @@ def test_adaptation_without_target_data_names_the_key(tiny_backbone, image_folde
     import tlmulti
     from tlmulti.errors import RecipeError
 
-    recipe = _recipe(tiny_backbone, image_folder, adaptation={"method": "adabn"})
+    recipe = image_recipe(tiny_backbone, image_folder, adaptation={"method": "adabn"})
     with pytest.raises(RecipeError, match="adaptation.target_data"):
         tlmulti.train(recipe, out=tmp_path / "run")
 
@@ -427,13 +497,13 @@ def test_target_batches_do_not_move_batchnorm_moving_statistics(tiny_backbone, i
 
     from tlmulti.training.adaptation import AdaptationModel, Entropy, pool_features
 
-    task, parts, train, val = _build(_recipe(tiny_backbone, image_folder))
+    task, parts, train, val = build_parts(image_recipe(tiny_backbone, image_folder))
     from tlmulti.training.freezing import set_trainable
 
     set_trainable(parts.backbone, parts.groups, ["block3"], "train")
     feats = parts.features(parts.inputs, training=None)
     joint = keras.Model(parts.inputs, [parts.head(feats), pool_features(feats)])
-    method = Entropy("entropy", _recipe(tiny_backbone, image_folder).adaptation, task)
+    method = Entropy("entropy", image_recipe(tiny_backbone, image_folder).adaptation, task)
     model = AdaptationModel(joint, method)
     model.compile(optimizer=keras.optimizers.SGD(0.0), **task.compile_args())
     bn = parts.backbone.get_layer("block3_bn")
@@ -454,8 +524,8 @@ def test_a_statistics_method_past_the_guard_keeps_the_source_only_model(tiny_bac
     import tlmulti
     from tlmulti.training import adaptation
 
-    values = iter([0.9, 0.5])  # source-only, then the statistics re-estimated on source validation
-    monkeypatch.setattr(adaptation.Stage, "source_metric", lambda self: next(values))
+    readings = iter([0.9, 0.5])  # source-only, then the statistics re-estimated on source validation
+    monkeypatch.setattr(adaptation.Stage, "source_metric", lambda self: next(readings))
     run = tlmulti.train(_adapted(tiny_backbone, image_folder, tmp_path, "adabn"), out=tmp_path / "run")
     c = run.metrics["adaptation"]["candidates"]["adabn"]
     assert c["guard"] == "tripped" and c["source_val"] == 0.5 and "tripped" not in c
@@ -463,3 +533,14 @@ def test_a_statistics_method_past_the_guard_keeps_the_source_only_model(tiny_bac
     source = keras.saving.load_model(tmp_path / "run" / "source_only.keras", safe_mode=True)
     layer = lambda m: m.get_layer("tiny_cnn").get_layer("block1_bn")  # noqa: E731
     np.testing.assert_array_equal(np.array(layer(run.model).moving_mean), np.array(layer(source).moving_mean))
+    # evaluate --compare source-only reads the model kept before adaptation: here the same weights
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+
+    result = CliRunner().invoke(main, ["vision", "evaluate", str(run.dir), "--data", str(image_folder),
+                                       "--compare", "source-only", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output[result.output.index("{"):])
+    assert out["compare_dir"].endswith("(source-only)") and out["run"]["n"] == out["compare"]["n"] == 12
+    assert out["compare"]["loss"] == pytest.approx(out["run"]["loss"], abs=1e-6)

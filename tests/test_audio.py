@@ -8,11 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.audio_helpers import dominant_freq, tone, write_tones
+from tests.builders import dominant_freq, tone, write_tones
 from tlmulti.errors import DataError, RecipeError
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the espeak-ng program is not "
+                                  "installed; a system package make test installs on Debian/Ubuntu only")
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="the flite program is not installed; a "
+                                 "system package make test installs on Debian/Ubuntu only")
 
 
 @pytest.fixture

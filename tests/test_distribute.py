@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import build_tiny_cnn, write_image_folder
+from tests.builders import build_tiny_cnn, image_recipe, write_image_folder
 
 
 def _free_ports(n):
@@ -123,12 +123,11 @@ def test_tpu_without_a_tpu_says_what_to_set(monkeypatch):
 
 def test_a_multi_worker_run_is_not_resumed(tiny_backbone, tmp_path):
     import tlmulti
-    from tests.test_training import _recipe
     from tlmulti import runs
     from tlmulti.errors import RunError
     from tlmulti.training.trainer import resume
 
-    recipe = _recipe(tiny_backbone, write_image_folder(tmp_path / "im", per_class=6))
+    recipe = image_recipe(tiny_backbone, write_image_folder(tmp_path / "im", per_class=6))
     run = tlmulti.train(recipe, out=tmp_path / "run")
     runs.set_status(run.dir, "interrupted")  # as a chief stopped by Ctrl-C would leave it
     (run.dir / "checkpoint").mkdir()

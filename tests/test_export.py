@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.audio_helpers import write_tones
-from tests.conftest import write_image_folder
-from tests.test_segmentation_task import write_seg_folder
-from tests.text_helpers import make_tiny_bert_preset, register_tiny, tiny_texts, write_csv
+from tests.builders import (
+    make_tiny_bert_preset, register_tiny_bert, register_tiny_cnn, tiny_texts, write_csv, write_image_folder,
+    write_seg_folder, write_tones,
+)
 
 FORMATS = ["saved_model", "tflite", "onnx"]
 COMMON = {"callbacks": {"early_stopping": {"enabled": False}, "verbose": 0}, "output": {"plots": False}, "seed": 0}
@@ -27,20 +27,12 @@ def _train(recipe, out):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One tiny finished run per task, shared by the tests of this module."""
-    from tests.conftest import build_tiny_cnn
-    from tlmulti import registry
-
     root = tmp_path_factory.mktemp("export_runs")
-    registry._ensure_builtins()
-    registry.register_backbone(
-        "tiny_cnn.export", source="builder", families=("vision", "segmentation"), builder=build_tiny_cnn,
-        input={"size": [16, 16], "channels": 3, "normalization": "unit"}, replace=True,
-        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3)},
-        feature_layers=("block1_relu", "block2_relu", "block3_relu"))
+    register_tiny_cnn("tiny_cnn.export")
     images = write_image_folder(root / "img", classes=("cat", "dog", "owl"), per_class=8)
     seg = write_seg_folder(root / "seg", 3)
     texts = write_csv(root / "texts.csv", tiny_texts(24, 0))
-    register_tiny(make_tiny_bert_preset(root / "bert"))
+    register_tiny_bert(make_tiny_bert_preset(root / "bert"))
     tones = write_tones(root / "tones")
     one_phase = [{"epochs": 3, "learning_rate": 0.02}]
     return {

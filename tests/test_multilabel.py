@@ -3,40 +3,19 @@ per-label thresholds chosen on validation, metrics against scikit-learn, predict
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.builders import COLOURS, write_findings
 from tlmulti.cli import main
 
 TINY = ["--task", "multilabel_image_classification", "--backbone", "tiny_cnn.test", "--batch-size", "8",
         "--set", "data.image_size=[16, 16]", "--set", "callbacks.verbose=0", "--set", "head.hidden=[]",
         "--set", "evaluation.bootstrap=100", "--set", "callbacks.early_stopping.enabled=false",
         "--set", "phases=[{epochs: 25, learning_rate: 0.01}]"]
-COLOURS = ("red", "green", "blue")
-
-
-def _findings(root, n=60, seed=0):
-    """Images whose labels are the colour channels switched on (any subset, empty included)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        on = rng.random(3) < 0.4
-        img = rng.integers(0, 40, (20, 20, 3)).astype(np.uint8)
-        img[..., on] += 180
-        Image.fromarray(img).save(root / f"img{i}.png")
-        rows.append({"path": f"img{i}.png", "labels": "|".join(c for c, v in zip(COLOURS, on) if v)})
-    with open(root / "findings.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "labels"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root / "findings.csv", rows
 
 
 def test_multilabel_metrics_match_scikit_learn():
@@ -59,8 +38,8 @@ def test_multilabel_metrics_match_scikit_learn():
 
 
 def test_multilabel_run_end_to_end(tiny_backbone, tmp_path):
-    train, _ = _findings(tmp_path / "train", 80, seed=0)
-    test, test_rows = _findings(tmp_path / "test", 30, seed=1)
+    train, _ = write_findings(tmp_path / "train", 80, seed=0)
+    test, test_rows = write_findings(tmp_path / "test", 30, seed=1)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), "--test-data", str(test), *TINY,
                                        "--out", str(out)])
@@ -94,7 +73,7 @@ def test_multilabel_run_end_to_end(tiny_backbone, tmp_path):
 
 
 def test_multilabel_errors(tiny_backbone, tmp_path):
-    train, _ = _findings(tmp_path / "train", 20)
+    train, _ = write_findings(tmp_path / "train", 20)
     bad = tmp_path / "train" / "bad.csv"
     bad.write_text("path,labels\nimg0.png,red\nimg1.png,\n")
     test = tmp_path / "test.csv"
@@ -109,9 +88,9 @@ def test_multilabel_errors(tiny_backbone, tmp_path):
 
 def test_multilabel_adaptation_scores_per_label(tiny_backbone, tmp_path):
     """Sigmoid outputs: entropy, self-training and the label-free score work per label."""
-    train, _ = _findings(tmp_path / "train", 40, seed=0)
+    train, _ = write_findings(tmp_path / "train", 40, seed=0)
     target = tmp_path / "target"
-    _findings(target, 12, seed=2)
+    write_findings(target, 12, seed=2)
     (target / "findings.csv").unlink()  # a folder of unlabelled images
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), *TINY, "--adapt", "auto",

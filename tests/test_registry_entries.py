@@ -64,7 +64,7 @@ def test_every_backbone_builds_offline_or_says_why(name):
 
 
 def test_a_group_that_matches_nothing_is_an_error():
-    from tests.conftest import build_tiny_cnn
+    from tests.builders import build_tiny_cnn
     from tlmulti.backbones import load_backbone
     from tlmulti.errors import RegistryError
 
@@ -80,7 +80,8 @@ def test_a_group_that_matches_nothing_is_an_error():
 
 @pytest.mark.parametrize("name", TASKS)
 def test_every_task_has_a_valid_default_recipe_and_backbone(name):
-    from tlmulti.recipe import load_recipe, task_class
+    from tlmulti.recipe import load_recipe
+    from tlmulti.tasks import task_class
 
     spec = registry.get_task(name)
     cls = task_class(name)

@@ -9,7 +9,8 @@ import pytest
 import tlmulti
 from tlmulti import registry
 from tlmulti.errors import RecipeError, RegistryError
-from tlmulti.recipe import apply_overrides, from_dict, load_recipe, recipes_dir
+from tlmulti.overrides import apply_overrides
+from tlmulti.recipe import from_dict, load_recipe, recipes_dir
 
 
 def test_builtin_presets_are_registered():
@@ -25,7 +26,7 @@ def test_unknown_backbone_suggests_nearest():
 
 def test_register_custom_backbone_and_task_roundtrip():
     spec = tlmulti.register_backbone("custom.x", source="builder", families=("vision",),
-                                     builder="tests.conftest:build_tiny_cnn", layer_groups={"a": "conv.*"})
+                                     builder="tests.builders:build_tiny_cnn", layer_groups={"a": "conv.*"})
     try:
         assert registry.get_backbone("custom.x").layer_groups == {"a": ("conv.*",)}
         with pytest.raises(RegistryError, match="already registered"):
@@ -34,6 +35,33 @@ def test_register_custom_backbone_and_task_roundtrip():
             tlmulti.register_backbone("custom.y", source="ftp", families=("vision",))
     finally:
         registry.unregister_backbone(spec.name)
+
+
+def test_a_registered_task_names_the_classes_its_data_and_head_sections_validate_against():
+    from dataclasses import dataclass
+
+    from tlmulti.recipe import DataConfig, HeadConfig
+
+    @dataclass
+    class SlideData(DataConfig):
+        magnification: int = 20
+
+    tlmulti.register_task("slides.test", family="vision", implementation="tests.nowhere:Slides",
+                          default_backbone="vgg16.imagenet", data_config=SlideData,
+                          head_config="tlmulti.task_configs:SegmentationHeadConfig")
+    tlmulti.register_task("plain.test", family="vision", implementation="tests.nowhere:Plain",
+                          default_backbone="vgg16.imagenet")
+    try:
+        recipe = from_dict({"task": "slides.test", "data": {"magnification": 40}, "head": {"decoder": "unet"}})
+        assert isinstance(recipe.data, SlideData) and recipe.data.magnification == 40
+        assert recipe.head.decoder == "unet"
+        with pytest.raises(RecipeError, match="Did you mean 'data.magnification'"):
+            from_dict({"task": "slides.test", "data": {"magnificaton": 40}})
+        recipe = from_dict({"task": "plain.test"})
+        assert type(recipe.data) is DataConfig and type(recipe.head) is HeadConfig
+    finally:
+        registry.unregister_task("slides.test")
+        registry.unregister_task("plain.test")
 
 
 def test_cli_help_does_not_import_tensorflow():
@@ -142,7 +170,7 @@ def test_wildcard_override_sets_every_phase_and_the_default_phase():
 
 
 def test_flags_become_overrides_and_data_resets_the_recipes_own_splits(tmp_path):
-    from tlmulti.recipe import TRAIN_FLAGS, overrides_from_flags
+    from tlmulti.cli.flags import TRAIN_FLAGS, overrides_from_flags
 
     out = overrides_from_flags({"data": "x", "epochs": 2, "holdout": ("accent=a",), "val_data": None,
                                 "test_data": None}, TRAIN_FLAGS)

@@ -182,7 +182,10 @@ def test_segmentation_report(tmp_path):
     for ex in examples:
         ex.update(true="", predicted="", probability=None)
     history = [{k.replace("accuracy", "iou"): v for k, v in r.items()} for r in _history()]
+    from tlmulti.tasks.segmentation import Segmentation
+
     path = write_report(tmp_path, title="nuclei", headline="Mean Dice 0.71", task="segmentation",
+                        view=Segmentation.report_view,
                         metrics=_metrics(seg, seg), history=history, classes=classes, examples=examples,
                         summary={"splits": {"train": {"n": 20}, "val": {"n": 4}}, "warnings": [],
                                  "inputs": {"tile": [256, 256]}})

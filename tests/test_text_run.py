@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.text_helpers import make_tiny_bert_preset, register_tiny, tiny_recipe, tiny_texts, write_csv
+from tests.builders import make_tiny_bert_preset, register_tiny_bert, text_recipe, tiny_texts, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,10 @@ def tiny_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLMULTI_HOME", str(root / "home"))
         preset = make_tiny_bert_preset(root / "preset")
-        register_tiny(preset)
+        register_tiny_bert(preset)
         train = write_csv(root / "train.csv", tiny_texts(32, 0))
         test = write_csv(root / "test.csv", tiny_texts(12, 1))
-        run = tlmulti.train(tiny_recipe(train, test), out=root / "run")
+        run = tlmulti.train(text_recipe(train, test), out=root / "run")
         yield {"run": run, "root": root, "preset": preset, "train": train, "test": test}
     registry.unregister_backbone("tiny_bert.test")
 
@@ -73,7 +73,7 @@ def test_fine_tuned_backbone_saved_by_name_is_reused(tiny_run):
 
     save_run_backbone(tiny_run["run"].dir, "tiny_text.tuned")
     try:
-        recipe = tiny_recipe(tiny_run["train"], tiny_run["test"], **{"backbone.name": "tiny_text.tuned"})
+        recipe = text_recipe(tiny_run["train"], tiny_run["test"], **{"backbone.name": "tiny_text.tuned"})
         parts = TextClassification(recipe).build(["ham", "spam"])
         assert list(parts.groups) == ["embeddings", "transformer_layer_0", "transformer_layer_1"]
         texts = tf.constant(["Win free cash now!"])
@@ -145,7 +145,7 @@ def test_text_adaptation_auto_on_unlabelled_texts(tiny_run, tmp_path, monkeypatc
     monkeypatch.setenv("TLMULTI_HOME", str(tiny_run["root"] / "home"))
     target = tmp_path / "target.txt"
     target.write_text("\n".join(t.upper() for t, _, _ in tiny_texts(16, 5)) + "\n")
-    recipe = tiny_recipe(tiny_run["train"], tiny_run["test"], **{
+    recipe = text_recipe(tiny_run["train"], tiny_run["test"], **{
         "adaptation.method": "auto", "adaptation.target_data": str(target), "adaptation.epochs": 1,
         "adaptation.candidates": "[adabn, dann, entropy]"})
     run = tlmulti.train(recipe, out=tmp_path / "run")

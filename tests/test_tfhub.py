@@ -9,7 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tlmulti.layers.hub import HubLayer, build_tfhub_backbone  # noqa: E402
+from tlmulti.backbones.tfhub import build_tfhub_backbone  # noqa: E402
+from tlmulti.layers.hub import HubLayer  # noqa: E402
 from tlmulti.errors import MissingWeightsError  # noqa: E402
 
 IN_DIM, OUT_DIM = 3, 4
@@ -130,7 +131,7 @@ def test_save_load_roundtrip_keeps_finetuned_values(saved, tmp_path):
     model.save(file)
     import tlmulti.layers.hub  # noqa: F401  (registers HubLayer)
 
-    from tlmulti.layers.hub import trusting_saved_models
+    from tlmulti.backbones._saved_model import trusting_saved_models
 
     with trusting_saved_models():  # a SavedModel outside the registry: loaded only when trusted
         loaded = keras.saving.load_model(file)

