@@ -221,15 +221,3 @@ def test_speech_adaptation_example_reports_unseen_voices_before_and_after(tmp_pa
     before, after = printed(r"\nall\s+(\d\.\d+)\s+(\d\.\d+)", stdout)
     assert before == pytest.approx(summary["source_only"]["accuracy"], abs=5e-4)
     assert after == pytest.approx(summary["adapted"]["accuracy"], abs=5e-4)
-
-
-@pytest.mark.slow
-def test_custom_backbone_example_trains_its_registered_cnn(tmp_path):
-    out = run_example("custom_backbone.py", "--out", str(tmp_path / "runs"))
-    folder = re.search(r"run folder: (\S+)", out)
-    assert folder, out[-3000:]
-    metrics = finished_run(Path(folder.group(1)))
-    (accuracy,) = printed(r"test accuracy: ([0-9.]+)", out)
-    assert accuracy == pytest.approx(metrics["test"]["accuracy"], abs=5e-4)
-    assert accuracy > 0.5  # ten classes: chance is 0.1
-    assert [p["unfrozen_groups"] for p in metrics["phases"]] == [[], ["stage1", "stage2", "stage3"]]
