@@ -10,7 +10,8 @@ Training reads every input by index: each epoch shuffles the indices with seed `
 epoch)``, and the batches are gathered from in-memory arrays (held once, however many epochs) or
 decoded from files in parallel with prefetch, so in-memory and streamed inputs give the same
 batches and memory depends on the batch size, not on the number of epochs (nor, for streamed
-inputs, on the number of examples). :func:`make_dataset` slices in-memory arrays directly.
+inputs, on the number of examples). :func:`make_dataset` slices in-memory arrays directly, or
+reads them by index too when given ``indices``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ def _tf_dtype(a):
     return tf.string if np.dtype(a.dtype).kind in "OUS" else tf.as_dtype(a.dtype)
 
 
+def _read_dtype(a):
+    """The dtype :func:`_fetch` reads ``a`` as: float16 arrays (the feature cache) become float32
+    in NumPy, so no half-precision tensor reaches TensorFlow (whose oneDNN build logs an error for
+    one on CPUs without AVX-512)."""
+    import tensorflow as tf
+
+    return tf.float32 if np.dtype(a.dtype) == np.float16 else _tf_dtype(a)
+
+
 def _fetch(x, y, per_example: bool):
     """A function from index tensor(s) to ``x`` (or ``(x, y)``) tensors, reading lazy inputs with
     ``tf.numpy_function`` (large in-memory arrays too); small in-memory parts (labels) are gathered
@@ -117,10 +127,12 @@ def _fetch(x, y, per_example: bool):
                 out.append(a[idx])
             else:
                 out.append(np.asarray(a[np.sort(idx)][np.argsort(np.argsort(idx))]))
+            if out[-1].dtype == np.float16:  # features cached at half precision: computed on as float32
+                out[-1] = out[-1].astype(np.float32)
         return out
 
     def fetch(idx):
-        got = tf.numpy_function(read, [idx], [_tf_dtype(parts[i]) for i in lazy], stateful=False) if lazy else []
+        got = tf.numpy_function(read, [idx], [_read_dtype(parts[i]) for i in lazy], stateful=False) if lazy else []
         values = []
         for i, a in enumerate(parts):
             if i in kept:
@@ -128,10 +140,7 @@ def _fetch(x, y, per_example: bool):
             else:
                 t = got[lazy.index(i)]
                 shape = tuple(a.shape[1:])
-                t = tf.reshape(t, shape) if per_example else tf.ensure_shape(t, (None,) + shape)
-                if t.dtype == tf.float16:  # features cached at half precision: computed on as float32
-                    t = tf.cast(t, tf.float32)
-                values.append(t)
+                values.append(tf.reshape(t, shape) if per_example else tf.ensure_shape(t, (None,) + shape))
         xs = _unflat(x, keys, values[:n_x])
         return xs if y is None else (xs, _unflat(y, y_keys, values[n_x:]))
 
@@ -153,22 +162,27 @@ def _indexed(x, y, batch_size: int, order=None, augment=None, per_example: bool 
                                     deterministic=True)
 
 
-def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None):
+def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None,
+                 indices=None):
     """Batched ``tf.data.Dataset`` of ``(x, y)`` (or ``x`` alone when ``y`` is None).
 
     Shuffling depends only on ``seed`` and the number of examples, so a cached-feature phase and
     an end-to-end phase see the same batches in the same order. ``x`` may also be a list of
     arrays (the multi-scale features a segmentation backbone outputs). ``augment`` is a function
     ``(x, y) -> (x, y)`` applied to each example before batching: augmentation that must change
-    input and label together, such as flipping an image and its mask.
+    input and label together, such as flipping an image and its mask. ``indices``: only the
+    examples at these positions, in this order, read by index as training reads them (large
+    in-memory arrays with NumPy batch by batch, see :func:`_fetch`, never copied whole into the
+    dataset).
     """
     import tensorflow as tf
 
     from tlmulti.data.lazy import is_lazy
 
-    if is_lazy(x) or is_lazy(y):
-        n = _length(x)
-        order = tf.data.Dataset.range(n)
+    if indices is not None or is_lazy(x) or is_lazy(y):
+        n = _length(x) if indices is None else len(indices)
+        order = tf.data.Dataset.range(n) if indices is None else \
+            tf.data.Dataset.from_tensor_slices(np.asarray(indices, dtype=np.int64))
         if shuffle:
             order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
         each = None if augment is None else (lambda ds: ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE))

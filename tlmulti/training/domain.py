@@ -109,22 +109,53 @@ def label_free_scores(probs: np.ndarray, prior: np.ndarray, sigmoid: bool = Fals
     ``probs``: predicted probabilities (examples x classes, or x pixels x classes; sigmoid
     outputs per label); ``prior``: the training labels' class frequencies (per label for
     sigmoid: the positive rate). ``entropy`` is the mean prediction entropy and ``balance_kl``
-    the KL divergence of the mean prediction from the prior, each divided by ``log K``."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if sigmoid:
-        p = np.clip(probs.reshape(-1, probs.shape[-1]), 1e-7, 1 - 1e-7)
-        entropy = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))) / math.log(2)
-        q, r = p.mean(axis=0), np.clip(np.asarray(prior, np.float64), 1e-7, 1 - 1e-7)
-        kl = float(np.mean(q * np.log(q / r) + (1 - q) * np.log((1 - q) / (1 - r)))) / math.log(2)
-    else:
-        k = probs.shape[-1]
-        p = np.clip(probs.reshape(-1, k), 1e-12, 1.0)
-        entropy = float(np.mean(-np.sum(p * np.log(p), axis=1))) / math.log(k)
-        q, r = p.mean(axis=0), np.clip(np.asarray(prior, np.float64), 1e-12, 1.0)
-        r = r / r.sum()
-        kl = float(np.sum(q * np.log(q / r))) / math.log(k)
-    return {"target_entropy": round(entropy, 4), "target_balance_kl": round(kl, 4),
-            "score": round(-entropy - kl, 4)}
+    the KL divergence of the mean prediction from the prior, each divided by ``log K``.
+    :class:`LabelFreeScore` gives the same from predictions added batch by batch."""
+    score = LabelFreeScore(sigmoid)
+    score.add(probs)
+    return score.result(prior)
+
+
+class LabelFreeScore:
+    """:func:`label_free_scores` of predictions added batch by batch (``add``), from running sums
+    over their rows, so only one batch of predictions is held at a time."""
+
+    def __init__(self, sigmoid: bool = False):
+        self.sigmoid = sigmoid
+        self.rows, self.entropy, self.sums = 0, 0.0, None
+
+    @property
+    def outputs(self) -> int:
+        """Classes (or labels, for sigmoid outputs) of the predictions added so far."""
+        return 0 if self.sums is None else len(self.sums)
+
+    def add(self, probs) -> None:
+        probs = np.asarray(probs, dtype=np.float64)
+        p = probs.reshape(-1, probs.shape[-1])
+        if self.sigmoid:
+            p = np.clip(p, 1e-7, 1 - 1e-7)
+            self.entropy += float(np.sum(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+        else:
+            p = np.clip(p, 1e-12, 1.0)
+            self.entropy += float(np.sum(-np.sum(p * np.log(p), axis=1)))
+        sums = p.sum(axis=0)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.rows += len(p)
+
+    def result(self, prior) -> dict:
+        q = self.sums / self.rows
+        if self.sigmoid:
+            entropy = self.entropy / (self.rows * len(q)) / math.log(2)
+            r = np.clip(np.asarray(prior, np.float64), 1e-7, 1 - 1e-7)
+            kl = float(np.mean(q * np.log(q / r) + (1 - q) * np.log((1 - q) / (1 - r)))) / math.log(2)
+        else:
+            k = len(q)
+            entropy = self.entropy / self.rows / math.log(k)
+            r = np.clip(np.asarray(prior, np.float64), 1e-12, 1.0)
+            r = r / r.sum()
+            kl = float(np.sum(q * np.log(q / r))) / math.log(k)
+        return {"target_entropy": round(entropy, 4), "target_balance_kl": round(kl, 4),
+                "score": round(-entropy - kl, 4)}
 
 
 def class_prior(y, num_outputs: int, sigmoid: bool = False) -> np.ndarray:
@@ -179,21 +210,134 @@ def batchnorm_layers(model) -> list:
     return [l for l in all_sublayers(model) if is_batchnorm(l)]
 
 
-STATISTICS_EXAMPLES = 256  # examples (one batch) from which BatchNorm statistics are measured
+STATISTICS_EXAMPLES = 256  # examples from which BatchNorm statistics are measured (streamed in batches)
 
 
-def _channel_moments(x, axis: int):
+def _example_moments(x, axis: int):
+    """Per-example, per-channel float32 mean and variance of a layer input (``(batch, channels)``
+    each) and the number of values each example has per channel."""
     import tensorflow as tf
 
-    axes = [a for a in range(len(x.shape)) if a != axis % len(x.shape)]
+    rank = len(x.shape)
+    axes = [a for a in range(1, rank) if a != axis % rank]
     mean, var = tf.nn.moments(tf.cast(x, "float32"), axes=axes)
-    return mean.numpy().astype(np.float64), var.numpy().astype(np.float64)
+    count = tf.reduce_prod(tf.gather(tf.shape(x), axes)) if axes else tf.constant(1)
+    return mean, var, count
 
 
-def _sample(x, n: int, seed: int = 0):
+class _Moments:
+    """Per-channel mean and variance of a layer's inputs over every batch added, from each
+    example's float32 moments merged in float64 (Chan et al.'s parallel update): no float32 sum
+    runs over more than one example's values, and only the running moments are kept."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, mean, var, count) -> None:
+        mean, var, count = np.asarray(mean, np.float64), np.asarray(var, np.float64), int(count)
+        batch_mean = mean.mean(axis=0)
+        n, m2 = count * len(mean), count * (var.sum(axis=0) + ((mean - batch_mean) ** 2).sum(axis=0))
+        total = self.n + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.n * n / total)
+        self.n = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.mean, self.m2 / self.n
+
+
+def _adapted(m, v, eps: float, source, target):
+    """The moving statistics ``(m', v')`` with which inputs of moments ``target`` are normalised
+    as inputs of moments ``source`` were with ``(m, v)`` (see :func:`adapt_batchnorm`), from NumPy
+    arrays or tensors."""
+    (mu_s, var_s), (mu_t, var_t) = source, target
+    new_v = ops.maximum(var_t * (v + eps) / ops.maximum(var_s, 1e-12) - eps, 0.0)
+    return mu_t - ops.sqrt(new_v + eps) * (mu_s - m) / ops.sqrt(v + eps), new_v
+
+
+def _mixed(source, target, prior: float, n: float):
+    """Target moments mixed with source ones, ``(prior * source + n * target) / (prior + n)``."""
+    if not prior:
+        return target
+    return tuple((prior * s + n * t) / (prior + n) for s, t in zip(source, target))
+
+
+def _stream(model, layers, x, examples: int, batch: int, transform=None) -> list:
+    """``[(layer, _Moments)]``, in the order ``model`` first calls them, of the inputs of ``layers``
+    (BatchNorm layers of ``model``) on up to ``examples`` examples of ``x`` drawn with seed 0, in
+    random order (each batch a random sample of them, whatever order ``x`` is in, e.g. by class),
+    read by index a batch at a time, every batch through one compiled function (traced once).
+
+    The layers run in inference mode, except where ``transform(layer, mean, var)``, given the
+    float32 per-channel moments of the layer's input over the batch at its first call, returns a
+    function of the input: that layer's output in this pass, at that call and any later one."""
+    import tensorflow as tf
+
+    from tlmulti.data.pipeline import make_dataset
+
     size = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-    idx = np.sort(np.random.default_rng(seed).permutation(size)[:n])
-    return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x[idx])  # files: decoded here
+    idx = np.random.default_rng(0).permutation(size)[:examples]
+    ds = make_dataset(x, None, batch, indices=idx)
+    originals = {id(l): l.call for l in layers}
+    seen: list = []  # the layers measured, in the order of the traced pass
+    measured: list = []
+    applied: dict = {}
+
+    def measuring(layer):
+        def call(inputs, *args, **kwargs):
+            if id(layer) not in applied:  # a layer called twice: measured at its first call
+                mean, var, count = _example_moments(inputs, layer.axis)
+                seen.append(layer)
+                measured.append((mean, var, count))
+                batch_mean = tf.reduce_mean(mean, axis=0)
+                batch_var = tf.reduce_mean(var + tf.square(mean - batch_mean), axis=0)
+                applied[id(layer)] = transform(layer, batch_mean, batch_var) if transform else None
+            if applied[id(layer)] is None:
+                return originals[id(layer)](inputs, training=False)
+            return applied[id(layer)](inputs)
+        return call
+
+    def forward(xs):
+        seen.clear()
+        measured.clear()
+        applied.clear()
+        model(xs, training=False)
+        return list(measured)
+
+    for l in layers:
+        l.call = measuring(l)
+    try:
+        fn = tf.function(forward, autograph=False).get_concrete_function(ds.element_spec)  # traced here, once
+        moments = [(layer, _Moments()) for layer in seen]
+        for xs in ds:
+            for (_, m), (mean, var, count) in zip(moments, fn(xs)):
+                m.add(mean.numpy(), var.numpy(), count.numpy())
+    finally:
+        for l in layers:
+            l.call = originals[id(l)]
+    return moments
+
+
+def _batch_adapted(source: dict, prior: float, n: float):
+    """The ``transform`` of :func:`_stream` that normalises each layer's input with the adapted
+    statistics computed from the batch's own target moments and the layer's ``source`` moments."""
+
+    def transform(layer, mean, var):
+        if id(layer) not in source:
+            return None
+        src = tuple(ops.convert_to_tensor(a.astype(np.float32)) for a in source[id(layer)])
+        m, v = ops.cast(layer.moving_mean, "float32"), ops.cast(layer.moving_variance, "float32")
+        new_m, new_v = _adapted(m, v, layer.epsilon, src, _mixed(src, (mean, var), prior, n))
+        gamma = ops.cast(layer.gamma, "float32") if layer.scale else None
+        beta = ops.cast(layer.beta, "float32") if layer.center else None
+
+        def apply(inputs):
+            out = ops.batch_normalization(ops.cast(inputs, "float32"), new_m, new_v, axis=layer.axis,
+                                          offset=beta, scale=gamma, epsilon=layer.epsilon)
+            return ops.cast(out, layer.compute_dtype)
+        return apply
+    return transform
 
 
 def adapt_batchnorm(parts, target_x, source_x, prior: float = 0.0, batch: int = 32,
@@ -211,50 +355,29 @@ def adapt_batchnorm(parts, target_x, source_x, prior: float = 0.0, batch: int = 
     not. ``prior > 0`` (test-time BN) first mixes the target statistics with the source ones,
     ``(prior * source + batch * target) / (prior + batch)``.
 
-    Statistics are measured on one batch of up to ``examples`` source and target examples, the
-    source pass with the model as trained, the target pass layer after layer as adapted so far
-    (exact, in one forward pass, because each layer sees the whole batch)."""
-    import tensorflow as tf
-
+    Statistics are measured on up to ``examples`` source and target examples, at each layer's
+    first call in a forward pass, streamed in batches of ``batch`` through one compiled function
+    per pass and accumulated per channel, so memory holds one batch's activations whatever the
+    number of examples or their resolution. One pass over the source examples measures every
+    layer with the model as trained (inference mode). One pass over the target examples measures
+    them with the target statistics propagating, as AdaBN does: every layer normalises each
+    batch (a random sample of the examples) with the statistics above computed from that batch's
+    own target moments (mixed with the prior too), so a layer's input is measured with the layers
+    before it adapted to that batch. With ``batch`` at least the
+    number of examples, the batch is the whole sample and this is exact: the statistics set
+    normalise every layer's input, in inference mode, as that pass did."""
     model = parts.assemble(backbone_training=False, augment=False, name="statistics")
     layers = batchnorm_layers(model)
     if not layers:
         raise TlmultiError("AdaBN needs BatchNorm layers, and this model has none (e.g. VGG16 backbones); "
                            "use adaptation.method dann, coral, mmd, entropy or self_training instead.")
-    source_stats: dict[int, tuple] = {}
-    originals = {id(l): l.call for l in layers}
-
-    def recording(layer):
-        def call(inputs, *args, **kwargs):
-            source_stats[id(layer)] = _channel_moments(inputs, layer.axis)
-            return originals[id(layer)](inputs, training=False)
-        return call
-
-    def adapting(layer):
-        def call(inputs, *args, **kwargs):
-            mu_t, var_t = _channel_moments(inputs, layer.axis)
-            mu_s, var_s = source_stats[id(layer)]
-            if prior:
-                mu_t, var_t = (prior * mu_s + n * mu_t) / (prior + n), (prior * var_s + n * var_t) / (prior + n)
-            m, v, eps = np.array(layer.moving_mean, np.float64), np.array(layer.moving_variance, np.float64), layer.epsilon
-            new_v = np.maximum(var_t * (v + eps) / np.maximum(var_s, 1e-12) - eps, 0.0)
-            new_m = mu_t - np.sqrt(new_v + eps) * (mu_s - m) / np.sqrt(v + eps)
-            layer.moving_mean.assign(new_m.astype(np.float32))
-            layer.moving_variance.assign(new_v.astype(np.float32))
-            return originals[id(layer)](inputs, training=False)
-        return call
-
-    def run(x, wrap):
-        for l in layers:
-            l.call = wrap(l)
-        try:
-            xs = _sample(x, examples)
-            model({k: tf.constant(v) for k, v in xs.items()} if isinstance(xs, dict) else tf.constant(xs), training=False)
-        finally:
-            for l in layers:
-                l.call = originals[id(l)]
-
     n = float(batch)
-    run(source_x, recording)
-    run(target_x, adapting)
+    source = {id(l): m.result() for l, m in _stream(model, layers, source_x, examples, batch)}
+    target = _stream(model, layers, target_x, examples, batch, _batch_adapted(source, prior, n))
+    for layer, moments in target:
+        m, v = np.array(layer.moving_mean, np.float64), np.array(layer.moving_variance, np.float64)
+        src = source[id(layer)]
+        new_m, new_v = _adapted(m, v, layer.epsilon, src, _mixed(src, moments.result(), prior, n))
+        layer.moving_mean.assign(ops.cast(new_m, "float32"))
+        layer.moving_variance.assign(ops.cast(new_v, "float32"))
     return len(layers)

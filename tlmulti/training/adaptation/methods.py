@@ -66,7 +66,7 @@ class AdaBN(_Statistics):
     """AdaBN: BatchNorm statistics that normalise target inputs as the source ones were."""
 
     def restat(self, stage, x):
-        adapt_batchnorm(stage.parts, x, stage.train.x)
+        adapt_batchnorm(stage.parts, x, stage.train.x, batch=stage.batch_size)
 
 
 class TestTimeBN(_Statistics):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlmulti.training.domain import class_prior, label_free_scores
+from tlmulti.training.domain import LabelFreeScore, class_prior
 
 
 class Stage:
@@ -54,7 +54,9 @@ class Stage:
     def val_dataset(self):
         from tlmulti.data.pipeline import make_dataset
 
-        return make_dataset(self.val.x, self.task.targets(self.val), self.batch_size) if self.has_val else None
+        if not self.has_val:
+            return None
+        return make_dataset(self.val.x, self.task.targets(self.val), self.batch_size, indices=np.arange(len(self.val)))
 
     def batches(self):
         """Source training batches (shuffled per epoch, paired augmentation) zipped with an endless
@@ -66,7 +68,8 @@ class Stage:
         seed = self.recipe.seed + 7000
         source = make_epoch_dataset(self.train.x, self.task.targets(self.train), self.batch_size, seed=seed,
                                     epochs=self.epochs, augment=self.parts.augment_pairs)
-        target = make_dataset(self.target.x, None, self.batch_size, shuffle=True, seed=seed).repeat()
+        target = make_dataset(self.target.x, None, self.batch_size, shuffle=True, seed=seed,
+                              indices=np.arange(len(self.target))).repeat()
         return tf.data.Dataset.zip((source, target))
 
     def source_metric(self) -> float:
@@ -77,11 +80,19 @@ class Stage:
         return round(float(model.evaluate(self.val_dataset(), return_dict=True, verbose=0)[self.metric]), 4)
 
     def target_scores(self) -> dict:
+        """The label-free scores of the model's target predictions, predicted and summed batch by
+        batch. Per-pixel predictions score every ``stride``-th pixel row of the whole set, ``stride``
+        the smallest that keeps at most 400,000 rows."""
         from tlmulti.data.pipeline import make_dataset
 
-        probs = self.model.predict(make_dataset(self.target.x, None, self.batch_size), verbose=0)
-        if not self.sigmoid and probs.ndim > 2 and probs[..., 0].size > 400_000:
-            stride = int(np.ceil(probs[..., 0].size / 400_000))
-            probs = probs.reshape(-1, probs.shape[-1])[::stride]
-        prior = class_prior(self.train.y, probs.shape[-1], self.sigmoid)
-        return label_free_scores(probs, prior, self.sigmoid)
+        n = len(self.target)
+        score, stride, row = LabelFreeScore(self.sigmoid), 1, 0
+        for batch in make_dataset(self.target.x, None, self.batch_size, indices=np.arange(n)):
+            probs = np.asarray(self.model.predict_on_batch(batch))
+            if not self.sigmoid and probs.ndim > 2:
+                if row == 0:
+                    stride = int(np.ceil(n * probs[0, ..., 0].size / 400_000))
+                rows = probs.reshape(-1, probs.shape[-1])
+                probs, row = rows[(-row) % stride::stride], row + len(rows)
+            score.add(probs)
+        return score.result(class_prior(self.train.y, score.outputs, self.sigmoid))
