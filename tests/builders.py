@@ -502,6 +502,89 @@ def _speech_case(root: Path) -> TaskCase:
         check_prediction=_check_single_label, backbones=("tiny_audio_cnn.test",))
 
 
+def build_tiny_pyramid_cnn(spec, weights, input_shape):
+    """A 4-block CNN with BatchNorm whose blocks end at strides 2, 4, 8 and 16 (for detection)."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape or (64, 64, 3))
+    x = inputs
+    for i, filters in enumerate((8, 8, 16, 16), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="tiny_pyramid_cnn")
+
+
+def register_tiny_pyramid_cnn(name: str = "tiny_pyramid_cnn.test") -> str:
+    """Registers the 4-block CNN as ``name``, its stride 2-16 block outputs as feature layers."""
+    from tlmulti import registry
+
+    registry._ensure_builtins()
+    registry.register_backbone(
+        name, source="builder", families=("vision", "segmentation"),
+        builder=build_tiny_pyramid_cnn, input={"size": [64, 64], "channels": 3, "normalization": "unit"},
+        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3, 4)},
+        feature_layers=tuple(f"block{i}_pool" for i in (1, 2, 3, 4)),
+        description="tiny test CNN with a feature pyramid", replace=True,
+    )
+    return name
+
+
+def write_squares(root, n=24, size=64, seed=0, classes=("square", "bar")):
+    """``root/images/*.png`` (grey noise with up to three filled shapes: 10-20 px squares, class
+    0, and 6 x 20 px bars, class 1; every fifth image has none) and ``root/annotations.json``
+    (COCO); returns the JSON's path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n):
+        a = rng.integers(0, 50, (size, size, 3)).astype(np.uint8)
+        count = 0 if i % 5 == 4 else int(rng.integers(1, 4))
+        placed = []
+        for _ in range(count):
+            c = int(rng.integers(0, len(classes)))
+            w, h = (int(rng.integers(10, 21)),) * 2 if c == 0 else (6, 20)
+            for _try in range(20):
+                x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+                if all(x0 + w <= px or px + pw <= x0 or y0 + h <= py or py + ph <= y0 for px, py, pw, ph in placed):
+                    break
+            else:
+                continue
+            placed.append((x0, y0, w, h))
+            a[y0:y0 + h, x0:x0 + w] = (220, 60, 60) if c == 0 else (60, 220, 60)
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": c + 1,
+                                "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0})
+        Image.fromarray(a).save(root / "images" / f"img{i}.png")
+        images.append({"id": i + 1, "file_name": f"images/img{i}.png", "width": size, "height": size})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(classes)]}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root / "annotations.json"
+
+
+def _check_detections(result: dict, classes: list) -> None:
+    assert set(result) >= {"input", "detections"}, result
+    for d in result["detections"]:
+        assert d["label"] in classes and 0 <= d["score"] <= 1, d
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64, d
+
+
+def _detection_case(root: Path) -> TaskCase:
+    train = write_squares(root / "train", 24, seed=0)
+    test = write_squares(root / "test", 8, seed=1)
+    return TaskCase(
+        recipe={"task": "object_detection", "backbone": {"name": register_tiny_pyramid_cnn()},
+                "head": {"filters": 16, "convs": 1},
+                "data": {"train": str(train), "test": str(test), "val_split": 0.25, "batch_size": 4,
+                         "image_size": [64, 64]}},
+        metric="map50", test=str(test), predict=[str(root / "test" / "images" / "img0.png")],
+        check_prediction=_check_detections, backbones=("tiny_pyramid_cnn.test",))
+
+
 #: task name -> builder of its tiny case (``root`` is an empty folder the builder may fill).
 TASK_CASES: dict[str, Callable[[Path], TaskCase]] = {
     "image_classification": _image_case,
@@ -509,6 +592,7 @@ TASK_CASES: dict[str, Callable[[Path], TaskCase]] = {
     "segmentation": _segmentation_case,
     "text_classification": _text_case,
     "speech_classification": _speech_case,
+    "object_detection": _detection_case,
 }
 
 

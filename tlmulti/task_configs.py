@@ -128,6 +128,55 @@ class SegmentationHeadConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Object detection
+
+
+@dataclass
+class DetectionAugmentConfig:
+    """Random augmentation of training images that moves their boxes with them, in phases without
+    the feature cache: ``flip`` none|horizontal|vertical|both; ``scale`` [low, high] zoom factors
+    (above 1 a random crop, below 1 the image shrunk onto a padded canvas; boxes are clipped and a
+    box keeping under 40% of its area is dropped); ``[]`` for none."""
+
+    flip: str = choice("horizontal", choices.FLIPS)
+    scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
+
+
+@dataclass
+class DetectionDataConfig(IntensityConfig, DataConfig):
+    """Boxes: a COCO JSON file, a Pascal VOC folder or a YOLO folder / ``data.yaml`` (see
+    :mod:`tlmulti.data.boxes`). ``image_size`` [H, W] the network input (images are resized to it,
+    boxes with them; empty: derived from the training images, written into the saved recipe);
+    ``max_boxes``: boxes kept per image (0: the most any training image has)."""
+
+    image_size: list[int] = at_least([], 1)
+    batch_size: int = at_least(8, 1)
+    max_boxes: int = at_least(0, 0)
+    augment: DetectionAugmentConfig = field(default_factory=DetectionAugmentConfig)
+
+
+@dataclass
+class DetectionHeadConfig:
+    """RetinaNet head (keras-hub ``FeaturePyramid`` and ``PredictionHead``): ``filters`` per
+    pyramid level and head convolution, ``convs`` 3x3 convolutions per head before its output.
+    Anchors: ``anchor_size`` (the smallest anchor is ``8 * anchor_size`` px at stride 8) and
+    ``max_level`` (anchors up to stride ``2**max_level``), ``auto`` = derived from the training
+    boxes and written into the saved recipe; ``aspect_ratios`` width / height; ``num_scales`` sizes
+    per level. Predictions: non-maximum suppression at ``iou_threshold``, at most
+    ``max_detections`` per image."""
+
+    filters: int = at_least(96, 8)
+    convs: int = at_least(2, 1)
+    anchor_size: Union[float, str] = at_least("auto", 0.05, auto=True)
+    max_level: Union[int, str] = at_least("auto", 3, auto=True)
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    num_scales: int = at_least(3, 1)
+    iou_threshold: float = 0.5
+    max_detections: int = at_least(100, 1)
+    box_weight: float = at_least(1.0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
 # Text
 
 

@@ -261,11 +261,14 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
     @click.option("--file", "input_file", type=click.Path(dir_okay=False),
                   help="A file with one input per line." if text_inputs else "A file listing input paths, one per line.")
     @click.option("--top-k", type=int, default=3, show_default=True, help="How many labels per input.")
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for outputs (segmentation masks).")
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for outputs (segmentation masks, detection pictures).")
+    @click.option("--score-threshold", type=float, default=None,
+                  help="Object detection: keep boxes scoring at least this (default: the run's, chosen for the best "
+                       "F1 on validation data; 0 keeps every box non-maximum suppression keeps).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @trust_option
     @user_errors
-    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, as_json):
+    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json):
         from pathlib import Path
 
         from tlmulti.runs import load_run
@@ -280,6 +283,10 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
             raise TlmultiError("Nothing to predict: give inputs as arguments or --file.")
         recipe, task, model = load_run(run_dir)
         kwargs = {"out_dir": out_dir} if out_dir else {}
+        if score_threshold is not None:
+            if not getattr(task, "scores_boxes", False):
+                raise TlmultiError(f"--score-threshold applies to object detection runs; '{run_dir}' is {recipe.task}.")
+            kwargs["score_threshold"] = score_threshold
         results = task.predict(model, items, top_k=top_k, **kwargs)
         if as_json:
             click.echo(json.dumps(results, indent=2))

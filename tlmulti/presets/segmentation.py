@@ -26,6 +26,12 @@ register_dataset(
 )
 
 register_dataset(
+    "nuclei-boxes", builder="tlmulti.datasets.nuclei_boxes:build", splits=("train", "val", "test"),
+    description="Nucleus boxes (COCO) on 96x96 16-bit tiles of the nuclei image, the 3 disjoint regions of 'nuclei'",
+    source="PyPI wheel stardist==0.9.2, as for 'nuclei' (boxes from its instance mask)",
+)
+
+register_dataset(
     "nuclei-patches", builder="tlmulti.datasets.nuclei_patches:build", splits=("train", "test"),
     description="32x32 patches of the nuclei image, nucleus / background at the centre, 16 regions as 'patients'",
     source="PyPI wheel stardist==0.9.2, as for 'nuclei'",

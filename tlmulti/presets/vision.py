@@ -112,6 +112,13 @@ register_task(
     description="Several labels per image (path,labels manifest, labels joined by '|'): sigmoid head, per-label AUROC",
 )
 
+register_task(
+    "object_detection", family="vision", implementation="tlmulti.tasks.object_detection:ObjectDetection",
+    data_config="tlmulti.task_configs:DetectionDataConfig", head_config="tlmulti.task_configs:DetectionHeadConfig",
+    default_backbone="efficientnet_lite0.imagenet", default_recipe="defaults/object_detection.yaml",
+    description="Boxes around objects: COCO JSON, Pascal VOC or YOLO folders; RetinaNet head over a pretrained encoder, COCO mAP",
+)
+
 register_dataset(
     "fashion-mnist", builder="tlmulti.datasets.fashion_mnist:build", splits=("train", "test"),
     options={"train_per_class": 300, "test_per_class": 200},

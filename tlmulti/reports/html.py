@@ -158,6 +158,14 @@ def _curves(history) -> str:
     return section("curves", "Training curves", body)
 
 
+def _figures(run_dir: Path, view: ReportView) -> str:
+    """The task's own plots (``view.figures``) that the run folder holds."""
+    shown = [(title, run_dir / name) for title, name in view.figures if (run_dir / name).is_file()]
+    if not shown:
+        return ""
+    return section("figures", "Plots", "".join(img(path.read_bytes(), title, "plot") for title, path in shown))
+
+
 def _confusion(metrics: dict, classes, view: ReportView) -> str:
     name, m = _split_name(metrics)
     cm = m.get("confusion_matrix")
@@ -409,6 +417,7 @@ def write_report(run_dir, *, title: str, headline: str, task: str, metrics: dict
         ("curves", "curves", guarded("training curves", lambda: _curves(history))),
         ("confusion", "confusion", guarded("confusion matrix",
                                            lambda: _confusion(metrics, classes, view))),
+        ("figures", "plots", guarded("plots", lambda: _figures(run_dir, view))),
         ("data", "data", guarded("data summary", lambda: _summary(summary, metrics.get("data")))),
         ("examples", "most wrong", guarded("examples", lambda: _examples(examples))),
     ]

@@ -59,3 +59,31 @@ def overlay_panel(image, predicted, truth=None, colours=COLOURS):
     for p in panels[1:]:
         row += [gap, p]
     return Image.fromarray(np.concatenate(row, axis=1))
+
+
+def draw_boxes(image: np.ndarray, boxes, labels, colours, scores=None, classes=None, width: int = 1):
+    """RGB uint8 copy of ``image`` with ``xyxy`` pixel ``boxes`` outlined in their class colours
+    (and, with ``classes``, each box's class name and score written above it)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(_rgb(np.asarray(image, np.uint8)))
+    draw = ImageDraw.Draw(img)
+    for k, (b, c) in enumerate(zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(labels).reshape(-1))):
+        colour = tuple(colours[int(c) % len(colours)]) if int(c) >= 0 else (255, 255, 255)
+        draw.rectangle([float(b[0]), float(b[1]), max(float(b[2]) - 1, float(b[0])), max(float(b[3]) - 1, float(b[1]))],
+                       outline=colour, width=width)
+        if classes is not None:
+            text = classes[int(c)] + (f" {float(scores[k]):.2f}" if scores is not None else "")
+            draw.text((float(b[0]) + 1, max(float(b[1]) - 11, 0)), text, fill=colour)
+    return np.asarray(img)
+
+
+def box_panel(image, predicted, truth, colours, gap: int = 4):
+    """A PIL image: the true boxes (left) beside the predicted ones (right); ``predicted`` is
+    ``(boxes, labels, scores)``, ``truth`` ``(boxes, labels)``."""
+    from PIL import Image
+
+    left = draw_boxes(image, truth[0], truth[1], colours)
+    right = draw_boxes(image, predicted[0], predicted[1], colours, scores=predicted[2])
+    sep = np.full((left.shape[0], gap, 3), 255, np.uint8)
+    return Image.fromarray(np.concatenate([left, sep, right], axis=1))

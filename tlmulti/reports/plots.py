@@ -78,3 +78,25 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_precision_recall(curves: dict, path: Path, title: str = "Precision-recall (test, IoU 0.5)") -> None:
+    """Precision against recall per class (``{class: {"precision": [...], "recall": [...]}}``),
+    detections taken in order of score; the marked point is the score threshold in use."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, c in curves.items():
+        if not c.get("recall"):
+            continue
+        line, = ax.plot(c["recall"], c["precision"], label=f"{name} (AP50 {c.get('ap50', 0):.3f})")
+        if c.get("at") is not None:
+            ax.plot([c["at"][0]], [c["at"][1]], "o", color=line.get_color())
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -23,7 +23,8 @@ class ReportView:
     has are left out); ``per_class_columns``: the per-class keys shown, when present;
     ``per_class_score``: the key that names the weakest class; ``confusion_kind``: the matrix's
     title; ``confusion_cells``: ``"counts"`` or ``"shares"`` (per cent of the row) written in each
-    cell; ``confusion_text``: the paragraph (HTML) that explains the matrix."""
+    cell; ``confusion_text``: the paragraph (HTML) that explains the matrix; ``figures``:
+    ``(title, file)`` of PNG plots the task writes into the run folder, shown when present."""
 
     metric_rows: tuple = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("F1 (positive class)", "f1"),
                           ("loss (cross-entropy)", "loss"), ("examples", "n"))
@@ -32,3 +33,4 @@ class ReportView:
     confusion_kind: str = "Confusion"
     confusion_cells: str = "counts"
     confusion_text: str = COUNTS_TEXT
+    figures: tuple = ()

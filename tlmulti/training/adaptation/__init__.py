@@ -84,6 +84,9 @@ def check_adaptation(recipe, task, parts) -> None:
     config = recipe.adaptation
     if config.method == "none":
         return
+    if not getattr(task, "adaptable", True):
+        raise RecipeError(f"Domain adaptation is not available for {task.name} runs; remove adaptation.method "
+                          "(--adapt) and train on data that includes the target domain.")
     if not config.target_data:
         raise RecipeError("Key 'adaptation.target_data' is required with adaptation.method "
                           f"'{config.method}': give unlabelled target-domain data (--target-data).")
