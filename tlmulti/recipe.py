@@ -231,6 +231,7 @@ class Recipe:
     precision: str = choice("float32", choices.PRECISIONS)  # Keras dtype policy while building and training
     cache: CacheConfig = field(default_factory=CacheConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    baseline: bool = True  # fit and report the classic baseline (tlmulti.evaluation.baseline)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe
 

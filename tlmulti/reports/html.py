@@ -84,7 +84,17 @@ def _headline_metrics(metrics: dict, view: ReportView) -> str:
                 cells += "<td>—</td>"
         rows.append(f"<tr><th>worst group accuracy</th>{cells}</tr>")
     header = ["metric"] + [{"val": "validation", "test": "test"}[n] for n, _ in splits]
-    return section("metrics", "Headline metrics", table(header, rows, "metrics"))
+    base = metrics.get("baseline") if isinstance(metrics.get("baseline"), dict) else {}
+    base_splits = [(n, base[n]) for n, _ in splits if isinstance(base.get(n), dict)]
+    note = ""
+    if base_splits:
+        keys = [key for _, key in view.metric_rows if any(key in m for _, m in splits)]
+        rows = [r[:-5] + "".join(f"<td class='muted'>{cell(m.get(key))}</td>" for _, m in base_splits) + "</tr>"
+                for r, key in zip(rows, keys)] + rows[len(keys):]
+        header += [f"baseline {'validation' if n == 'val' else 'test'}" for n, _ in base_splits]
+        note = (f"<p>Baseline: {esc(base.get('method'))}, fitted on the training split in {cell(base.get('seconds'))} s. "
+                "A model that does not beat it is not using its pretraining.</p>")
+    return section("metrics", "Headline metrics", table(header, rows, "metrics") + note)
 
 
 def _per_class(metrics: dict, view: ReportView) -> str:

@@ -209,6 +209,15 @@ class Task(TaskExport):
         dict of arrays with one row per example (the pipeline batches it like inputs)."""
         return examples.y
 
+    #: The metric a classic baseline is compared with on validation data (a key of ``evaluate``).
+    primary_metric = ""
+
+    def baseline_features(self, examples: Examples):
+        """``(method, kind, features)`` for the classic baseline (:mod:`tlmulti.evaluation.baseline`):
+        a key of its ``METHODS``, ``"dense"`` or ``"text"``, and one row per example; None where
+        the task has no classic counterpart."""
+        return None
+
     def stratify_labels(self, examples: Examples) -> np.ndarray:
         return np.asarray(examples.y)
 

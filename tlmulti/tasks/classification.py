@@ -15,6 +15,7 @@ class ClassificationTask(Task):
     """Shared by image, text and speech classification: softmax head, accuracy, F1, top-k."""
 
     output_activation = "softmax"
+    primary_metric = "accuracy"
 
     def compile_args(self) -> dict:
         import keras

@@ -106,6 +106,11 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
         slices.meta["slice"] = (np.arange(len(origin)) - starts).tolist()
         return slices
 
+    def baseline_features(self, examples):
+        from tlmulti.evaluation.baseline import pixel_features
+
+        return "pixels", "dense", pixel_features(examples.x)
+
     def default_split_by(self, examples) -> str | None:
         """Slices of one volume never straddle train and validation."""
         return "path" if "slice" in examples.meta else None

@@ -28,6 +28,7 @@ from tlmulti.tasks.image_classification import ImageClassification
 class MultiLabelImageClassification(ImageClassification):
     name = "multilabel_image_classification"
     output_activation = "sigmoid"
+    primary_metric = "macro_auroc"
 
     # -- data -----------------------------------------------------------------------------------
     def read_paths(self, ref, classes=None, labelled=True) -> Examples:

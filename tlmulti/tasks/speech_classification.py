@@ -169,6 +169,11 @@ class SpeechClassification(WaveformExport, ClassificationTask):
                           groups=resolve_groups(backbone, self.spec))
 
     # -- evaluation -----------------------------------------------------------------------------
+    def baseline_features(self, examples):
+        from tlmulti.evaluation.baseline import log_mel_features
+
+        return "log_mel", "dense", log_mel_features(examples.x, self.contract().sample_rate)
+
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
         """Classification metrics; grouped by ``group_by`` (or ``data.group_column`` when the data
         has that column), plus

@@ -292,6 +292,9 @@ class TextClassification(TextExport, ClassificationTask):
         )
 
     # -- printing -------------------------------------------------------------------------------
+    def baseline_features(self, examples):
+        return "tfidf", "text", [str(t) for t in examples.x]
+
     def format_prediction(self, result: dict) -> str:
         text = " ".join(result["input"].split())
         short = text if len(text) <= 60 else text[:57] + "..."

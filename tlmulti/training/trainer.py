@@ -365,6 +365,17 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
     task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
     if test_ex is not None:
         metrics["test"] = task.evaluate(model, test_ex)
+    if recipe.baseline:
+        from tlmulti.training.baseline import beats_model, run_baseline
+
+        baseline = run_baseline(task, train_ex, val_ex, test_ex, recipe.seed)
+        if baseline is not None:
+            metrics["baseline"] = baseline
+            warning = beats_model(metrics, task.primary_metric)
+            if warning:
+                import sys
+
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics["timing"] = {
         "phase_seconds": [round(r["seconds"], 3) for r in records],
         "train_seconds": round(train_seconds, 3),
