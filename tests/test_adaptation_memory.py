@@ -216,6 +216,40 @@ def test_batchnorm_statistics_are_exact_in_one_batch_and_close_in_small_ones(ada
     assert any(not np.allclose(a, b, rtol=1e-4) for pair_a, pair_b in zip(fewer, exact) for a, b in zip(pair_a, pair_b))
 
 
+def test_batchnorm_on_pooled_features_is_adapted_like_the_exact_computation():
+    """A BatchNorm layer on pooled (batch, channels) features without scale or offset (the
+    classification head's ``feature_norm``), after a convolutional one: each example has one
+    value per channel, and the streamed statistics in one batch equal the exact ones."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((6, 8))
+    x = keras.layers.BatchNormalization(name="conv_norm")(keras.layers.Conv1D(5, 3)(inputs))
+    x = keras.layers.BatchNormalization(center=False, scale=False, name="feature_norm")(
+        keras.layers.GlobalAveragePooling1D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+
+    class Parts:
+        backbone = model
+
+        def assemble(self, **kwargs):
+            return model
+
+    from tlmulti.training.domain import adapt_batchnorm, batchnorm_layers
+
+    source = rng.normal(size=(40, 6, 8)).astype("float32")
+    target = (source * 1.7 + 0.5).astype("float32")
+    start = model.get_weights()
+    results = []
+    for adapt, kwargs in ((_exact_adabn, {}), (adapt_batchnorm, {"batch": 64})):
+        model.set_weights(start)
+        assert adapt(Parts(), target, source, **kwargs) == 2
+        results.append([np.array(w) for l in batchnorm_layers(model) for w in (l.moving_mean, l.moving_variance)])
+    assert not np.allclose(results[0][2], np.array(start[-4]))  # feature_norm's mean moved
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_batchnorm_statistics_trace_the_model_once_per_pass(adabn_case, monkeypatch):
     """A statistics call traces the forward pass once for the source and once for the target,
     however many batches (13 of 3 images) and BatchNorm layers there are."""

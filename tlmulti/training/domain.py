@@ -220,9 +220,11 @@ def _example_moments(x, axis: int):
 
     rank = len(x.shape)
     axes = [a for a in range(1, rank) if a != axis % rank]
-    mean, var = tf.nn.moments(tf.cast(x, "float32"), axes=axes)
-    count = tf.reduce_prod(tf.gather(tf.shape(x), axes)) if axes else tf.constant(1)
-    return mean, var, count
+    x = tf.cast(x, "float32")
+    if not axes:  # (batch, channels): one value per example and channel (tf.nn.moments would
+        return x, tf.zeros_like(x), tf.constant(1)  # squeeze every size-1 axis, batch included)
+    mean, var = tf.nn.moments(x, axes=axes)
+    return mean, var, tf.reduce_prod(tf.gather(tf.shape(x), axes))
 
 
 class _Moments:
