@@ -39,6 +39,7 @@ import numpy as np
 
 from tlmulti.reports.figures import confusion_png, curves_png, image_png, wav_bytes
 from tlmulti.reports.markup import bar_cell, cell, esc, flatten, img, is_score, num, section, table
+from tlmulti.reports.sections import adaptation_section, strategy_section
 from tlmulti.reports.view import ReportView
 
 TEXT_CHARS = 400  # example texts are cut to this many characters
@@ -288,31 +289,6 @@ def _examples(examples) -> str:
 # footer
 
 
-def _adaptation_section(adaptation: dict) -> str:
-    """Which adaptation method was kept, and every candidate's source-validation metric, guard
-    and label-free target scores."""
-    guard = adaptation.get("guard") if isinstance(adaptation.get("guard"), dict) else {}
-    metric = guard.get("metric", "metric")
-    head = (f"<h3>Domain adaptation</h3><p>Method <b>{esc(adaptation.get('method'))}</b>, kept "
-            f"<b>{esc(adaptation.get('chosen'))}</b>; {cell(adaptation.get('target_examples'))} unlabelled target "
-            f"examples; guard: source validation {esc(metric)} may fall by at most {cell(guard.get('margin'))}. "
-            f"Label-free score: {esc(adaptation.get('criterion', ''))}.</p>")
-    rows = []
-    for name, c in (adaptation.get("candidates") or {}).items():
-        if not isinstance(c, dict):
-            continue
-        label = "source-only" if name == "none" else name
-        if "skipped" in c:
-            rows.append(f"<tr><th>{esc(label)}</th><td colspan=5>not applicable: {esc(c['skipped'])}</td></tr>")
-            continue
-        rows.append(f"<tr><th>{esc(label)}</th><td>{cell(c.get('source_val'))}</td>"
-                    f"<td>{cell(c.get('target_entropy'))}</td><td>{cell(c.get('target_balance_kl'))}</td>"
-                    f"<td>{cell(c.get('score'))}</td><td>{esc(c.get('guard', '—'))}</td></tr>")
-    if not rows:
-        return head
-    return head + table(["method", f"source val {metric}", "target entropy", "balance KL", "score", "guard"], rows)
-
-
 def _footer(metrics: dict) -> str:
     timing = metrics.get("timing") or {}
     phases = [p for p in metrics.get("phases") or [] if isinstance(p, dict)]
@@ -331,9 +307,12 @@ def _footer(metrics: dict) -> str:
             names += [f"phase {i}" for i in range(len(names), len(per))]
             bits.append("per phase: " + ", ".join(f"{esc(n)} {cell(s)} s" for n, s in zip(names, per)))
         parts.append("<p>Time: " + " · ".join(bits) + "</p>")
+    strategy = metrics.get("strategy")
+    if isinstance(strategy, dict) and strategy:
+        parts.append(strategy_section(strategy))
     adaptation = metrics.get("adaptation")
     if isinstance(adaptation, dict) and adaptation:
-        parts.append(_adaptation_section(adaptation))
+        parts.append(adaptation_section(adaptation))
     if phases:
         rows = []
         for p in phases:

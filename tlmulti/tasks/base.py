@@ -211,6 +211,8 @@ class Task(TaskExport):
 
     #: The metric a classic baseline is compared with on validation data (a key of ``evaluate``).
     primary_metric = ""
+    #: Whether ``strategy: auto`` also tries input sizes, flips and pooling (image classification).
+    strategy_inputs = False
 
     def baseline_features(self, examples: Examples):
         """``(method, kind, features)`` for the classic baseline (:mod:`tlmulti.evaluation.baseline`):
@@ -240,6 +242,25 @@ class Task(TaskExport):
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
         raise NotImplementedError
+
+    # -- domain adaptation ----------------------------------------------------------------------
+    #: The adaptation methods this task's models can take (None: every registered one), and
+    #: whether its target predictions have the label-free score ``adaptation.method: auto`` ranks.
+    adaptation_methods: tuple[str, ...] | None = None
+    label_free_score = True
+
+    def guard_metric(self) -> str:
+        """The metric the adaptation guard watches on the source validation set."""
+        return self.compile_args()["metrics"][0].name
+
+    def guard_value(self, model, examples: Examples, batch_size: int) -> float:
+        """:meth:`guard_metric` of ``model`` on labelled ``examples``."""
+        from tlmulti.data.pipeline import make_dataset
+
+        compiled = self.compile_args()
+        model.compile(loss=compiled["loss"], metrics=compiled["metrics"][:1])
+        ds = make_dataset(examples.x, self.targets(examples), batch_size, indices=np.arange(len(examples)))
+        return float(model.evaluate(ds, return_dict=True, verbose=0)[self.guard_metric()])
 
     def report(self, run_dir, model, examples: Examples, metrics: dict) -> list[str]:
         """Write plots for a test set into ``run_dir``; return the file names written."""

@@ -46,8 +46,7 @@ SMALL_BOX = 16.0
 
 
 class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
-    name = "object_detection"
-    family = "vision"
+    name, family, primary_metric = "object_detection", "vision", "map50"
     report_view = ReportView(
         metric_rows=(("mAP@[.5:.95]", "map"), ("mAP@0.5", "map50"), ("mAP@0.75", "map75"),
                      ("precision at the score threshold", "precision"), ("recall at the score threshold", "recall"),
@@ -57,7 +56,9 @@ class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
         figures=(("Precision-recall per class (test, IoU 0.5); the dot is the score threshold", "pr_curve.png"),))
     classes: list[str] = []
     scores_boxes = True  # predict takes score_threshold
-    adaptable = False  # the adaptation stage scores class probabilities, not boxes
+    # BatchNorm statistics only: the training methods and ``auto`` act on class predictions
+    adaptation_methods = ("adabn", "test_time_bn")
+    label_free_score = False
     #: Detections with a lower score are dropped by ``predict`` (and counted as misses by
     #: precision / recall): the best-F1 score on the validation data unless given.
     threshold = None
@@ -122,7 +123,11 @@ class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
                         meta={"path": [str(r.path) for r in records], "size": [tuple(r.size) for r in records]})
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
-        return self.to_examples(*self.read_split(ref, classes))
+        """Boxes from COCO / VOC / YOLO; unlabelled (adaptation targets), images without boxes."""
+        if labelled:
+            return self.to_examples(*self.read_split(ref, classes))
+        x, names, sizes = self.read_inputs([str(ref)])
+        return Examples(x=x, y=None, classes=list(classes or self.classes), meta={"path": names, "size": sizes})
 
     def read_inputs(self, items):
         from tlmulti.data.boxes import image_size as header_size
@@ -309,6 +314,12 @@ class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
                    threshold_from=source, precision=round(at["precision"][-1], 6) if n else 0.0,
                    recall=round(at["recall"][-1], 6) if n else 0.0, f1=round(at["f1"][-1], 6) if n else 0.0)
         return out
+
+    def guard_metric(self) -> str:
+        return self.primary_metric
+
+    def guard_value(self, model, examples, batch_size: int) -> float:
+        return float(self.evaluate(model, examples)["map50"])
 
     def choose_threshold(self, val_metrics: dict) -> None:
         if val_metrics.get("best_threshold") is not None:

@@ -84,9 +84,13 @@ def check_adaptation(recipe, task, parts) -> None:
     config = recipe.adaptation
     if config.method == "none":
         return
-    if not getattr(task, "adaptable", True):
-        raise RecipeError(f"Domain adaptation is not available for {task.name} runs; remove adaptation.method "
-                          "(--adapt) and train on data that includes the target domain.")
+    allowed = task.adaptation_methods
+    if config.method == "auto" and not task.label_free_score:
+        raise RecipeError(f"adaptation.method 'auto' ranks candidates by a label-free score of class predictions, "
+                          f"which {task.name} runs have not; choose one of {', '.join(allowed or method_names())}.")
+    if allowed is not None and config.method not in ("auto", *allowed):
+        raise RecipeError(f"adaptation.method '{config.method}' is not available for {task.name} runs; choose "
+                          f"one of {', '.join(allowed)} (--adapt).")
     if not config.target_data:
         raise RecipeError("Key 'adaptation.target_data' is required with adaptation.method "
                           f"'{config.method}': give unlabelled target-domain data (--target-data).")
@@ -164,7 +168,7 @@ def adapt(parts, task, train, val, recipe, verbose: int = 0, each=None) -> dict 
     report = {"method": config.method, "chosen": chosen, "weight": config.weight,
               "target_examples": len(target), "epochs": stage.epochs, "unfrozen_groups": stage.unfrozen,
               "guard": {"metric": stage.metric, "margin": config.guard, "source_only": stage.base},
-              "criterion": CRITERION, "candidates": candidates}
+              "criterion": CRITERION if task.label_free_score else None, "candidates": candidates}
     print(format_candidates(report), flush=True)
     return report
 
@@ -182,14 +186,15 @@ def select(candidates: dict, margin: float) -> str:
 def format_candidates(report: dict) -> str:
     """The adaptation table printed after training: one row per candidate."""
     metric = report["guard"]["metric"]
-    lines = [f"Adaptation ({report['method']}): kept '{report['chosen']}'. Label-free score: {report['criterion']}.",
+    scored = f"Label-free score: {report['criterion']}." if report["criterion"] else "No label-free score for this task."
+    lines = [f"Adaptation ({report['method']}): kept '{report['chosen']}'. {scored}",
              f"  {'method':<14}{'source val ' + metric:>22}{'target entropy':>16}{'balance KL':>12}{'score':>9}  guard"]
     for name, c in report["candidates"].items():
         label = "source-only" if name == "none" else name
         if "skipped" in c:
             lines.append(f"  {label:<14}not applicable: {c['skipped']}")
             continue
-        val = "—" if c.get("source_val") is None else f"{c['source_val']:.4f}"
-        lines.append(f"  {label:<14}{val:>22}{c['target_entropy']:>16.4f}{c['target_balance_kl']:>12.4f}"
-                     f"{c['score']:>9.4f}  {c.get('guard', '—')}")
+        val, entropy, kl, score = ("—" if c.get(k) is None else f"{c[k]:.4f}"
+                                   for k in ("source_val", "target_entropy", "target_balance_kl", "score"))
+        lines.append(f"  {label:<14}{val:>22}{entropy:>16}{kl:>12}{score:>9}  {c.get('guard', '—')}")
     return "\n".join(lines)

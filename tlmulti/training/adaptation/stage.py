@@ -35,8 +35,7 @@ class Stage:
             config.epochs = int(min(max(round(150 / self.steps_per_epoch), 2), 10))
         self.epochs = int(config.epochs)
         self.has_val = len(val) > 0
-        compiled = task.compile_args()
-        self.metric = compiled["metrics"][0].name
+        self.metric = task.guard_metric()
         self.sigmoid = getattr(task, "output_activation", "softmax") == "sigmoid"
         self.base = self.source_metric() if self.has_val else None
 
@@ -73,18 +72,19 @@ class Stage:
         return tf.data.Dataset.zip((source, target))
 
     def source_metric(self) -> float:
-        """The task's first metric on the source validation set with the current weights."""
-        compiled = self.task.compile_args()
+        """The task's guard metric on the source validation set with the current weights."""
         model = self.parts.assemble(backbone_training=False, augment=False, name="check")
-        model.compile(loss=compiled["loss"], metrics=compiled["metrics"][:1])
-        return round(float(model.evaluate(self.val_dataset(), return_dict=True, verbose=0)[self.metric]), 4)
+        return round(self.task.guard_value(model, self.val, self.batch_size), 4)
 
     def target_scores(self) -> dict:
         """The label-free scores of the model's target predictions, predicted and summed batch by
-        batch. Per-pixel predictions score every ``stride``-th pixel row of the whole set, ``stride``
-        the smallest that keeps at most 400,000 rows."""
+        batch (none where the task has no such score). Per-pixel predictions score every
+        ``stride``-th pixel row of the whole set, ``stride`` the smallest that keeps at most
+        400,000 rows."""
         from tlmulti.data.pipeline import make_dataset
 
+        if not self.task.label_free_score:
+            return {}
         n = len(self.target)
         score, stride, row = LabelFreeScore(self.sigmoid), 1, 0
         for batch in make_dataset(self.target.x, None, self.batch_size, indices=np.arange(n)):

@@ -1,0 +1,50 @@
+"""Sections of ``report.html`` about choices made after or before the phases: the fine-tuning
+strategy search (``strategy: auto``) and domain adaptation."""
+
+from __future__ import annotations
+
+from tlmulti.reports.markup import cell, esc, table
+
+
+def strategy_section(strategy: dict) -> str:
+    """The strategy kept, and every candidate's validation metric and seconds."""
+    metric = strategy.get("metric", "metric")
+    head = (f"<h3>Fine-tuning strategy</h3><p>Searched on the validation split ({esc(metric)}): kept "
+            f"<b>{esc(strategy.get('chosen'))}</b> in {cell(strategy.get('seconds'))} s, "
+            f"within {cell(strategy.get('budget'))}x a plain run (estimated "
+            f"{cell(strategy.get('plain_estimate_seconds'))} s). "
+            "The saved recipe states the choice and reruns without a search.</p>")
+    rows = []
+    for c in strategy.get("candidates") or []:
+        if not isinstance(c, dict):
+            continue
+        changes = ", ".join(str(x) for x in c.get("changes") or []) or "the recipe as written"
+        value = f"skipped: {esc(c['skipped'])}" if "skipped" in c else cell(c.get("val"))
+        rows.append(f"<tr><th>{esc(c.get('name', ''))}</th><td>{esc(changes)}</td><td>{value}</td>"
+                    f"<td>{cell(c.get('seconds'))}</td></tr>")
+    return head + (table(["candidate", "changes", f"val {metric}", "seconds"], rows) if rows else "")
+
+
+def adaptation_section(adaptation: dict) -> str:
+    """Which adaptation method was kept, and every candidate's source-validation metric, guard
+    and label-free target scores."""
+    guard = adaptation.get("guard") if isinstance(adaptation.get("guard"), dict) else {}
+    metric = guard.get("metric", "metric")
+    head = (f"<h3>Domain adaptation</h3><p>Method <b>{esc(adaptation.get('method'))}</b>, kept "
+            f"<b>{esc(adaptation.get('chosen'))}</b>; {cell(adaptation.get('target_examples'))} unlabelled target "
+            f"examples; guard: source validation {esc(metric)} may fall by at most {cell(guard.get('margin'))}. "
+            f"Label-free score: {esc(adaptation.get('criterion') or 'none for this task')}.</p>")
+    rows = []
+    for name, c in (adaptation.get("candidates") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        label = "source-only" if name == "none" else name
+        if "skipped" in c:
+            rows.append(f"<tr><th>{esc(label)}</th><td colspan=5>not applicable: {esc(c['skipped'])}</td></tr>")
+            continue
+        rows.append(f"<tr><th>{esc(label)}</th><td>{cell(c.get('source_val'))}</td>"
+                    f"<td>{cell(c.get('target_entropy'))}</td><td>{cell(c.get('target_balance_kl'))}</td>"
+                    f"<td>{cell(c.get('score'))}</td><td>{esc(c.get('guard', '—'))}</td></tr>")
+    if not rows:
+        return head
+    return head + table(["method", f"source val {metric}", "target entropy", "balance KL", "score", "guard"], rows)
