@@ -11,7 +11,15 @@ baseline on the same data, in one script, on small public sets available offline
 The data are written as a user would have them (class folders, a CSV with one text column, a
 manifest), then each command runs in a subprocess; wall times include start-up and data reading.
 
-    python benchmarks/defaults_vs_baselines.py [--only images text speech nuclei] [--json out.json]
+Each tlmulti command runs once per arm: ``fixed`` (zero flags: the default recipe as written) and
+``auto`` (the same command with ``--strategy auto``: depths, rates, input sizes, flips and pooling
+compared on the validation split first, see ``tlmulti.training.strategy``); the auto row names
+the strategy it kept and the wall time against the fixed run. Two more classification rows far
+from ImageNet: ``digits`` (scikit-learn's 8 x 8 grey digits, 800 training images, 997 test) and
+``patches`` (nuclei patches, 16-bit-like microscopy crops, region-split test; AUROC).
+
+    python benchmarks/defaults_vs_baselines.py [--only digits images patches text speech nuclei]
+        [--arms fixed auto] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,14 +40,45 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TLMULTI = [sys.executable, "-c", "from tlmulti.cli import main; main()"]
 
 
-def _cli(args, out: Path) -> tuple[dict, float]:
-    t = time.perf_counter()
-    proc = subprocess.run(TLMULTI + args + ["--out", str(out), "--set", "callbacks.verbose=0"],
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads((out / "metrics.json").read_text()), seconds
+ARMS = {"fixed": [], "auto": ["--strategy", "auto"]}
+CHOSEN_ARMS = list(ARMS)
+
+
+class _Runs(dict):
+    """arm -> (metrics.json, wall seconds) of one tlmulti command run once per chosen arm."""
+
+    def value(self, key: str) -> dict:
+        return {arm: m["test"][key] for arm, (m, _) in self.items()}
+
+    def seconds(self) -> dict:
+        return {arm: s for arm, (_, s) in self.items()}
+
+    def strategy(self) -> dict:
+        return {arm: m.get("strategy", {}).get("chosen") for arm, (m, _) in self.items()}
+
+    def candidates(self) -> dict:
+        return {arm: m["strategy"]["candidates"] for arm, (m, _) in self.items() if "strategy" in m}
+
+
+def _cli(args, out: Path) -> _Runs:
+    runs = _Runs()
+    for arm in CHOSEN_ARMS:
+        t = time.perf_counter()
+        folder = out.with_name(f"{out.name}_{arm}")
+        proc = subprocess.run(TLMULTI + args + ARMS[arm] + ["--out", str(folder), "--set", "callbacks.verbose=0"],
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        runs[arm] = (json.loads((folder / "metrics.json").read_text()), seconds)
+        print(f"  {' '.join(args[:2])} {arm}: {seconds:.0f} s", flush=True)
+    return runs
+
+
+def _row(data: str, metric: str, runs: _Runs, key: str, baseline: str, value: float, seconds: float) -> dict:
+    return {"data": data, "metric": metric, "tlmulti": runs.value(key), "tlmulti_s": runs.seconds(),
+            "strategy": runs.strategy(), "candidates": runs.candidates(), "baseline": baseline,
+            "baseline_value": value, "baseline_s": seconds}
 
 
 def _dataset(ref: str) -> Path:
@@ -68,16 +107,69 @@ def images(tmp: Path) -> dict:
     for r in train:
         (folder / r["label"]).mkdir(parents=True, exist_ok=True)
         Image.open(r["path"]).save(folder / r["label"] / Path(r["path"]).name)
-    metrics, seconds = _cli(["vision", "train", "--data", str(folder), "--test-data",
-                             str(_dataset("dataset:fashion-mnist/test"))], tmp / "run_images")
+    runs = _cli(["vision", "train", "--data", str(folder), "--test-data",
+                 str(_dataset("dataset:fashion-mnist/test"))], tmp / "run_images")
     t = time.perf_counter()
     x = lambda rs: np.stack([np.asarray(Image.open(r["path"]), np.float32).ravel() for r in rs])  # noqa: E731
     scaler = StandardScaler().fit(x(train))
     lr = LogisticRegression(max_iter=2000).fit(scaler.transform(x(train)), [r["label"] for r in train])
     base = lr.score(scaler.transform(x(test)), [r["label"] for r in test])
-    return {"data": "Fashion-MNIST 1,000 / 2,000", "metric": "accuracy", "tlmulti": metrics["test"]["accuracy"],
-            "tlmulti_s": seconds, "baseline": "logistic regression on pixels", "baseline_value": base,
-            "baseline_s": time.perf_counter() - t}
+    return _row("Fashion-MNIST 1,000 / 2,000", "accuracy", runs, "accuracy", "logistic regression on pixels", base,
+                time.perf_counter() - t)
+
+
+def digits(tmp: Path) -> dict:
+    """scikit-learn's 8 x 8 digits (grey, 17 levels) as PNG class folders: 80 per class to train."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    train, seen = [], {}
+    for i in order:
+        if seen.get(y[i], 0) < 80:
+            seen[y[i]] = seen.get(y[i], 0) + 1
+            train.append(i)
+    test = sorted(set(range(len(y))) - set(train))
+    for split, idx in (("train", train), ("test", test)):
+        for i in idx:
+            folder = tmp / f"digits_{split}" / f"d{y[i]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).save(folder / f"{i}.png")
+    runs = _cli(["vision", "train", "--data", str(tmp / "digits_train"), "--test-data", str(tmp / "digits_test")],
+                tmp / "run_digits")
+    t = time.perf_counter()
+    scaler = StandardScaler().fit(x[train])
+    base = LogisticRegression(max_iter=3000).fit(scaler.transform(x[train]), y[train]).score(
+        scaler.transform(x[test]), y[test])
+    return _row(f"digits 8 x 8 grey, {len(train)} / {len(test)}", "accuracy", runs, "accuracy",
+                "logistic regression on pixels", base, time.perf_counter() - t)
+
+
+def patches(tmp: Path) -> dict:
+    """The nuclei patches (does a 32 px patch hold a nucleus centre?), test regions unseen."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from tlmulti.data.manifest import rows_from
+
+    refs = {s: _dataset(f"dataset:nuclei-patches/{s}") for s in ("train", "test")}
+    runs = _cli(["vision", "train", "--data", str(refs["train"]), "--test-data", str(refs["test"]),
+                 "--split-by", "region", "--set", "data.positive_class=nucleus"], tmp / "run_patches")
+    t = time.perf_counter()
+    rows = {s: rows_from(refs[s], (".png", ".tif", ".tiff")) for s in refs}
+    x = {s: np.stack([np.asarray(Image.open(r["path"]).convert("L").resize((16, 16)), np.float32).ravel()
+                      for r in rows[s]]) for s in rows}
+    y = {s: np.array([r["label"] == "nucleus" for r in rows[s]]) for s in rows}
+    scaler = StandardScaler().fit(x["train"])
+    lr = LogisticRegression(max_iter=3000).fit(scaler.transform(x["train"]), y["train"])
+    base = roc_auc_score(y["test"], lr.predict_proba(scaler.transform(x["test"]))[:, 1])
+    return _row("nuclei patches 588 / 196 (unseen regions)", "AUROC", runs, "auroc",
+                "logistic regression on 16 x 16 pixels", base, time.perf_counter() - t)
 
 
 def text(tmp: Path) -> dict:
@@ -96,16 +188,15 @@ def text(tmp: Path) -> dict:
 
     train = plain("dataset:spam-assassin/train500", tmp / "mails_train.csv")
     test = plain("dataset:spam-assassin/test", tmp / "mails_test.csv")
-    metrics, seconds = _cli(["text", "train", "--data", str(tmp / "mails_train.csv"), "--test-data",
-                             str(tmp / "mails_test.csv")], tmp / "run_text")
+    runs = _cli(["text", "train", "--data", str(tmp / "mails_train.csv"), "--test-data",
+                 str(tmp / "mails_test.csv")], tmp / "run_text")
     t = time.perf_counter()
     vec = TfidfVectorizer(sublinear_tf=True, min_df=2, ngram_range=(1, 2))
     lr = LogisticRegression(max_iter=2000, C=10.0).fit(vec.fit_transform([r["text"] for r in train]),
                                                        [r["label"] for r in train])
     base = lr.score(vec.transform([r["text"] for r in test]), [r["label"] for r in test])
-    return {"data": "SpamAssassin 500 / 1,000", "metric": "accuracy", "tlmulti": metrics["test"]["accuracy"],
-            "tlmulti_s": seconds, "baseline": "TF-IDF + logistic regression", "baseline_value": base,
-            "baseline_s": time.perf_counter() - t}
+    return _row("SpamAssassin 500 / 1,000", "accuracy", runs, "accuracy", "TF-IDF + logistic regression", base,
+                time.perf_counter() - t)
 
 
 def speech(tmp: Path) -> dict:
@@ -117,8 +208,7 @@ def speech(tmp: Path) -> dict:
 
     train_csv, test_csv = (_dataset("dataset:speech-commands-synth/espeak"),
                            _dataset("dataset:speech-commands-synth/flite"))
-    metrics, seconds = _cli(["audio", "train", "--data", str(train_csv), "--test-data", str(test_csv)],
-                            tmp / "run_speech")
+    runs = _cli(["audio", "train", "--data", str(train_csv), "--test-data", str(test_csv)], tmp / "run_speech")
     t = time.perf_counter()
     contract = AudioContract(clip_seconds=1.0)
 
@@ -134,10 +224,8 @@ def speech(tmp: Path) -> dict:
     xte, yte = feats(test_csv)
     scaler = StandardScaler().fit(xtr)
     base = LogisticRegression(max_iter=3000).fit(scaler.transform(xtr), ytr).score(scaler.transform(xte), yte)
-    return {"data": "commands: espeak-ng train / flite test", "metric": "accuracy",
-            "tlmulti": metrics["test"]["accuracy"], "tlmulti_s": seconds,
-            "baseline": "logistic regression on log-mel mean/std", "baseline_value": base,
-            "baseline_s": time.perf_counter() - t}
+    return _row("commands: espeak-ng train / flite test", "accuracy", runs, "accuracy",
+                "logistic regression on log-mel mean/std", base, time.perf_counter() - t)
 
 
 def nuclei(tmp: Path) -> dict:
@@ -148,42 +236,52 @@ def nuclei(tmp: Path) -> dict:
     from tlmulti.evaluation import confusion, segmentation_metrics
 
     refs = {s: str(_dataset(f"dataset:nuclei/{s}")) for s in ("train", "val", "test")}
-    metrics, seconds = _cli(["vision", "train", "--task", "segmentation", "--data", refs["train"], "--val-data",
-                             refs["val"], "--test-data", refs["test"], "--set", "data.binarize_masks=true"],
-                            tmp / "run_nuclei")
+    runs = _cli(["vision", "train", "--task", "segmentation", "--data", refs["train"], "--val-data",
+                 refs["val"], "--test-data", refs["test"], "--set", "data.binarize_masks=true"], tmp / "run_nuclei")
     t = time.perf_counter()
     folder = Path(refs["test"])
     image = read_stack(next((folder / "images").iterdir()))[0][0, ..., 0].astype(np.float64)
     mask = read_mask(next((folder / "masks").iterdir()), binarize=True)[0]
     pred = (image > threshold_otsu(image)).astype(int)
     base = segmentation_metrics(confusion(mask, pred, 2), ["background", "nucleus"])["mean_dice"]
-    return {"data": "nuclei (stardist image), test region", "metric": "foreground Dice",
-            "tlmulti": metrics["test"]["mean_dice"], "tlmulti_s": seconds, "baseline": "Otsu threshold",
-            "baseline_value": base, "baseline_s": time.perf_counter() - t}
+    return _row("nuclei (stardist image), test region", "foreground Dice", runs, "mean_dice", "Otsu threshold", base,
+                time.perf_counter() - t)
 
 
-RUNS = {"images": images, "text": text, "speech": speech, "nuclei": nuclei}
+RUNS = {"digits": digits, "images": images, "patches": patches, "text": text, "speech": speech, "nuclei": nuclei}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
+    CHOSEN_ARMS[:] = args.arms
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             rows.append(RUNS[name](Path(tmp)))
             r = rows[-1]
-            print(f"{r['data']}: tlmulti {r['tlmulti']:.4f} ({r['tlmulti_s']:.0f} s)  {r['baseline']} "
-                  f"{r['baseline_value']:.4f} ({r['baseline_s']:.0f} s)", flush=True)
-    print(f"\n| data | metric | tlmulti zero-flag | wall s | baseline | baseline value | wall s |")
-    print("|---|---|---|---|---|---|---|")
+            arms = "  ".join(f"{a} {r['tlmulti'][a]:.4f} ({r['tlmulti_s'][a]:.0f} s)" for a in args.arms)
+            print(f"{r['data']}: {arms}  {r['baseline']} {r['baseline_value']:.4f} ({r['baseline_s']:.0f} s)"
+                  + (f"  auto kept: {r['strategy'].get('auto')}" if "auto" in args.arms else ""), flush=True)
+            if args.json_path:
+                Path(args.json_path).write_text(json.dumps(rows, indent=2))
+    header = " | ".join(f"tlmulti {a} | wall s" for a in args.arms)
+    print(f"\n| data | metric | {header} | baseline | baseline value | wall s |")
+    print("|---|---|" + "---|---|" * len(args.arms) + "---|---|---|")
     for r in rows:
-        print(f"| {r['data']} | {r['metric']} | {r['tlmulti']:.3f} | {r['tlmulti_s']:.0f} | {r['baseline']} | "
-              f"{r['baseline_value']:.3f} | {r['baseline_s']:.0f} |")
-    wins = sum(r["tlmulti"] > r["baseline_value"] for r in rows)
-    print(f"\ntransfer wins {wins} of {len(rows)} rows")
+        cells = " | ".join(f"{r['tlmulti'][a]:.3f} | {r['tlmulti_s'][a]:.0f}" for a in args.arms)
+        print(f"| {r['data']} | {r['metric']} | {cells} | {r['baseline']} | {r['baseline_value']:.3f} | "
+              f"{r['baseline_s']:.0f} |")
+    for a in args.arms:
+        wins = sum(r["tlmulti"][a] > r["baseline_value"] for r in rows)
+        print(f"transfer ({a}) wins {wins} of {len(rows)} rows")
+    if "auto" in args.arms and "fixed" in args.arms:
+        for r in rows:
+            print(f"{r['data']}: auto - fixed {r['tlmulti']['auto'] - r['tlmulti']['fixed']:+.3f}, wall time auto / "
+                  f"fixed {r['tlmulti_s']['auto'] / r['tlmulti_s']['fixed']:.2f}x, kept '{r['strategy']['auto']}'")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(rows, indent=2))
 

@@ -232,6 +232,8 @@ class Recipe:
     cache: CacheConfig = field(default_factory=CacheConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     baseline: bool = True  # fit and report the classic baseline (tlmulti.evaluation.baseline)
+    strategy: str = choice("fixed", choices.STRATEGIES)  # auto: search on validation data (tlmulti.training.strategy)
+    strategy_budget: float = at_least(3.0, 1.5)  # the search and final training, in plain runs
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe
 

@@ -66,6 +66,9 @@ TRAIN_FLAGS = (
          "label-free target score).",
          choices=registry.adaptation_methods),
     Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
+    Flag("--strategy", "strategy", "auto: compare fine-tuning depths, rates, input sizes, flips and pooling on the "
+         "validation split first, then train the best (about 3x a plain run); fixed: the recipe as written.",
+         choices=("fixed", "auto")),
     Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",
          kind=bool),
     Flag("--weights-lock", "backbone.weights_lock", "Refuse weights whose sha256 is not in this lockfile "

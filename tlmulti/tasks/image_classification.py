@@ -54,6 +54,7 @@ class ImageTaskMixin(ImageExport):
 class ImageClassification(ImageTaskMixin, ClassificationTask):
     name = "image_classification"
     family = "vision"
+    strategy_inputs = True
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
         return self.load_pixels(self.read_paths(ref, classes, labelled))

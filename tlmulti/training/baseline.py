@@ -58,6 +58,6 @@ def beats_model(metrics: dict, key: str) -> str | None:
     if float(base[key]) > float(model[key]):
         return (f"the classic baseline ({metrics['baseline']['method']}) beats the model on validation data: "
                 f"{key} {float(base[key]):.4f} against {float(model[key]):.4f}. Transfer is not paying off on this "
-                "data as configured; try unfreezing more groups (phases.1.unfreeze: all), a smaller data.image_size "
-                "for small images, or another backbone, and compare with the baseline in report.html.")
+                "data as configured; try --strategy auto (it compares depths, rates, input sizes and flips on the "
+                "validation data), or another backbone, and compare with the baseline in report.html.")
     return None

@@ -211,6 +211,9 @@ def workers_for(recipe: Recipe) -> Workers:
     strategy starts here, so call it before any other TensorFlow work. Domain adaptation runs on
     one worker."""
     place = place_of(recipe.distribute)
+    if place.several and recipe.strategy == "auto":
+        raise RecipeError("strategy: auto searches on one worker: set strategy: fixed with distribute: "
+                          "multi_worker (run the search on one machine first and train its saved recipe).")
     if place.several and recipe.adaptation.method != "none":
         raise RecipeError("Domain adaptation runs on one worker: set adaptation.method: none with "
                           "distribute: multi_worker, or train on one machine (distribute: mirrored for its GPUs).")
@@ -329,6 +332,12 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(recipe.seed)
     recipe = runs.absolute_paths(recipe)  # a copy: values derived from the data go into it
+    strategy_record = None
+    if recipe.strategy == "auto" and resume is None:  # the chosen recipe is saved with strategy: fixed
+        from tlmulti.training.strategy import search
+
+        recipe, strategy_record = search(recipe, (fine_tune, derive_phase_lengths))
+        keras.utils.set_random_seed(recipe.seed)
     task = make_task(recipe)
     task.derive_defaults()
     train_ex, val_ex, test_ex = task.load_splits()
@@ -384,6 +393,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
     metrics["phases"] = records
     if adaptation is not None:
         metrics["adaptation"] = adaptation
+    if strategy_record is not None:
+        metrics["strategy"] = strategy_record
     metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
                        "classes": len(train_ex.classes)}
     if test_ex is not None and recipe.output.plots:

@@ -1,0 +1,78 @@
+"""``strategy: auto`` on a case whose answer is known: a backbone whose first convolution sees
+the three colour channels alike (its kernel is the same for each), so red and green images give
+the same frozen features. Only training the first group separates them: the frozen probe and
+the recipe's own top-group fine-tuning stay near chance, unfreezing every group learns it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.builders import build_tiny_cnn, image_recipe, write_image_folder
+
+
+def build_colour_blind_cnn(spec, weights, input_shape):
+    model = build_tiny_cnn(spec, weights, input_shape)
+    conv = model.get_layer("block1_conv")
+    kernel, bias = conv.get_weights()
+    conv.set_weights([np.repeat(kernel[:, :, :1, :], 3, axis=2), bias])
+    return model
+
+
+@pytest.fixture
+def colour_blind():
+    from tlmulti import registry
+
+    registry._ensure_builtins()
+    name = "colour_blind_cnn.test"
+    registry.register_backbone(
+        name, source="builder", families=("vision",), builder=build_colour_blind_cnn,
+        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
+        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3)}, description="test", replace=True)
+    yield name
+    registry.unregister_backbone(name)
+
+
+def _recipe(backbone, train, **over):
+    recipe = image_recipe(backbone, train, phases=[
+        {"name": "head", "epochs": 8, "learning_rate": 0.01},
+        {"name": "finetune", "epochs": 16, "learning_rate": 0.003, "unfreeze": "top:1"}])
+    recipe.strategy, recipe.strategy_budget = "auto", 50.0
+    recipe.data.image_size = [48, 48]  # three times the images' side: a smaller input is a candidate
+    for key, value in over.items():
+        setattr(recipe, key, value)
+    return recipe
+
+
+def test_auto_unfreezes_every_group_where_only_that_learns_and_the_saved_recipe_reruns_it(colour_blind, tmp_path):
+    import tlmulti
+    from tlmulti.recipe import load_recipe
+
+    train = write_image_folder(tmp_path / "images", classes=("red", "green"), per_class=24, size=(16, 16))
+    run = tlmulti.train(_recipe(colour_blind, train), out=tmp_path / "run")
+    record = run.metrics["strategy"]
+    rows = {r["name"]: r for r in record["candidates"]}
+    assert rows["probe (frozen backbone)"]["val"] <= 0.75 and rows["as written"]["val"] <= 0.75, rows
+    assert record["chosen"].startswith("all groups") and record["val"] >= 0.9, record
+    assert all(r["seconds"] > 0 for r in rows.values() if "val" in r)
+    assert any(name.endswith("input 32 px") and "val" in r for name, r in rows.items()), rows
+    assert run.metrics["val"]["accuracy"] >= 0.9
+
+    saved = load_recipe(run.dir / "recipe.yaml")
+    assert saved.strategy == "fixed" and saved.phases[-1].unfreeze == "all" and saved.phases[-1].epochs == 16
+    again = tlmulti.train(saved, out=tmp_path / "again")
+    assert "strategy" not in again.metrics
+    assert again.metrics["val"]["accuracy"] == pytest.approx(run.metrics["val"]["accuracy"], abs=1e-6)
+
+
+def test_auto_needs_a_frozen_phase_and_validation_data(colour_blind, tmp_path):
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+
+    train = write_image_folder(tmp_path / "images", per_class=4)
+    result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), "--backbone", colour_blind,
+                                       "--strategy", "auto", "--set", "data.val_split=0",
+                                       "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "strategy: auto compares candidates on validation data" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()

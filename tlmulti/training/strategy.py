@@ -1,0 +1,269 @@
+"""``strategy: auto``: the fine-tuning strategy chosen on the user's validation split.
+
+Before the final training, candidate strategies are trained on the training split and scored on
+the validation split with the task's headline metric (accuracy, macro AUROC, ...). The search is
+greedy, cheapest first, and each step changes one thing from the best so far:
+
+1. **depth**: the frozen probe (the recipe's frozen phases only), the recipe's own fine-tuning
+   phase (``top``), and every group unfrozen with discriminative rates (``all``: the recipe's
+   fine-tuning rate for the top group, ``lr_decay`` 0.5 below); one frozen head training is
+   shared by every depth, each candidate continues from it;
+2. **rate**: the best depth at ten times its rate (skipped when the probe wins);
+3. **input size** (images): where the training images' median side is under a third of the
+   network's, the network at four and at two times that side (at least 32 px);
+4. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
+5. **pooling** ``max`` instead of ``avg`` (small local findings), for images.
+
+Fine-tuning candidates run ``FRACTION`` of their phase's epochs (at least one) with the phase's
+early stopping; frozen phases read the disk feature cache. A plain run is estimated from the
+first candidates: the time to read the data, build the model, train the frozen phase and score
+it, plus the recipe's fine-tuning phase at full length. A candidate starts only when the time
+spent so far plus its expected cost (a fine-tuning run as long as the first one; a new build
+scaled by its input's pixels) stays within ``strategy_budget - 1`` plain runs, leaving the last
+share for the final training, which runs the chosen candidate's recipe in full; skipped
+candidates are listed as such. A candidate must beat the best so far by more than ``MARGIN`` to
+replace it, so ties keep the recipe as written.
+
+The chosen candidate's changes are written into the saved ``recipe.yaml`` with ``strategy:
+fixed``, so ``tlmulti run RUN/recipe.yaml`` reproduces the run without searching; every
+candidate's validation metric and seconds go to ``metrics.json`` (``strategy``) and the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+
+import numpy as np
+
+from tlmulti.errors import RecipeError
+from tlmulti.overrides import apply_overrides
+from tlmulti.recipe import Recipe, from_dict
+from tlmulti.tasks import make_task
+
+FRACTION = 0.5  # share of a fine-tuning phase's epochs a candidate runs
+MARGIN = 0.002  # how much a candidate must beat the best so far by to replace it
+RATE_FACTOR = 10.0
+
+
+def _frozen(phase) -> bool:
+    return phase.unfreeze in ("none", "", [], "top:0")
+
+
+def _with(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A copy of ``recipe`` with ``overrides`` (``key=value``) applied and validated."""
+    out = from_dict(apply_overrides(recipe.to_dict(), overrides), source=recipe.source)
+    out.callbacks.verbose = recipe.callbacks.verbose
+    return out
+
+
+class _Build:
+    """The data and model of one input size, pooling and augmentation: the frozen phases trained
+    once, then any fine-tuning phase from their weights."""
+
+    def __init__(self, recipe: Recipe, metric: str | None, trainer):
+        import keras
+
+        fine_tune, derive_phase_lengths = trainer
+        self.recipe, self.fine_tune = recipe, fine_tune
+        keras.utils.set_random_seed(recipe.seed)
+        self.task = make_task(recipe)
+        self.task.derive_defaults()
+        self.train, self.val, _ = self.task.load_splits()
+        self.task.classes = self.train.classes
+        self.metric = metric or self.task.primary_metric or self.task.guard_metric()
+        self.parts = self.task.build(self.train.classes)
+        derive_phase_lengths(recipe, len(self.train))
+        frozen = copy.deepcopy(recipe)
+        frozen.phases = [p for p in recipe.phases if _frozen(p)]
+        t0 = time.perf_counter()
+        if frozen.phases:
+            fine_tune(self.parts, self.task, self.train, self.val, frozen)
+        self.head_seconds = time.perf_counter() - t0
+        self.start = self._model().get_weights()
+        self.probe = self.score()
+
+    def _model(self):
+        return self.parts.assemble(backbone_training=False, augment=False)
+
+    def score(self) -> float:
+        return float(self.task.evaluate(self._model(), self.val)[self.metric])
+
+    def tune(self, phases) -> tuple[float, float]:
+        """(validation metric, seconds) after ``phases`` (fine-tuning) from the frozen weights."""
+        import keras
+
+        model = self._model()
+        model.set_weights(self.start)
+        keras.utils.set_random_seed(self.recipe.seed)
+        short = copy.deepcopy(self.recipe)
+        short.phases = copy.deepcopy(phases)
+        for p in short.phases:
+            p.epochs = max(1, math.ceil(int(p.epochs) * FRACTION))
+        t0 = time.perf_counter()
+        self.fine_tune(self.parts, self.task, self.train, self.val, short)
+        return self.score(), time.perf_counter() - t0
+
+
+def _native_side(task, train) -> int | None:
+    """Median longer side of the training images (None for other inputs)."""
+    from tlmulti.data.images import image_info
+
+    paths = train.meta.get("path")
+    if not paths:
+        return None
+    sides = [max(int(v) for v in k.split("x")) for k, n in image_info(paths, limit=500)["sizes"].items()
+             for _ in range(n)]
+    return int(np.median(sides)) if sides else None
+
+
+def check(recipe: Recipe) -> None:
+    """Before any reading: a search needs a validation split and a frozen phase to start from."""
+    if not any(_frozen(p) and p.epochs for p in recipe.phases):
+        raise RecipeError("strategy: auto starts from a frozen head phase, and the recipe has none; add a phase "
+                          "with unfreeze: none first, or set strategy: fixed.")
+    if getattr(recipe.data, "val_split", 0) <= 0 and not getattr(recipe.data, "val", None):
+        raise RecipeError("strategy: auto compares candidates on validation data; set data.val_split (e.g. 0.2) "
+                          "or data.val, or set strategy: fixed.")
+
+
+def search(recipe: Recipe, trainer, out=sys.stdout) -> tuple[Recipe, dict]:
+    """The recipe to train (the best candidate's, ``strategy: fixed``) and the search record;
+    ``trainer``: the trainer's ``(fine_tune, derive_phase_lengths)``."""
+    import tensorflow as tf
+
+    check(recipe)
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # each candidate's new model retraces predict: TensorFlow's warning is noise here
+    try:
+        return _search(recipe, trainer, out)
+    finally:
+        logger.setLevel(level)
+
+
+def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
+    t_start = time.perf_counter()
+    base = copy.deepcopy(recipe)
+    base.strategy, base.callbacks.verbose = "fixed", 0
+    build = _Build(base, None, trainer)
+    metric, rows = build.metric, []
+
+    def record(name, changes, value, seconds):
+        rows.append({"name": name, "changes": list(changes), "val": round(value, 6), "seconds": round(seconds, 2)})
+        print(f"  {name:<30} val {metric} {value:.4f}  ({seconds:.1f} s)", file=out, flush=True)
+
+    def skipped(name, changes):
+        rows.append({"name": name, "changes": list(changes), "skipped": "time budget"})
+        print(f"  {name:<30} skipped: time budget", file=out, flush=True)
+
+    print(f"Strategy search on the validation split ({len(build.val)} examples, {metric}), at most "
+          f"{recipe.strategy_budget:g}x a plain run:", file=out, flush=True)
+    frozen_names = [p.name for p in base.phases if _frozen(p)]
+    probe = _Candidate("probe (frozen backbone)", [f"frozen phases only: {', '.join(frozen_names)}"], build.probe)
+    record(probe.name, probe.changes, probe.val, build.head_seconds)
+    tuning = [p for p in base.phases if not _frozen(p) and p.epochs]
+    build_seconds = time.perf_counter() - t_start  # reading, building, the frozen phase, scoring
+    tune_seconds, best = 0.0, probe
+
+    def affordable(cost: float) -> bool:
+        """Whether a candidate costing about ``cost`` seconds fits in the search's share."""
+        plain = build_seconds + tune_seconds / FRACTION
+        return time.perf_counter() - t_start + cost <= (recipe.strategy_budget - 1) * plain
+
+    if tuning:
+        written = _Candidate("as written", [], None, tuning)
+        written.val, tune_seconds = build.tune(tuning)
+        record(written.name, [], written.val, tune_seconds)
+        best = probe if probe.val > written.val + MARGIN else written
+        everything = copy.deepcopy(tuning)
+        everything[-1].unfreeze, everything[-1].lr_decay = "all", 0.5
+        depth = _Candidate("all groups", ["unfreeze: all", "lr_decay: 0.5"], None, everything)
+        if affordable(tune_seconds):
+            depth.val, seconds = build.tune(depth.phases)
+            record(depth.name, depth.changes, depth.val, seconds)
+            best = depth if depth.val > best.val + MARGIN else best
+        else:
+            skipped(depth.name, depth.changes)
+        if best.phases is not None:
+            faster = copy.deepcopy(best.phases)
+            faster[-1].learning_rate *= RATE_FACTOR
+            rate = _Candidate(f"{best.name}, rate x{RATE_FACTOR:g}",
+                              [*best.changes, f"learning_rate: {faster[-1].learning_rate:g}"], None, faster)
+            if affordable(tune_seconds):
+                rate.val, seconds = build.tune(faster)
+                record(rate.name, rate.changes, rate.val, seconds)
+                best = rate if rate.val > best.val + MARGIN else best
+            else:
+                skipped(rate.name, rate.changes)
+    pixels = float(np.prod(build.task.image_size())) if build.task.strategy_inputs else 1.0
+    for name, overrides, size in _rebuild_candidates(base, build):
+        scale = min(1.0, size * size / pixels) if size else 1.0  # a smaller input costs less
+        if not affordable(scale * (build_seconds + (tune_seconds if best.phases is not None else 0.0))):
+            skipped(f"{best.name}; {name}", [*best.changes, *overrides])
+            continue
+        trial = _with(base, best.overrides + overrides)
+        other = _Build(trial, metric, trainer)
+        value, seconds = other.probe, other.head_seconds
+        if best.phases is not None:
+            value, extra = other.tune(best.phases)
+            seconds += extra
+        record(f"{best.name}; {name}", [*best.changes, *overrides], value, seconds)
+        if value > best.val + MARGIN:
+            best = _Candidate(f"{best.name}; {name}", [*best.changes, *overrides], value, best.phases,
+                              best.overrides + overrides)
+    plain = build_seconds + tune_seconds / FRACTION
+    chosen = _final(recipe, best)
+    seconds = time.perf_counter() - t_start
+    print(f"Strategy: kept '{best.name}' (val {metric} {best.val:.4f}); search {seconds:.1f} s, "
+          f"{seconds / plain:.1f}x the estimated plain run ({plain:.1f} s).", file=out, flush=True)
+    return chosen, {"metric": metric, "chosen": best.name, "changes": best.changes, "val": round(best.val, 6),
+                    "candidates": rows, "seconds": round(seconds, 2), "plain_estimate_seconds": round(plain, 2),
+                    "budget": recipe.strategy_budget}
+
+
+class _Candidate:
+    """A strategy: its fine-tuning phases (None: the frozen probe) and recipe overrides."""
+
+    def __init__(self, name: str, changes: list[str], val, phases=None, overrides=None):
+        self.name, self.changes, self.val, self.phases = name, changes, val, phases
+        self.overrides = list(overrides or [])
+
+
+def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str], int | None]]:
+    """Changes that need a new build (image tasks): ``(name, overrides, input side or None)``
+    for smaller inputs, flips off and max pooling."""
+    task = build.task
+    if not task.strategy_inputs:
+        return []
+    out = []
+    h, w = task.image_size()
+    side = _native_side(task, build.train)
+    if side and side * 3 <= max(h, w):
+        for s in sorted({max(32, -(-side * k // 8) * 8) for k in (4, 2)}, reverse=True):
+            if s < max(h, w):
+                out.append((f"input {s} px", [f"data.image_size=[{s}, {s}]"], s))
+    if getattr(base.data.augment, "flip", "none") != "none":
+        out.append(("no flips", ["data.augment.flip=none"], None))
+    if getattr(base.head, "pooling", None) == "avg":
+        out.append(("max pooling", ["head.pooling=max"], None))
+    return out
+
+
+def _final(recipe: Recipe, best: _Candidate) -> Recipe:
+    """The recipe the final training runs: ``recipe`` with the chosen candidate's changes and
+    its phases at their full length."""
+    chosen = _with(recipe, best.overrides)
+    chosen.strategy = "fixed"
+    frozen = [copy.deepcopy(p) for p in recipe.phases if _frozen(p)]
+    if best.phases is None:
+        chosen.phases = frozen
+        return chosen
+    written = [p for p in recipe.phases if not _frozen(p) and p.epochs]
+    tuned = [copy.deepcopy(p) for p in best.phases]
+    for p, original in zip(tuned, written):
+        p.epochs, p.patience = original.epochs, original.patience  # full length, not the candidate's share
+    chosen.phases = frozen + tuned
+    return chosen
