@@ -38,7 +38,7 @@ def _recipe(backbone, train, **over):
         {"name": "head", "epochs": 8, "learning_rate": 0.01},
         {"name": "finetune", "epochs": 16, "learning_rate": 0.003, "unfreeze": "top:1"}])
     recipe.strategy, recipe.strategy_budget = "auto", 50.0
-    recipe.data.image_size = [48, 48]  # three times the images' side: a smaller input is a candidate
+    recipe.data.image_size = [112, 112]  # seven times the images' side: a smaller input (96 px) is a candidate
     for key, value in over.items():
         setattr(recipe, key, value)
     return recipe
@@ -55,7 +55,7 @@ def test_auto_unfreezes_every_group_where_only_that_learns_and_the_saved_recipe_
     assert rows["probe (frozen backbone)"]["val"] <= 0.75 and rows["as written"]["val"] <= 0.75, rows
     assert record["chosen"].startswith("all groups") and record["val"] >= 0.9, record
     assert all(r["seconds"] > 0 for r in rows.values() if "val" in r)
-    assert any(name.endswith("input 32 px") and "val" in r for name, r in rows.items()), rows
+    assert any(name.endswith("input 96 px") and "val" in r for name, r in rows.items()), rows
     assert run.metrics["val"]["accuracy"] >= 0.9
 
     saved = load_recipe(run.dir / "recipe.yaml")
@@ -74,5 +74,5 @@ def test_auto_needs_a_frozen_phase_and_validation_data(colour_blind, tmp_path):
     result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), "--backbone", colour_blind,
                                        "--strategy", "auto", "--set", "data.val_split=0",
                                        "--out", str(tmp_path / "r")])
-    assert result.exit_code != 0 and "strategy: auto compares candidates on validation data" in result.output
+    assert result.exit_code != 0 and "strategy: auto and --tune compare candidates on validation data" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()

@@ -208,6 +208,17 @@ class EvaluationConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``--tune N``: an Optuna study of ``trials`` trials before the final training (see
+    :mod:`tlmulti.training.tune`); ``timeout``: seconds after which no trial starts;
+    ``storage``: an Optuna RDB URL (default: SQLite ``tune.db`` in the run folder)."""
+
+    trials: int = at_least(0, 0)
+    timeout: Optional[float] = above(None, 0)
+    storage: Optional[str] = None
+
+
+@dataclass
 class OutputConfig:
     dir: Optional[str] = None
     plots: bool = True
@@ -232,8 +243,10 @@ class Recipe:
     cache: CacheConfig = field(default_factory=CacheConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     baseline: bool = True  # fit and report the classic baseline (tlmulti.evaluation.baseline)
+    calibration: str = choice("none", choices.CALIBRATIONS)  # temperature: tlmulti.training.calibration
     strategy: str = choice("fixed", choices.STRATEGIES)  # auto: search on validation data (tlmulti.training.strategy)
     strategy_budget: float = at_least(3.0, 1.5)  # the search and final training, in plain runs
+    tune: TuneConfig = field(default_factory=TuneConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe
 

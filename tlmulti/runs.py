@@ -151,9 +151,9 @@ def set_status(run_dir: Path, status: str, **fields) -> dict:
 
 
 def started(run_dir: Path) -> bool:
-    """Whether training has begun to fill the folder (a checkpoint or a model exists)."""
+    """Whether training has begun to fill the folder (a checkpoint, a model or a tuning study exists)."""
     run_dir = Path(run_dir)
-    return any((run_dir / name).exists() for name in ("checkpoint", ".checkpoint.old", "model.keras"))
+    return any((run_dir / name).exists() for name in ("checkpoint", ".checkpoint.old", "model.keras", "tune.db"))
 
 
 def _never_started(path: Path, info: dict) -> bool:
@@ -228,7 +228,8 @@ def take_over(run_dir: Path) -> None:
         old = run_dir / ".checkpoint.old"
         if not (run_dir / "checkpoint").is_dir() and old.is_dir():  # stopped between the two renames of a save
             os.replace(old, run_dir / "checkpoint")
-        if not (run_dir / "checkpoint").is_dir():
+        tuning = not (run_dir / "checkpoint").is_dir() and (run_dir / "tune.db").is_file()  # the study goes on
+        if not (run_dir / "checkpoint").is_dir() and not tuning:
             recipe = run_dir / "recipe.yaml"
             how = f"'tlmulti run {recipe}'" if recipe.is_file() else "your recipe"
             where = (f"--out {run_dir} (the folder is reused)" if _never_started(run_dir, read_info(run_dir))
@@ -237,13 +238,13 @@ def take_over(run_dir: Path) -> None:
                            f"trained); start it again with {how} and {where}.")
         state = run_dir / "checkpoint" / "state.json"
         try:
-            saved = json.loads(state.read_text())
+            saved = {"phase": 0, "epoch": 0, "history": [], "records": []} if tuning else json.loads(state.read_text())
             if not isinstance(saved, dict) or not {"phase", "epoch", "history", "records"} <= set(saved):
                 raise ValueError("not a checkpoint state")
         except (OSError, ValueError):
             raise RunError(f"Checkpoint file '{state}' is missing or damaged; the run cannot continue from it: "
                            f"start it again with 'tlmulti run {run_dir / 'recipe.yaml'}' and another --out.") from None
-        run_info(run_dir, need=("classes",))
+        run_info(run_dir, need=() if tuning else ("classes",))
         release(run_dir)
         try:
             _claim(run_dir)
@@ -284,6 +285,14 @@ def begin_run(run_dir: Path, recipe, task, classes, summary: dict, card: dict) -
                               "feature_layers": list(spec.feature_layers), "options": spec.options},
             **card}
     write_json(run_dir / "run.json", info)
+
+
+def begin_tuning(run_dir: Path, recipe) -> None:
+    """What the folder holds while a study runs: the recipe as given (``tlmulti resume`` continues
+    the study from it) and ``run.json`` with status ``running``."""
+    recipe.save(run_dir / "recipe.yaml")
+    write_json(run_dir / "run.json", {"status": "running", "stage": "tuning", "task": recipe.task,
+                                      "backbone": recipe.backbone.name})
 
 
 def write_splits(run_dir: Path, splits: dict) -> None:

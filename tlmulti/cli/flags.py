@@ -69,6 +69,11 @@ TRAIN_FLAGS = (
     Flag("--strategy", "strategy", "auto: compare fine-tuning depths, rates, input sizes, flips and pooling on the "
          "validation split first, then train the best (about 3x a plain run); fixed: the recipe as written.",
          choices=("fixed", "auto")),
+    Flag("--tune", "tune.trials", "Optuna trials before the final training (depth, rates, epochs, input size, "
+         "flips, pooling, dropout, label smoothing, weight decay); the study is RUN/tune.db.", kind=int),
+    Flag("--calibration", "calibration", "temperature: fit a temperature on the validation split so probabilities "
+         "match frequencies (kept in the saved model and exports); none: as trained.",
+         choices=("none", "temperature")),
     Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",
          kind=bool),
     Flag("--weights-lock", "backbone.weights_lock", "Refuse weights whose sha256 is not in this lockfile "

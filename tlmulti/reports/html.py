@@ -39,7 +39,7 @@ import numpy as np
 
 from tlmulti.reports.figures import confusion_png, curves_png, image_png, wav_bytes
 from tlmulti.reports.markup import bar_cell, cell, esc, flatten, img, is_score, num, section, table
-from tlmulti.reports.sections import adaptation_section, strategy_section
+from tlmulti.reports.sections import adaptation_section, calibration_section, strategy_section, tune_section
 from tlmulti.reports.view import ReportView
 
 TEXT_CHARS = 400  # example texts are cut to this many characters
@@ -310,9 +310,13 @@ def _footer(metrics: dict) -> str:
     strategy = metrics.get("strategy")
     if isinstance(strategy, dict) and strategy:
         parts.append(strategy_section(strategy))
+    if isinstance(metrics.get("tune"), dict):
+        parts.append(tune_section(metrics["tune"]))
     adaptation = metrics.get("adaptation")
     if isinstance(adaptation, dict) and adaptation:
         parts.append(adaptation_section(adaptation))
+    if isinstance(metrics.get("calibration"), dict):
+        parts.append(calibration_section(metrics["calibration"]))
     if phases:
         rows = []
         for p in phases:

@@ -37,15 +37,21 @@ def plot_confusion_matrix(cm, classes, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_reliability(bins: list[dict], ece: float, path: Path) -> None:
-    """Reliability diagram: accuracy against mean confidence per confidence bin (test set)."""
+def plot_reliability(bins: list[dict], ece: float, path: Path, before: dict | None = None) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (test set);
+    ``before`` (``{"ece", "calibration"}`` of the model before temperature scaling) adds its
+    points and ECE."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
     ax.bar(centres, [b["accuracy"] for b in bins], width=[b["high"] - b["low"] for b in bins],
-           edgecolor="black", alpha=0.7, label="accuracy")
+           edgecolor="black", alpha=0.7, label="accuracy" + (" (calibrated)" if before else ""))
     ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black", markersize=3)
+    if before:
+        old = before["calibration"]
+        ax.plot([b["confidence"] for b in old], [b["accuracy"] for b in old], "s--", color="tab:red", markersize=3,
+                linewidth=1, label=f"before temperature scaling (ECE {before['ece']:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-class probability)")

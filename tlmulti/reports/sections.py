@@ -1,5 +1,5 @@
-"""Sections of ``report.html`` about choices made after or before the phases: the fine-tuning
-strategy search (``strategy: auto``) and domain adaptation."""
+"""Sections of ``report.html`` about choices made before or after the phases: the fine-tuning
+strategy search (``strategy: auto``), domain adaptation and probability calibration."""
 
 from __future__ import annotations
 
@@ -48,3 +48,30 @@ def adaptation_section(adaptation: dict) -> str:
     if not rows:
         return head
     return head + table(["method", f"source val {metric}", "target entropy", "balance KL", "score", "guard"], rows)
+
+
+def calibration_section(record: dict) -> str:
+    """The fitted temperature and the calibration error and log-likelihood before and after it."""
+    rows = []
+    for split in ("val", "test"):
+        m = record.get(split)
+        if isinstance(m, dict):
+            label = "validation (fitted here)" if split == "val" else "test"
+            rows.append(f"<tr><th>{label}</th><td>{cell(m.get('ece_before'))}</td><td>{cell(m.get('ece_after'))}</td>"
+                        f"<td>{cell(m.get('nll_before'))}</td><td>{cell(m.get('nll_after'))}</td></tr>")
+    head = (f"<h3>Calibration</h3><p>Temperature scaling fitted on the validation split: T = "
+            f"{cell(record.get('temperature'))} (above 1 softens over-confident probabilities). The saved model "
+            "and its exports include it; predicted classes are unchanged.</p>")
+    return head + (table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows) if rows else "")
+
+
+def tune_section(record: dict) -> str:
+    """The study's best trial and the parameter importances."""
+    best = record.get("best") if isinstance(record.get("best"), dict) else {}
+    params = ", ".join(f"{k} {cell(v)}" for k, v in (best.get("params") or {}).items())
+    head = (f"<h3>Tuning (Optuna)</h3><p>{cell(record.get('trials'))} trials ({cell(record.get('complete'))} "
+            f"complete, {cell(record.get('pruned'))} pruned) in {cell(record.get('seconds'))} s; best trial "
+            f"{cell(best.get('number'))}: validation {esc(record.get('metric'))} {cell(best.get('val'))} with "
+            f"{esc(params)}. Every trial is in tune.csv; the saved recipe trains the best one.</p>")
+    rows = [f"<tr><th>{esc(k)}</th><td>{cell(v)}</td></tr>" for k, v in (record.get("importances") or {}).items()]
+    return head + (table(["parameter", "importance (fANOVA)"], rows) if rows else "")

@@ -213,6 +213,8 @@ class Task(TaskExport):
     primary_metric = ""
     #: Whether ``strategy: auto`` also tries input sizes, flips and pooling (image classification).
     strategy_inputs = False
+    #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
+    calibratable = False
 
     def baseline_features(self, examples: Examples):
         """``(method, kind, features)`` for the classic baseline (:mod:`tlmulti.evaluation.baseline`):

@@ -16,6 +16,7 @@ class ClassificationTask(Task):
 
     output_activation = "softmax"
     primary_metric = "accuracy"
+    calibratable = True
 
     def compile_args(self) -> dict:
         import keras
@@ -141,7 +142,8 @@ class ClassificationTask(Task):
         plot_confusion_matrix(metrics["confusion_matrix"], examples.classes, run_dir / "confusion_matrix.png")
         written = ["confusion_matrix.png"]
         if metrics.get("calibration"):
-            plot_reliability(metrics["calibration"], metrics["ece"], run_dir / "reliability.png")
+            plot_reliability(metrics["calibration"], metrics["ece"], run_dir / "reliability.png",
+                             before=metrics.get("uncalibrated"))
             written.append("reliability.png")
         return written
 

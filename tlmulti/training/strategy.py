@@ -10,7 +10,8 @@ greedy, cheapest first, and each step changes one thing from the best so far:
    shared by every depth, each candidate continues from it;
 2. **rate**: the best depth at ten times its rate (skipped when the probe wins);
 3. **input size** (images): where the training images' median side is under a third of the
-   network's, the network at four and at two times that side (at least 32 px);
+   network's, the network at four and at two times that side (at least ``MIN_SIDE``, 96 px:
+   three times the coarsest stride of the usual backbones, so the last feature map keeps 3 x 3);
 4. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
 5. **pooling** ``max`` instead of ``avg`` (small local findings), for images.
 
@@ -46,6 +47,7 @@ from tlmulti.tasks import make_task
 FRACTION = 0.5  # share of a fine-tuning phase's epochs a candidate runs
 MARGIN = 0.002  # how much a candidate must beat the best so far by to replace it
 RATE_FACTOR = 10.0
+MIN_SIDE = 96  # smallest input tried: three times the coarsest stride (32) of the usual backbones
 
 
 def _frozen(phase) -> bool:
@@ -63,7 +65,7 @@ class _Build:
     """The data and model of one input size, pooling and augmentation: the frozen phases trained
     once, then any fine-tuning phase from their weights."""
 
-    def __init__(self, recipe: Recipe, metric: str | None, trainer):
+    def __init__(self, recipe: Recipe, metric: str | None, trainer, callbacks=()):
         import keras
 
         fine_tune, derive_phase_lengths = trainer
@@ -80,7 +82,7 @@ class _Build:
         frozen.phases = [p for p in recipe.phases if _frozen(p)]
         t0 = time.perf_counter()
         if frozen.phases:
-            fine_tune(self.parts, self.task, self.train, self.val, frozen)
+            fine_tune(self.parts, self.task, self.train, self.val, frozen, callbacks=callbacks)
         self.head_seconds = time.perf_counter() - t0
         self.start = self._model().get_weights()
         self.probe = self.score()
@@ -91,8 +93,9 @@ class _Build:
     def score(self) -> float:
         return float(self.task.evaluate(self._model(), self.val)[self.metric])
 
-    def tune(self, phases) -> tuple[float, float]:
-        """(validation metric, seconds) after ``phases`` (fine-tuning) from the frozen weights."""
+    def tune(self, phases, fraction: float = None, callbacks=()) -> tuple[float, float]:
+        """(validation metric, seconds) after ``phases`` (fine-tuning) from the frozen weights,
+        each run for ``fraction`` (default ``FRACTION``) of its epochs."""
         import keras
 
         model = self._model()
@@ -101,9 +104,9 @@ class _Build:
         short = copy.deepcopy(self.recipe)
         short.phases = copy.deepcopy(phases)
         for p in short.phases:
-            p.epochs = max(1, math.ceil(int(p.epochs) * FRACTION))
+            p.epochs = max(1, math.ceil(int(p.epochs) * (FRACTION if fraction is None else fraction)))
         t0 = time.perf_counter()
-        self.fine_tune(self.parts, self.task, self.train, self.val, short)
+        self.fine_tune(self.parts, self.task, self.train, self.val, short, callbacks=callbacks)
         return self.score(), time.perf_counter() - t0
 
 
@@ -122,11 +125,11 @@ def _native_side(task, train) -> int | None:
 def check(recipe: Recipe) -> None:
     """Before any reading: a search needs a validation split and a frozen phase to start from."""
     if not any(_frozen(p) and p.epochs for p in recipe.phases):
-        raise RecipeError("strategy: auto starts from a frozen head phase, and the recipe has none; add a phase "
-                          "with unfreeze: none first, or set strategy: fixed.")
+        raise RecipeError("strategy: auto and --tune start from a frozen head phase, and the recipe has none; add "
+                          "a phase with unfreeze: none first, or set strategy: fixed and tune.trials: 0.")
     if getattr(recipe.data, "val_split", 0) <= 0 and not getattr(recipe.data, "val", None):
-        raise RecipeError("strategy: auto compares candidates on validation data; set data.val_split (e.g. 0.2) "
-                          "or data.val, or set strategy: fixed.")
+        raise RecipeError("strategy: auto and --tune compare candidates on validation data; set data.val_split "
+                          "(e.g. 0.2) or data.val, or set strategy: fixed and tune.trials: 0.")
 
 
 def search(recipe: Recipe, trainer, out=sys.stdout) -> tuple[Recipe, dict]:
@@ -242,7 +245,7 @@ def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str
     h, w = task.image_size()
     side = _native_side(task, build.train)
     if side and side * 3 <= max(h, w):
-        for s in sorted({max(32, -(-side * k // 8) * 8) for k in (4, 2)}, reverse=True):
+        for s in sorted({max(MIN_SIDE, -(-side * k // 8) * 8) for k in (4, 2)}, reverse=True):
             if s < max(h, w):
                 out.append((f"input {s} px", [f"data.image_size=[{s}, {s}]"], s))
     if getattr(base.data.augment, "flip", "none") != "none":

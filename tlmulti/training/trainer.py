@@ -86,8 +86,9 @@ def derive_phase_lengths(recipe: Recipe, n_train: int) -> None:
 
 
 def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = None, resume: dict | None = None,
-              workers: Workers = Workers()):
-    """Run the recipe's phases on ``parts``; returns (history rows, phase records).
+              workers: Workers = Workers(), callbacks=()):
+    """Run the recipe's phases on ``parts``; returns (history rows, phase records). ``callbacks``:
+    more Keras callbacks for every phase's ``fit`` (the tuner's pruning).
 
     With ``run_dir``, a checkpoint is written after every epoch and between phases
     (:mod:`tlmulti.training.checkpoints`); ``resume`` (a checkpoint's state) continues from it.
@@ -163,7 +164,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         if resuming and initial:
             checkpoints.restore_optimizer(run_dir, optimizer, model.trainable_variables)
         val_ds = workers.feed(lambda b: make_dataset(x_val, task.targets(val), b), batch) if len(val) else None
-        callbacks = []
+        phase_callbacks = list(callbacks)
         es = None
         if es_config.enabled and val_ds is not None:
             patience = phase.patience if phase.patience is not None else es_config.patience
@@ -171,10 +172,10 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                 monitor=es_config.monitor, patience=int(patience), restore_best_weights=es_config.restore_best_weights,
                 restored=resume.get("early_stopping") if resuming else None,
                 restored_weights=checkpoints.best_weights(run_dir) if resuming else None)
-            callbacks.append(es)
+            phase_callbacks.append(es)
         if recipe.callbacks.tensorboard and run_dir is not None:
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
-        callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es))
+            phase_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
+        phase_callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es))
         if resuming and resume.get("phase_done"):  # early stopping had ended it: keep its best epoch
             best = checkpoints.best_weights(run_dir)
             if best is not None and es_config.restore_best_weights:
@@ -188,7 +189,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             model.fit(workers.feed(epochs_of, batch, repeat=True), validation_data=val_ds, epochs=phase.epochs,
                       initial_epoch=initial, steps_per_epoch=steps_per_epoch,
                       class_weight=None if workers.several else class_weight, shuffle=False,
-                      callbacks=callbacks, verbose=_verbosity(recipe))
+                      callbacks=phase_callbacks, verbose=_verbosity(recipe))
         record["epochs_run"] = sum(1 for r in history if r["phase"] == phase.name)
         if unfrozen:
             cache = None  # the backbone changed: features must be recomputed
@@ -211,9 +212,9 @@ def workers_for(recipe: Recipe) -> Workers:
     strategy starts here, so call it before any other TensorFlow work. Domain adaptation runs on
     one worker."""
     place = place_of(recipe.distribute)
-    if place.several and recipe.strategy == "auto":
-        raise RecipeError("strategy: auto searches on one worker: set strategy: fixed with distribute: "
-                          "multi_worker (run the search on one machine first and train its saved recipe).")
+    if place.several and (recipe.strategy == "auto" or recipe.tune.trials):
+        raise RecipeError("strategy: auto and tune search on one worker: set strategy: fixed and tune.trials: 0 "
+                          "with distribute: multi_worker (search on one machine first and train its saved recipe).")
     if place.several and recipe.adaptation.method != "none":
         raise RecipeError("Domain adaptation runs on one worker: set adaptation.method: none with "
                           "distribute: multi_worker, or train on one machine (distribute: mirrored for its GPUs).")
@@ -242,7 +243,8 @@ def train_on(recipe: Recipe, place: Workers, out=None) -> Run:
 
 def resume(run_dir, trust: bool = False) -> Run:
     """Continue an interrupted or failed run from its last checkpoint, in the same folder; it
-    ends with the metrics the uninterrupted run would have had.
+    ends with the metrics the uninterrupted run would have had. A run stopped while tuning
+    continues its study (``tune.db``) with the trials it lacks.
 
     The recipe comes from the run folder, not from the user, so a SavedModel its backbone names
     (``backbone.weights``) must pass :func:`tlmulti.backbones._saved_model.check_trusted`, unless
@@ -261,7 +263,8 @@ def resume(run_dir, trust: bool = False) -> Run:
                        "start the run again on every worker instead of resuming it.")
     runs.take_over(run_dir)
     recipe = load_recipe(saved)
-    state = checkpoints.load_state(run_dir)
+    tuning = recipe.tune.trials and not (run_dir / checkpoints.FOLDER / "state.json").exists()
+    state = None if tuning else checkpoints.load_state(run_dir)  # None: the study continues from tune.db
     runs.set_status(run_dir, "running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
     with trusting_saved_models() if trust else checking_saved_models():
         return _guarded(run_dir, lambda: _train_into(recipe, run_dir, resume=state))
@@ -332,8 +335,14 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(recipe.seed)
     recipe = runs.absolute_paths(recipe)  # a copy: values derived from the data go into it
-    strategy_record = None
-    if recipe.strategy == "auto" and resume is None:  # the chosen recipe is saved with strategy: fixed
+    strategy_record = tune_record = None
+    if resume is None and recipe.tune.trials:  # the best trial's recipe is saved with tune.trials: 0
+        from tlmulti.training.tune import tune
+
+        runs.begin_tuning(run_dir, recipe)
+        recipe, tune_record = tune(recipe, run_dir, (fine_tune, derive_phase_lengths))
+        keras.utils.set_random_seed(recipe.seed)
+    elif recipe.strategy == "auto" and resume is None:  # the chosen recipe is saved with strategy: fixed
         from tlmulti.training.strategy import search
 
         recipe, strategy_record = search(recipe, (fine_tune, derive_phase_lengths))
@@ -370,10 +379,21 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
         print(f"Worker {place.index} of {place.count} finished training; the chief writes the run folder.", flush=True)
         return Run(dir=None, metrics={"worker": place.index, "workers": place.count}, model=model, history=history,
                    task=task, recipe=recipe)
+    calibration, uncalibrated = None, None
+    if recipe.calibration == "temperature" and task.calibratable:
+        from tlmulti.training.calibration import calibrate
+
+        if test_ex is not None and recipe.output.plots and getattr(task, "output_activation", "") == "softmax":
+            uncalibrated = task.evaluate(model, test_ex)  # for the reliability diagram's "before" points
+        model, calibration = calibrate(model, task, val_ex, test_ex)
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
     task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
     if test_ex is not None:
         metrics["test"] = task.evaluate(model, test_ex)
+        if uncalibrated is not None and calibration is not None and uncalibrated.get("calibration"):
+            metrics["test"]["uncalibrated"] = {"ece": uncalibrated["ece"], "calibration": uncalibrated["calibration"]}
+    if calibration is not None:
+        metrics["calibration"] = calibration
     if recipe.baseline:
         from tlmulti.training.baseline import beats_model, run_baseline
 
@@ -395,6 +415,8 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
         metrics["adaptation"] = adaptation
     if strategy_record is not None:
         metrics["strategy"] = strategy_record
+    if tune_record is not None:
+        metrics["tune"] = tune_record
     metrics["data"] = {"train": len(train_ex), "val": len(val_ex), "test": len(test_ex) if test_ex else 0,
                        "classes": len(train_ex.classes)}
     if test_ex is not None and recipe.output.plots:
