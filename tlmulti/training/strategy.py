@@ -4,16 +4,17 @@ Before the final training, candidate strategies are trained on the training spli
 the validation split with the task's headline metric (accuracy, macro AUROC, ...). The search is
 greedy, cheapest first, and each step changes one thing from the best so far:
 
-1. **depth**: the frozen probe (the recipe's frozen phases only), the recipe's own fine-tuning
-   phase (``top``), and every group unfrozen with discriminative rates (``all``: the recipe's
-   fine-tuning rate for the top group, ``lr_decay`` 0.5 below); one frozen head training is
-   shared by every depth, each candidate continues from it;
-2. **rate**: the best depth at ten times its rate (skipped when the probe wins);
-3. **input size** (images): where the training images' median side is under a third of the
+1. the frozen probe (the recipe's frozen phases only) and the recipe's own fine-tuning phase;
+2. **input size** (images): where the training images' median side is under a third of the
    network's, the network at four and at two times that side (at least ``MIN_SIDE``, 96 px:
    three times the coarsest stride of the usual backbones, so the last feature map keeps 3 x 3);
-4. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
-5. **pooling** ``max`` instead of ``avg`` (small local findings), for images.
+   first, because a smaller input makes every later candidate cheaper;
+3. **depth**: every group unfrozen with discriminative rates (``all``: the recipe's fine-tuning
+   rate for the top group, ``lr_decay`` 0.5 below); one frozen head training is shared by every
+   depth at one input size, each candidate continues from it;
+4. **rate**: the best depth at ten times its rate (skipped when the probe wins);
+5. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
+6. **pooling** ``max`` instead of ``avg`` (small local findings), for images.
 
 Fine-tuning candidates run ``FRACTION`` of their phase's epochs (at least one) with the phase's
 early stopping; frozen phases read the disk feature cache. A plain run is estimated from the
@@ -181,10 +182,38 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         written.val, tune_seconds = build.tune(tuning)
         record(written.name, [], written.val, tune_seconds)
         best = probe if probe.val > written.val + MARGIN else written
+    step_seconds = tune_seconds  # a fine-tuning candidate's cost on the current build
+    pixels = float(np.prod(build.task.image_size())) if build.task.strategy_inputs else 1.0
+
+    def rebuilt(name, overrides, size):
+        """Try ``best`` with ``overrides`` on a new build; returns the build when it wins."""
+        nonlocal best, step_seconds
+        scale = min(1.0, size * size / pixels) if size else 1.0  # a smaller input costs less
+        label = f"{best.name}; {name}"
+        if not affordable(scale * (build_seconds + (tune_seconds if best.phases is not None else 0.0))):
+            skipped(label, [*best.changes, *overrides])
+            return None
+        other = _Build(_with(base, best.overrides + overrides), metric, trainer)
+        value, seconds, extra = other.probe, other.head_seconds, 0.0
+        if best.phases is not None:
+            value, extra = other.tune(best.phases)
+        record(label, [*best.changes, *overrides], value, seconds + extra)
+        if value <= best.val + MARGIN:
+            return None
+        best = _Candidate(label, [*best.changes, *overrides], value, best.phases, best.overrides + overrides)
+        step_seconds = extra or step_seconds
+        return other
+
+    rebuilds = _rebuild_candidates(base, build)
+    for name, overrides, size in [c for c in rebuilds if c[2]]:  # input size first: it sets every later cost
+        build = rebuilt(name, overrides, size) or build
+    if tuning:
         everything = copy.deepcopy(tuning)
         everything[-1].unfreeze, everything[-1].lr_decay = "all", 0.5
-        depth = _Candidate("all groups", ["unfreeze: all", "lr_decay: 0.5"], None, everything)
-        if affordable(tune_seconds):
+        prefix = "" if best.name in ("as written", probe.name) else f"{best.name}; "
+        depth = _Candidate(f"{prefix}all groups", [*best.changes, "unfreeze: all", "lr_decay: 0.5"], None, everything,
+                           best.overrides)
+        if affordable(step_seconds):
             depth.val, seconds = build.tune(depth.phases)
             record(depth.name, depth.changes, depth.val, seconds)
             best = depth if depth.val > best.val + MARGIN else best
@@ -194,29 +223,16 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
             faster = copy.deepcopy(best.phases)
             faster[-1].learning_rate *= RATE_FACTOR
             rate = _Candidate(f"{best.name}, rate x{RATE_FACTOR:g}",
-                              [*best.changes, f"learning_rate: {faster[-1].learning_rate:g}"], None, faster)
-            if affordable(tune_seconds):
+                              [*best.changes, f"learning_rate: {faster[-1].learning_rate:g}"], None, faster,
+                              best.overrides)
+            if affordable(step_seconds):
                 rate.val, seconds = build.tune(faster)
                 record(rate.name, rate.changes, rate.val, seconds)
                 best = rate if rate.val > best.val + MARGIN else best
             else:
                 skipped(rate.name, rate.changes)
-    pixels = float(np.prod(build.task.image_size())) if build.task.strategy_inputs else 1.0
-    for name, overrides, size in _rebuild_candidates(base, build):
-        scale = min(1.0, size * size / pixels) if size else 1.0  # a smaller input costs less
-        if not affordable(scale * (build_seconds + (tune_seconds if best.phases is not None else 0.0))):
-            skipped(f"{best.name}; {name}", [*best.changes, *overrides])
-            continue
-        trial = _with(base, best.overrides + overrides)
-        other = _Build(trial, metric, trainer)
-        value, seconds = other.probe, other.head_seconds
-        if best.phases is not None:
-            value, extra = other.tune(best.phases)
-            seconds += extra
-        record(f"{best.name}; {name}", [*best.changes, *overrides], value, seconds)
-        if value > best.val + MARGIN:
-            best = _Candidate(f"{best.name}; {name}", [*best.changes, *overrides], value, best.phases,
-                              best.overrides + overrides)
+    for name, overrides, size in [c for c in rebuilds if not c[2]]:
+        build = rebuilt(name, overrides, size) or build
     plain = build_seconds + tune_seconds / FRACTION
     chosen = _final(recipe, best)
     seconds = time.perf_counter() - t_start
