@@ -104,6 +104,7 @@ tlmulti.train(recipe, out={out!r})
 """
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_with_the_trials_it_lacks(tmp_path):
     """The tuning process is killed (SIGKILL) once the first trial is in tune.csv; 'tlmulti resume'
     on the folder continues the study: trial 0 is kept as it was, three trials end complete or

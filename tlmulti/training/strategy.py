@@ -210,9 +210,10 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     if tuning:
         everything = copy.deepcopy(tuning)
         everything[-1].unfreeze, everything[-1].lr_decay = "all", 0.5
-        prefix = "" if best.name in ("as written", probe.name) else f"{best.name}; "
-        depth = _Candidate(f"{prefix}all groups", [*best.changes, "unfreeze: all", "lr_decay: 0.5"], None, everything,
-                           best.overrides)
+        on_probe = best is probe  # depth candidates start from the recipe's phases, not the probe's
+        prefix = "" if on_probe or best.name == "as written" else f"{best.name}; "
+        depth = _Candidate(f"{prefix}all groups", [*([] if on_probe else best.changes), "unfreeze: all",
+                                                   "lr_decay: 0.5"], None, everything, best.overrides)
         if affordable(step_seconds):
             depth.val, seconds = build.tune(depth.phases)
             record(depth.name, depth.changes, depth.val, seconds)
