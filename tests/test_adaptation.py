@@ -10,6 +10,7 @@ from tests.builders import (
 )
 from tlmulti import registry
 from tlmulti.evaluation import classification_metrics, grouped_accuracy
+from tlmulti.tasks.base import Task
 
 
 def test_gradient_reversal_flips_and_scales_the_gradient():
@@ -154,7 +155,9 @@ def test_select_prefers_the_best_score_never_past_the_guard_and_source_only_on_t
 
 
 # -- a toy two-domain problem: two moons, the target rotated by 35 degrees (Ganin et al. 2016) -----
-class _ToyTask:
+class _ToyTask(Task):
+    """A task over given arrays: no reader, no recipe (the guard's defaults come from Task)."""
+
     output_activation = "softmax"
 
     def __init__(self, target):
