@@ -122,7 +122,8 @@ def _write_trials(study, path: Path) -> None:
     rows = []
     for t in study.trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
+        value = t.value if t.state.name == "COMPLETE" else None  # a pruned trial's value is its last report
+        rows.append({"number": t.number, "state": t.state.name.lower(), "value": value,
                      "seconds": None if seconds is None else round(seconds, 2), "params": json.dumps(t.params)})
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -160,7 +161,7 @@ def tune(recipe: Recipe, run_dir: Path, trainer, out=sys.stdout) -> tuple[Recipe
     """The recipe of the best trial (to train in full) and the study's record."""
     import optuna
     import tensorflow as tf
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
     check_search(recipe)
     run_dir = Path(run_dir)
@@ -170,15 +171,20 @@ def tune(recipe: Recipe, run_dir: Path, trainer, out=sys.stdout) -> tuple[Recipe
     base.tune.trials = 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage(recipe, run_dir)
-    try:
-        study = optuna.create_study(study_name=recipe.name, storage=storage, load_if_exists=True, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=recipe.seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-    except (ImportError, ValueError, RuntimeError, SQLAlchemyError) as exc:  # a bad URL, no driver, no server
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RecipeError(f"Key 'tune.storage': Optuna cannot open the study at '{_shown(storage)}': {first_line}; "
-                          "check the URL, that the server runs and that its driver is installed (PostgreSQL: "
-                          "pip install psycopg2-binary).") from None
+    for attempt in range(4):  # workers starting at once on a new database race to create its tables
+        try:
+            study = optuna.create_study(study_name=recipe.name, storage=storage, load_if_exists=True,
+                                        direction="maximize", sampler=optuna.samplers.TPESampler(seed=recipe.seed),
+                                        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+            break
+        except (ImportError, ValueError, RuntimeError, SQLAlchemyError) as exc:  # a bad URL, no driver, no server
+            if isinstance(exc, (IntegrityError, ProgrammingError)) and attempt < 3:
+                time.sleep(1.0 + attempt)
+                continue
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RecipeError(f"Key 'tune.storage': Optuna cannot open the study at '{_shown(storage)}': "
+                              f"{first_line}; check the URL, that the server runs and that its driver is installed "
+                              "(PostgreSQL: pip install psycopg2-binary).") from None
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if not recipe.tune.storage:  # the run folder's own study, no other process on it: a trial left
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):  # by a kill
@@ -205,7 +211,8 @@ def tune(recipe: Recipe, run_dir: Path, trainer, out=sys.stdout) -> tuple[Recipe
 
     def after(study_, trial):
         _write_trials(study_, run_dir / "tune.csv")
-        value = "pruned" if trial.value is None else f"val {metric} {trial.value:.4f}"
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        value = f"val {metric} {trial.value:.4f}" if complete else trial.state.name.lower()
         print(f"  trial {trial.number:>3}: {value}  {trial.params}", file=out, flush=True)
 
     logger = tf.get_logger()
