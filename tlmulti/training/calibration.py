@@ -62,21 +62,29 @@ def _scores(y, probs, t, sigmoid: bool, bins: int) -> dict:
 
 
 def calibrate(model, task, val, test=None):
-    """``(model with temperature scaling, record)``, or ``(model, None)`` without validation data."""
+    """``(model with temperature scaling, record, before)``, or ``(model, None, None)`` without
+    validation data; ``before``: the test set's ECE and reliability bins without the scaling
+    (``{"ece", "calibration"}``, single-label only), for the reliability diagram."""
     import keras
 
     from tlmulti.layers.calibration import TemperatureScaling
 
     if val is None or len(val) == 0:
-        return model, None
+        return model, None, None
     sigmoid = getattr(task, "output_activation", "softmax") == "sigmoid"
     bins = task.recipe.evaluation.calibration_bins
     probs = task.probabilities(model, val.x)
     t = fit_temperature(val.y, probs, sigmoid)
     record = {"method": "temperature", "temperature": t if sigmoid else t[0], "fitted_on": "validation",
               "val": _scores(val.y, probs, t, sigmoid, bins)}
+    before = None
     if test is not None and len(test) and test.y is not None:
         test_probs = task.probabilities(model, test.x)
         record["test"] = _scores(test.y, test_probs, t, sigmoid, bins)
+        if not sigmoid:
+            from tlmulti.evaluation.classification import calibration as ece_of
+
+            cal = ece_of(test.y, test_probs, bins)
+            before = {"ece": cal["ece"], "calibration": cal["bins"]}
     scaled = TemperatureScaling(t, "sigmoid" if sigmoid else "softmax", name="temperature_scaling")(model.output)
-    return keras.Model(model.input, scaled, name=model.name), record
+    return keras.Model(model.input, scaled, name=model.name), record, before

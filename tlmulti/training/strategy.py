@@ -123,6 +123,16 @@ def _native_side(task, train) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
+def smaller_sides(task, train) -> list[int]:
+    """Input sides below the network's to try for small images: 4x and 2x their median side (at
+    least ``MIN_SIDE``), largest first; none when the images are not under a third of it."""
+    contract = max(task.image_size())
+    side = _native_side(task, train)
+    if not side or side * 3 > contract:
+        return []
+    return [s for s in sorted({max(MIN_SIDE, -(-side * k // 8) * 8) for k in (4, 2)}, reverse=True) if s < contract]
+
+
 def check(recipe: Recipe) -> None:
     """Before any reading: a search needs a validation split and a frozen phase to start from."""
     if not any(_frozen(p) and p.epochs for p in recipe.phases):
@@ -258,13 +268,7 @@ def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str
     task = build.task
     if not task.strategy_inputs:
         return []
-    out = []
-    h, w = task.image_size()
-    side = _native_side(task, build.train)
-    if side and side * 3 <= max(h, w):
-        for s in sorted({max(MIN_SIDE, -(-side * k // 8) * 8) for k in (4, 2)}, reverse=True):
-            if s < max(h, w):
-                out.append((f"input {s} px", [f"data.image_size=[{s}, {s}]"], s))
+    out = [(f"input {s} px", [f"data.image_size=[{s}, {s}]"], s) for s in smaller_sides(task, build.train)]
     if getattr(base.data.augment, "flip", "none") != "none":
         out.append(("no flips", ["data.augment.flip=none"], None))
     if getattr(base.head, "pooling", None) == "avg":

@@ -379,19 +379,17 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
         print(f"Worker {place.index} of {place.count} finished training; the chief writes the run folder.", flush=True)
         return Run(dir=None, metrics={"worker": place.index, "workers": place.count}, model=model, history=history,
                    task=task, recipe=recipe)
-    calibration, uncalibrated = None, None
+    calibration = uncalibrated = None
     if recipe.calibration == "temperature" and task.calibratable:
         from tlmulti.training.calibration import calibrate
 
-        if test_ex is not None and recipe.output.plots and getattr(task, "output_activation", "") == "softmax":
-            uncalibrated = task.evaluate(model, test_ex)  # for the reliability diagram's "before" points
-        model, calibration = calibrate(model, task, val_ex, test_ex)
+        model, calibration, uncalibrated = calibrate(model, task, val_ex, test_ex)
     metrics = {"val": task.evaluate(model, val_ex) if len(val_ex) else {}, "test": {}}
     task.choose_threshold(metrics["val"])  # sensitivity / specificity of the test set at the validation threshold
     if test_ex is not None:
         metrics["test"] = task.evaluate(model, test_ex)
-        if uncalibrated is not None and calibration is not None and uncalibrated.get("calibration"):
-            metrics["test"]["uncalibrated"] = {"ece": uncalibrated["ece"], "calibration": uncalibrated["calibration"]}
+        if uncalibrated is not None:  # the reliability diagram's "before" points
+            metrics["test"]["uncalibrated"] = uncalibrated
     if calibration is not None:
         metrics["calibration"] = calibration
     if recipe.baseline:

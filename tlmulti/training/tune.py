@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tlmulti.errors import RecipeError
 from tlmulti.recipe import Recipe
-from tlmulti.training.strategy import MIN_SIDE, _Build, _frozen, _native_side, _with
+from tlmulti.training.strategy import _Build, _frozen, _with, smaller_sides
 from tlmulti.training.strategy import check as check_search
 
 TRIAL_FIELDS = ("number", "state", "value", "seconds", "params")
@@ -66,11 +66,7 @@ def _space(trial, base: Recipe, build: _Build) -> tuple[list[str], list | None, 
     overrides.append(f"optimizer.weight_decay={trial.suggest_float('weight_decay', 1e-6, 1e-2, log=True)}")
     task = build.task
     if task.strategy_inputs:
-        h, w = task.image_size()
-        side = _native_side(task, build.train)
-        sizes = [max(h, w)]
-        if side and side * 3 <= max(h, w):
-            sizes += sorted({max(MIN_SIDE, -(-side * k // 8) * 8) for k in (4, 2)} - {max(h, w)}, reverse=True)
+        sizes = [max(task.image_size()), *smaller_sides(task, build.train)]
         if len(sizes) > 1:
             s = trial.suggest_categorical("image_size", sizes)
             overrides.append(f"data.image_size=[{s}, {s}]")
