@@ -219,6 +219,19 @@ class TuneConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """``--track``: log the run to an experiment tracker (see :mod:`tlmulti.training.tracking`).
+    ``backend``: none or mlflow; ``uri``: the tracking server (default: the embedded SQLite store
+    ``$TLMULTI_HOME/mlflow.db``); ``experiment``: default the recipe's name; ``log_model``: also
+    log the trained model as an MLflow Keras model (large)."""
+
+    backend: str = choice("none", choices.TRACKING_BACKENDS)
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+    log_model: bool = False
+
+
+@dataclass
 class OutputConfig:
     dir: Optional[str] = None
     plots: bool = True
@@ -247,6 +260,7 @@ class Recipe:
     strategy: str = choice("fixed", choices.STRATEGIES)  # auto: search on validation data (tlmulti.training.strategy)
     strategy_budget: float = at_least(3.0, 1.5)  # the search and final training, in plain runs
     tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Optional[str] = None  # the file it was loaded from; not part of the saved recipe
 
@@ -304,6 +318,9 @@ def from_dict(data: dict, overrides=(), source: str | None = None, typed: dict |
     for i, phase in enumerate(recipe.phases):
         if not phase.name:
             phase.name = f"phase{i + 1}"
+    if recipe.tracking.uri and recipe.tracking.backend == "none":
+        raise RecipeError(f"Key 'tracking.uri'{located(source)} is set but 'tracking.backend' is none: add --track "
+                          "or 'tracking: {backend: mlflow}', or remove the uri.")
     if not recipe.backbone.name:
         recipe.backbone.name = spec.default_backbone
     recipe.source = source

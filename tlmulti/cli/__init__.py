@@ -24,6 +24,8 @@ _COMMANDS = {
     "weights": ("tlmulti.cli.commands", "weights", "Offline weights: list, import, path."),
     "datasets": ("tlmulti.cli.commands", "datasets", "Built-in datasets made from installed packages."),
     "cache": ("tlmulti.cli.commands", "cache", "The feature cache reused across runs: list, clear."),
+    "runs": ("tlmulti.cli.runs", "runs", "Tables of run folders: list, compare."),
+    "ui": ("tlmulti.cli.runs", "ui", "Browse runs tracked with --track in the MLflow UI."),
 }
 
 

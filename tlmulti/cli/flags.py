@@ -32,7 +32,8 @@ class Flag:
     flag is given and their own flag is not (``--data`` drops the recipe's own validation and
     test sets, which belong to the recipe's data); ``choices``: a tuple or a function returning
     one. ``key`` may use ``*`` for every list item (``phases.*.epochs``). ``refuse``: values the
-    recipe key takes but the flag does not, each with the line that says why.
+    recipe key takes but the flag does not, each with the line that says why. ``constant``: what a
+    bool flag writes (default true).
     """
 
     option: str
@@ -44,6 +45,7 @@ class Flag:
     resets: tuple[tuple[str, Any], ...] = ()
     choices: Any = None
     metavar: Optional[str] = None
+    constant: Any = None
     refuse: tuple[tuple[Any, str], ...] = ()
 
     @property
@@ -74,6 +76,9 @@ TRAIN_FLAGS = (
     Flag("--calibration", "calibration", "temperature: fit a temperature on the validation split so probabilities "
          "match frequencies (kept in the saved model and exports); none: as trained.",
          choices=("none", "temperature")),
+    Flag("--track", "tracking.backend", "Log the run (parameters, per-epoch metrics, artifacts; nested runs for "
+         "--strategy auto and --tune) to MLflow: $TLMULTI_HOME/mlflow.db unless tracking.uri names a server.",
+         kind=bool, constant="mlflow"),
     Flag("--deterministic", "deterministic", "Identical results on a rerun (slower; TensorFlow op determinism).",
          kind=bool),
     Flag("--weights-lock", "backbone.weights_lock", "Refuse weights whose sha256 is not in this lockfile "
@@ -119,6 +124,8 @@ def _flag_overrides(values: dict, flags) -> list[tuple[str, str]]:
             if value == refused:
                 raise RecipeError(why)
         typed = _typed(f, value)
+        if f.kind is bool and f.constant is not None:
+            value = f.constant
         if f.multiple:
             value = [resolve_path(v) for v in value] if f.path else list(value)
         elif f.path:

@@ -161,6 +161,8 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         record["trainable_params"] = int(sum(np.prod(v.shape) for v in model.trainable_weights))
         initial = int(resume["epoch"]) if resuming else 0
         epoch0 = sum(r["epochs_run"] for r in records)
+        for callback in callbacks:  # a tracker labels the epochs of this phase
+            getattr(callback, "begin_phase", lambda *_: None)(phase.name, epoch0)
         if resuming and initial:
             checkpoints.restore_optimizer(run_dir, optimizer, model.trainable_variables)
         val_ds = workers.feed(lambda b: make_dataset(x_val, task.targets(val), b), batch) if len(val) else None
@@ -314,15 +316,18 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None, place
     layers stay float32, and Keras scales the loss under ``mixed_float16``."""
     import keras
 
+    from tlmulti.training.tracking import session
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(recipe.precision)
     try:
-        return _run(recipe, run_dir, resume, place)
+        with session(recipe.tracking, chief=place.chief) as tracker:
+            return _run(recipe, run_dir, resume, place, tracker)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Workers = Workers()) -> Run:
+def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tracker) -> Run:
     import keras
 
     from tlmulti.training.adaptation import adapt, check_adaptation
@@ -366,7 +371,9 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
             runs.begin_run(run_dir, recipe, task, train_ex.classes, summary,
                            run_card(recipe, task.spec, {"train": train_ex, "val": val_ex, "test": test_ex}))
             runs.write_splits(run_dir, {"train": train_ex, "val": val_ex, "test": test_ex})
-        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, resume=resume, workers=place)
+        tracker.begin(recipe, run_dir)
+        history, records = fine_tune(parts, task, train_ex, val_ex, recipe, run_dir, resume=resume, workers=place,
+                                     callbacks=tracker.callbacks())
         t_adapt = time.perf_counter()
         if recipe.adaptation.method != "none":  # kept beside the adapted model, for evaluate --compare source-only
             runs.save_model(parts.assemble(backbone_training=False, augment=True), run_dir / runs.SOURCE_ONLY_MODEL)
@@ -428,4 +435,5 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None = None, place: Worke
                      summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
                      classes=train_ex.classes, view=task.report_view)
     runs.finish_run(run_dir, recipe, model, metrics, history, threshold=task.threshold)
+    tracker.finish(run_dir, metrics, model)
     return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)
