@@ -60,6 +60,8 @@ class BackboneSpec:
             (source ``builder``).
         options: source-specific keyword arguments.
         description: one line for ``tlmulti backbones list``.
+        license: the licence of the pretrained weights where known (``Apache-2.0``, ``MIT``); the
+            model card says "not recorded" when empty.
     """
 
     name: str
@@ -74,6 +76,7 @@ class BackboneSpec:
     builder: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    license: str = ""
 
     def group_names(self) -> list[str]:
         return list(self.layer_groups)

@@ -2,9 +2,9 @@
 
 A run folder holds ``model.keras`` (the inference model, preprocessing included),
 ``recipe.yaml`` (the resolved recipe: ``tlmulti run`` on it reproduces the run), ``run.json``
-(status, the run card, task, classes), ``metrics.json``, ``history.csv``, the data summary,
-plots, ``report.html`` and, while training, ``checkpoint/`` (see
-:mod:`tlmulti.training.checkpoints`).
+(status, the run card, task, classes), ``metrics.json``, ``MODEL_CARD.md`` (the model card,
+:mod:`tlmulti.reports.model_card`), ``history.csv``, the data summary, plots, ``report.html``
+and, while training, ``checkpoint/`` (see :mod:`tlmulti.training.checkpoints`).
 
 ``run.json`` ``status`` is ``running``, ``interrupted`` (Ctrl-C / SIGTERM: resume with
 ``tlmulti resume``), ``failed`` (with the error; resumable from its last checkpoint) or
@@ -316,12 +316,14 @@ def write_splits(run_dir: Path, splits: dict) -> None:
         writer.writerows(rows)
 
 
-def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list, **fields) -> None:
-    """The finished run: the model (written atomically), metrics, history, curves; status
-    ``finished`` and ``fields`` (the decision threshold) in ``run.json``; the folder's lock
-    released."""
+def finish_run(run_dir: Path, recipe, model, metrics: dict, history: list, card: str = "", **fields) -> None:
+    """The finished run: the model (written atomically), metrics, ``MODEL_CARD.md`` (``card``),
+    history, curves; status ``finished`` and ``fields`` (the decision threshold) in ``run.json``;
+    the folder's lock released."""
     save_model(model, run_dir / "model.keras")
     write_json(run_dir / "metrics.json", metrics)
+    if card:
+        (run_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     write_history(run_dir / "history.csv", history)
     if recipe.output.plots and history:
         from tlmulti.reports.plots import plot_curves

