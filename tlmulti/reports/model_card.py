@@ -298,8 +298,9 @@ def _baseline(metrics: dict, key: str) -> list:
         b, m = _split(base, name), _split(metrics, name)
         if _is_number(b.get(key)) and _is_number(m.get(key)):
             rows.append([label, num(m[key]), num(b[key])])
-            verdicts.append(f"{'the baseline beats the model' if b[key] > m[key] else 'the model beats the baseline'}"
-                            f" on {label}")
+            verdict = ("the baseline beats the model" if b[key] > m[key] else
+                       "the model beats the baseline" if m[key] > b[key] else "the model and the baseline tie")
+            verdicts.append(f"{verdict} on {label}")
     text = f"{base.get('method')}, fitted on the training split in {num(base.get('seconds'))} s"
     return [("p", f"{text}: {'; '.join(verdicts) or 'no comparable metric'} ({key})."),
             ("table", ["split", f"model {key}", f"baseline {key}"], rows)]
