@@ -277,3 +277,37 @@ def test_detection_adaptation_methods_are_checked_with_one_line(tmp_path):
                                            "--out", str(tmp_path / method)])
         assert result.exit_code != 0 and expected in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / method).exists()
+
+
+def test_flipped_anchors_fall_on_anchors_and_the_flip_is_its_own_inverse():
+    from tlmulti.evaluation.tta import mirror_order
+    from tlmulti.layers.detection import AnchorConfig
+
+    anchors = np.asarray(AnchorConfig(min_level=3, max_level=5).anchors((64, 96)))
+    for axis, extent in ((1, 64), (2, 96)):
+        order = mirror_order(anchors, (64, 96), axis)
+        kept = order >= 0
+        assert kept.mean() > 0.8  # all but the first row / column of each level
+        assert (order[order[kept]] == np.flatnonzero(kept)).all()
+        low, high = (0, 2) if axis == 2 else (1, 3)
+        np.testing.assert_allclose(anchors[order[kept], low], extent - anchors[kept, high], atol=1e-4)
+
+
+def test_tta_evaluate_gives_map_with_and_without_and_predict_keeps_the_boxes(trained, tmp_path):
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+
+    run, root = trained
+    data = str(root / "test" / "annotations.json")
+    result = CliRunner().invoke(main, ["vision", "evaluate", str(run.dir), "--data", data, "--tta", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output[result.output.index("{"):])
+    plain = json.loads((run.dir / "metrics.json").read_text())["test"]
+    assert metrics["without_tta"]["map50"] == pytest.approx(plain["map50"], abs=1e-6)
+    assert metrics["tta"]["views"] == "identity, horizontal flip"
+    assert metrics["map50"] > 0.7 and abs(metrics["map50"] - plain["map50"]) < 0.15
+    image = str(root / "test" / "images" / "img1.png")
+    rows = json.loads(CliRunner().invoke(main, ["vision", "predict", str(run.dir), image, "--json", "--tta"]).output
+                      .split("\n", 1)[1])
+    assert rows[0]["detections"] and all(0 <= d["box"][0] < d["box"][2] for d in rows[0]["detections"])

@@ -178,6 +178,45 @@ def trust_option(fn):
     return wrapper
 
 
+tta_option = click.option("--tta", is_flag=True, help="Test-time augmentation: average over the flips the run "
+                          "trained with (maps and boxes flipped back); evaluate prints the metric with and without.")
+
+
+def tta_axes(run_dir, recipe, task) -> list:
+    """The flips of ``--tta`` for this run; an error for tasks without test-time augmentation."""
+    from tlmulti.evaluation.tta import describe, views
+
+    if task.tta_output is None:
+        raise TlmultiError(f"--tta applies to image classification, multi-label, segmentation and detection runs; "
+                           f"'{run_dir}' is {recipe.task}.")
+    axes, note = views(getattr(getattr(recipe.data, "augment", None), "flip", "none"))
+    click.echo(f"Test-time augmentation: {describe(axes)}" + (f" ({note})" if note else ""), err=True)
+    return axes
+
+
+def evaluate_with_tta(run_dir, recipe, task, model, examples, group_by) -> dict:
+    """The metrics with ``--tta``; ``without_tta`` holds the plain ones and ``tta`` the views and
+    the seconds of each evaluation."""
+    import time
+
+    from tlmulti.evaluation.tta import describe
+
+    axes = tta_axes(run_dir, recipe, task)
+    start = time.perf_counter()
+    plain = task.evaluate(model, examples, group_by=group_by)
+    middle = time.perf_counter()
+    metrics = task.evaluate(task.with_tta(model, axes), examples, group_by=group_by)
+    end = time.perf_counter()
+    metrics["without_tta"] = plain
+    metrics["tta"] = {"views": describe(axes), "seconds": round(end - middle, 3),
+                      "seconds_without": round(middle - start, 3)}
+    key = task.primary_metric
+    if isinstance(metrics.get(key), (int, float)) and isinstance(plain.get(key), (int, float)):
+        click.echo(f"With test-time augmentation: {key} {metrics[key]:.4f} against {plain[key]:.4f} without; "
+                   f"{(end - middle) / max(middle - start, 1e-9):.1f}x the time.", err=True)
+    return metrics
+
+
 def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False):
     """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
 
@@ -224,15 +263,21 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
                   help="Another run folder to evaluate on the same data, side by side; 'source-only': "
                        "this run's model before domain adaptation.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the 'test' section shape).")
+    @tta_option
     @trust_option
     @user_errors
-    def evaluate_cmd(run_dir, data, group_by, compare_dir, as_json):
+    def evaluate_cmd(run_dir, data, group_by, compare_dir, as_json, tta):
         """Evaluate a trained run on labelled data."""
         from tlmulti.recipe import resolve_path
         from tlmulti.runs import load_run
 
         recipe, task, model = load_run(run_dir)
         examples = task.read(resolve_path(data), classes=task.classes)
+        if tta:
+            if compare_dir:
+                raise TlmultiError("--tta and --compare cannot be combined; evaluate each run with --tta.")
+            print_metrics(evaluate_with_tta(run_dir, recipe, task, model, examples, group_by), as_json, task)
+            return
         metrics = task.evaluate(model, examples, group_by=group_by)
         if compare_dir:
             if compare_dir == "source-only":
@@ -266,9 +311,10 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
                   help="Object detection: keep boxes scoring at least this (default: the run's, chosen for the best "
                        "F1 on validation data; 0 keeps every box non-maximum suppression keeps).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @tta_option
     @trust_option
     @user_errors
-    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json):
+    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json, tta):
         from pathlib import Path
 
         from tlmulti.runs import load_run
@@ -287,6 +333,8 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
             if not getattr(task, "scores_boxes", False):
                 raise TlmultiError(f"--score-threshold applies to object detection runs; '{run_dir}' is {recipe.task}.")
             kwargs["score_threshold"] = score_threshold
+        if tta:
+            model = task.with_tta(model, tta_axes(run_dir, recipe, task))
         results = task.predict(model, items, top_k=top_k, **kwargs)
         if as_json:
             click.echo(json.dumps(results, indent=2))

@@ -215,6 +215,19 @@ class Task(TaskExport):
     strategy_inputs = False
     #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
     calibratable = False
+    #: What ``--tta`` averages over flipped views (:mod:`tlmulti.evaluation.tta`): "labels" (class
+    #: probabilities), "maps" (per-pixel outputs, flipped back) or "boxes" (detections, flipped
+    #: back and suppressed together); None: no test-time augmentation for this task.
+    tta_output = None
+
+    def with_tta(self, model, axes):
+        """The model whose predictions average the identity and the flips ``axes`` of the input."""
+        from tlmulti.evaluation import tta
+
+        if self.tta_output == "boxes":  # per-anchor outputs: the task's decoder knows the anchors
+            size = self.image_size()
+            return tta.detection_tta_model(model, axes, self.decoder(model).anchor_config.anchors(size), size)
+        return tta.tta_model(model, axes, maps=self.tta_output == "maps")
 
     def baseline_features(self, examples: Examples):
         """``(method, kind, features)`` for the classic baseline (:mod:`tlmulti.evaluation.baseline`):

@@ -55,6 +55,7 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
     name = "image_classification"
     family = "vision"
     strategy_inputs = True
+    tta_output = "labels"
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
         return self.load_pixels(self.read_paths(ref, classes, labelled))

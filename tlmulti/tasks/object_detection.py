@@ -46,7 +46,7 @@ SMALL_BOX = 16.0
 
 
 class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
-    name, family, primary_metric = "object_detection", "vision", "map50"
+    name, family, primary_metric, tta_output = "object_detection", "vision", "map50", "boxes"
     report_view = ReportView(
         metric_rows=(("mAP@[.5:.95]", "map"), ("mAP@0.5", "map50"), ("mAP@0.75", "map75"),
                      ("precision at the score threshold", "precision"), ("recall at the score threshold", "recall"),

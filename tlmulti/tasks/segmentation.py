@@ -60,7 +60,7 @@ class SegmentationParts(ModelParts):
 
 class Segmentation(ImageTaskMixin, Task):
     name = "segmentation"
-    primary_metric = "mean_dice"
+    primary_metric, tta_output = "mean_dice", "maps"
     family = "vision"
     report_view = ReportView(
         metric_rows=(("mean Dice (foreground)", "mean_dice"), ("mean IoU (foreground)", "mean_iou"),
