@@ -178,12 +178,13 @@ def trust_option(fn):
     return wrapper
 
 
-def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False):
+def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False,
+                 explain: bool = False):
     """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
 
     ``flags``: the domain's own train options (:class:`~tlmulti.cli.flags.Flag`: option, recipe
     key, help), added to the shared ones. Domains with several tasks (vision) get ``--task``
-    with the registered tasks of the family.
+    with the registered tasks of the family; ``explain`` adds ``predict --explain DIR``.
     """
     from tlmulti import registry
 
@@ -266,9 +267,12 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
                   help="Object detection: keep boxes scoring at least this (default: the run's, chosen for the best "
                        "F1 on validation data; 0 keeps every box non-maximum suppression keeps).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @(click.option("--explain", "explain_dir", type=click.Path(file_okay=False), metavar="DIR",
+                   help="Image classification: write a Grad-CAM heatmap per input to DIR (<stem>.npy, "
+                        "<stem>.png over the image).") if explain else (lambda f: f))
     @trust_option
     @user_errors
-    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json):
+    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json, explain_dir=None):
         from pathlib import Path
 
         from tlmulti.runs import load_run
@@ -287,11 +291,20 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
             if not getattr(task, "scores_boxes", False):
                 raise TlmultiError(f"--score-threshold applies to object detection runs; '{run_dir}' is {recipe.task}.")
             kwargs["score_threshold"] = score_threshold
+        if explain_dir and not task.explains:
+            raise TlmultiError(f"--explain applies to image classification and multi-label runs; '{run_dir}' is "
+                               f"{recipe.task}: drop --explain.")
         results = task.predict(model, items, top_k=top_k, **kwargs)
+        if explain_dir:
+            heatmaps = task.explain(model, items, explain_dir)
+            for r, h in zip(results, heatmaps):
+                r["heatmap"] = h["heatmap"]
         if as_json:
             click.echo(json.dumps(results, indent=2))
             return
         for r in results:
             click.echo(task.format_prediction(r))
+        if explain_dir:
+            click.echo(f"Heatmaps (Grad-CAM): {len(results)} .npy and .png in {explain_dir}")
 
     return group
