@@ -217,12 +217,13 @@ def evaluate_with_tta(run_dir, recipe, task, model, examples, group_by) -> dict:
     return metrics
 
 
-def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False):
+def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False,
+                 explain: bool = False):
     """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
 
     ``flags``: the domain's own train options (:class:`~tlmulti.cli.flags.Flag`: option, recipe
     key, help), added to the shared ones. Domains with several tasks (vision) get ``--task``
-    with the registered tasks of the family.
+    with the registered tasks of the family; ``explain`` adds ``predict --explain DIR``.
     """
     from tlmulti import registry
 
@@ -311,10 +312,13 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
                   help="Object detection: keep boxes scoring at least this (default: the run's, chosen for the best "
                        "F1 on validation data; 0 keeps every box non-maximum suppression keeps).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @(click.option("--explain", "explain_dir", type=click.Path(file_okay=False), metavar="DIR",
+                   help="Image classification: write a Grad-CAM heatmap per input to DIR (<stem>.npy, "
+                        "<stem>.png over the image).") if explain else (lambda f: f))
     @tta_option
     @trust_option
     @user_errors
-    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json, tta):
+    def predict_cmd(run_dir, inputs, input_file, top_k, out_dir, score_threshold, as_json, tta=False, explain_dir=None):
         from pathlib import Path
 
         from tlmulti.runs import load_run
@@ -333,13 +337,21 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
             if not getattr(task, "scores_boxes", False):
                 raise TlmultiError(f"--score-threshold applies to object detection runs; '{run_dir}' is {recipe.task}.")
             kwargs["score_threshold"] = score_threshold
-        if tta:
-            model = task.with_tta(model, tta_axes(run_dir, recipe, task))
-        results = task.predict(model, items, top_k=top_k, **kwargs)
+        if explain_dir and not task.explains:
+            raise TlmultiError(f"--explain applies to image classification and multi-label runs; '{run_dir}' is "
+                               f"{recipe.task}: drop --explain.")
+        predictor = task.with_tta(model, tta_axes(run_dir, recipe, task)) if tta else model
+        results = task.predict(predictor, items, top_k=top_k, **kwargs)
+        if explain_dir:  # the heatmap of the model's own view (Grad-CAM reads its backbone's layers)
+            heatmaps = task.explain(model, items, explain_dir)
+            for r, h in zip(results, heatmaps):
+                r["heatmap"] = h["heatmap"]
         if as_json:
             click.echo(json.dumps(results, indent=2))
             return
         for r in results:
             click.echo(task.format_prediction(r))
+        if explain_dir:
+            click.echo(f"Heatmaps (Grad-CAM): {len(results)} .npy and .png in {explain_dir}")
 
     return group

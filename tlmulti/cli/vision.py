@@ -6,4 +6,5 @@ vision = domain_group(
     "vision",
     "Image classification, segmentation and object detection: train, evaluate, predict.",
     default_task="image_classification",
+    explain=True,
 )

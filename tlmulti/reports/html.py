@@ -40,7 +40,8 @@ import numpy as np
 from tlmulti.reports.figures import confusion_png, curves_png, image_png, wav_bytes
 from tlmulti.reports.markup import bar_cell, cell, esc, flatten, img, is_score, num, section, table
 from tlmulti.reports.model_card import to_html
-from tlmulti.reports.sections import adaptation_section, calibration_section, strategy_section, tune_section
+from tlmulti.reports.sections import (adaptation_section, calibration_section, saliency_section, strategy_section,
+                                      tune_section)
 from tlmulti.reports.view import ReportView
 
 TEXT_CHARS = 400  # example texts are cut to this many characters
@@ -248,6 +249,8 @@ def _example_card(ex: dict) -> str:
             cls = "overlay" if kind == "overlay" else "thumb"
             media = img(png, str(ex.get("name", "")), cls)
             wide = kind == "overlay"
+        heat = image_png(ex["heatmap"], thumbnail=True) if ex.get("heatmap") is not None else None
+        media += img(heat, f"Grad-CAM of {ex.get('name', '')}", "thumb") if heat is not None else ""
     if ex.get("text") is not None:
         text = str(ex["text"])
         if len(text) > TEXT_CHARS:
@@ -265,7 +268,7 @@ def _example_card(ex: dict) -> str:
         caption += f'<div>true <b>{esc(ex["true"])}</b></div>'
     if ex.get("predicted") not in (None, ""):
         shown = f" ({esc(prob_text)})" if prob is not None else ""
-        caption += f'<div>predicted <b class="bad">{esc(ex["predicted"])}</b>{shown}</div>'
+        caption += f'<div>predicted <b class="{"good" if ex.get("correct") else "bad"}">{esc(ex["predicted"])}</b>{shown}</div>'
     if ex.get("loss") is not None:
         caption += f'<div class="muted">loss {cell(ex.get("loss"))}</div>'
     klass = "card wide" if wide else "card"
@@ -275,6 +278,8 @@ def _example_card(ex: dict) -> str:
 def _examples(examples) -> str:
     if not examples:
         return ""
+    correct = [e for e in examples if isinstance(e, dict) and e.get("correct")]
+    examples = [e for e in examples if not (isinstance(e, dict) and e.get("correct"))]
     shown = [e for e in list(examples)[:MAX_EXAMPLES] if isinstance(e, dict)]
     if not shown:
         return ""
@@ -283,7 +288,7 @@ def _examples(examples) -> str:
     body = (f"<p>The test examples with the highest loss{esc(more)}: confident mistakes first. Look "
             "for wrong labels, ambiguous inputs and a pattern in what is confused.</p>"
             f'<div class="grid">{cards}</div>')
-    return section("examples", "Most wrong examples", body)
+    return section("examples", "Most wrong examples", body + saliency_section(correct, _example_card))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +382,7 @@ img.thumb{image-rendering:pixelated}
 .card .text{font-size:12px;white-space:pre-wrap;word-break:break-word;max-height:180px;overflow:auto;
   background:#f7f7f9;border-radius:4px;padding:4px 6px;margin-bottom:6px}
 .card audio{width:100%;margin-bottom:6px}
-.bad{color:#b42318}
+.bad{color:#b42318}.good{color:#067647}
 footer{font-size:13.5px;color:#3b4456;margin-bottom:24px}
 """
 

@@ -75,3 +75,16 @@ def tune_section(record: dict) -> str:
             f"{esc(params)}. Every trial is in tune.csv; the saved recipe trains the best one.</p>")
     rows = [f"<tr><th>{esc(k)}</th><td>{cell(v)}</td></tr>" for k, v in (record.get("importances") or {}).items()]
     return head + (table(["parameter", "importance (fANOVA)"], rows) if rows else "")
+
+
+def saliency_section(correct: list[dict], card) -> str:
+    """A few correctly classified examples per class with their Grad-CAM heatmaps (drawn by
+    ``card``), after the most-wrong ones; nothing when there are none."""
+    if not correct:
+        return ""
+    cards = "".join(card(e) for e in correct)
+    return ("<h3>Where the model looks</h3><p>Beside each image, its Grad-CAM heatmap for the predicted class "
+            "(the backbone's last feature map weighted by the gradient of the class score; red: what raised "
+            "the score most). Above, the most wrong examples carry theirs too; below, a few correctly "
+            "classified examples per class. A model that looks at borders, text or the background instead "
+            f"of the object has learnt a shortcut.</p><div class=\"grid\">{cards}</div>")

@@ -289,6 +289,14 @@ class Task(TaskExport):
     def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         raise NotImplementedError
 
+    #: Whether :meth:`explain` writes saliency maps (``predict --explain``).
+    explains = False
+
+    def explain(self, model, items: list[str], out_dir) -> list[dict]:
+        """Write a saliency map per input to ``out_dir``: ``{"input", "heatmap", "label"}`` each,
+        in :meth:`predict`'s order."""
+        raise NotImplementedError
+
     # -- printing -------------------------------------------------------------------------------
     def headline(self, metrics: dict) -> str:
         """One line for the end of training: the main test (or validation) metric."""

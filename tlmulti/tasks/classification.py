@@ -147,8 +147,8 @@ class ClassificationTask(Task):
             written.append("reliability.png")
         return written
 
-    def worst_examples(self, model, examples: Examples, k: int = 16) -> list[dict]:
-        probs = self.probabilities(model, examples.x)
+    def worst_examples(self, model, examples: Examples, k: int = 16, probs=None) -> list[dict]:
+        probs = self.probabilities(model, examples.x) if probs is None else probs
         y = np.asarray(examples.y)
         losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
         out = []

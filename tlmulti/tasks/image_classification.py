@@ -56,6 +56,23 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
     family = "vision"
     strategy_inputs = True
     tta_output = "labels"
+    explains = True
+
+    def explain(self, model, items, out_dir) -> list[dict]:
+        """Grad-CAM heatmaps of ``items`` written to ``out_dir`` (:mod:`tlmulti.tasks.image_saliency`)."""
+        from tlmulti.tasks.image_saliency import explain_files
+
+        return explain_files(self, model, items, out_dir)
+
+    def worst_examples(self, model, examples: Examples, k: int = 16, probs=None) -> list[dict]:
+        probs = self.probabilities(model, examples.x) if probs is None else probs
+        shown = super().worst_examples(model, examples, k, probs=probs)
+        return self.with_saliency(model, examples, shown, probs, np.asarray(probs).argmax(1) == np.asarray(examples.y))
+
+    def with_saliency(self, model, examples, shown, probs, correct) -> list[dict]:
+        from tlmulti.tasks.image_saliency import with_saliency
+
+        return with_saliency(self, model, examples, shown, probs, correct)
 
     def read(self, ref, classes=None, labelled=True) -> Examples:
         return self.load_pixels(self.read_paths(ref, classes, labelled))

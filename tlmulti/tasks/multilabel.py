@@ -134,8 +134,8 @@ class MultiLabelImageClassification(ImageClassification):
     def report(self, run_dir, model, examples, metrics) -> list[str]:
         return []
 
-    def worst_examples(self, model, examples: Examples, k: int = 16) -> list[dict]:
-        probs = np.clip(self.probabilities(model, examples.x), 1e-7, 1 - 1e-7)
+    def worst_examples(self, model, examples: Examples, k: int = 16, probs=None) -> list[dict]:
+        probs = np.clip(self.probabilities(model, examples.x) if probs is None else probs, 1e-7, 1 - 1e-7)
         y = np.asarray(examples.y)
         losses = -(y * np.log(probs) + (1 - y) * np.log(1 - probs)).mean(axis=1)
         thresholds = self._thresholds()
@@ -148,7 +148,8 @@ class MultiLabelImageClassification(ImageClassification):
                         "true": "|".join(true) or "(none)", "predicted": "|".join(predicted) or "(none)",
                         "probability": float(probs[i].max()), "loss": float(losses[i]),
                         **self.example_content(examples, int(i))})
-        return out
+        correct = ((probs >= thresholds[None, :]) == (y > 0)).all(axis=1) & (y > 0).any(axis=1)
+        return self.with_saliency(model, examples, out, probs, correct)
 
     def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         x, names = self.read_inputs(items)
