@@ -57,6 +57,7 @@ def test_auto_unfreezes_every_group_where_only_that_learns_and_the_saved_recipe_
     assert all(r["seconds"] > 0 for r in rows.values() if "val" in r)
     assert any(name.endswith("input 96 px") and "val" in r for name, r in rows.items()), rows
     assert run.metrics["val"]["accuracy"] >= 0.9
+    assert record["metric"] == "accuracy" and record["margin"] == pytest.approx(1 / run.metrics["val"]["n"], abs=1e-6)
 
     saved = load_recipe(run.dir / "recipe.yaml")
     assert saved.strategy == "fixed" and saved.phases[-1].unfreeze == "all" and saved.phases[-1].epochs == 16
@@ -76,3 +77,13 @@ def test_auto_needs_a_frozen_phase_and_validation_data(colour_blind, tmp_path):
                                        "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and "strategy: auto and --tune compare candidates on validation data" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_a_named_positive_class_is_compared_on_auroc(colour_blind, tmp_path):
+    from tlmulti.tasks import make_task
+
+    train = write_image_folder(tmp_path / "images", classes=("red", "green"), per_class=4, size=(16, 16))
+    recipe = _recipe(colour_blind, train)
+    assert make_task(recipe).primary_metric == "accuracy"
+    recipe.data.positive_class = "green"
+    assert make_task(recipe).primary_metric == "auroc"

@@ -15,8 +15,14 @@ class ClassificationTask(Task):
     """Shared by image, text and speech classification: softmax head, accuracy, F1, top-k."""
 
     output_activation = "softmax"
-    primary_metric = "accuracy"
     calibratable = True
+
+    @property
+    def primary_metric(self) -> str:
+        """AUROC where the recipe names the positive class of two (a finding to detect, where a
+        threshold is chosen later), else accuracy: what the strategy search and the baseline
+        warning compare."""
+        return "auroc" if getattr(self.recipe.data, "positive_class", None) else "accuracy"
 
     def compile_args(self) -> dict:
         import keras

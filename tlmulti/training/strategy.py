@@ -24,7 +24,8 @@ spent so far plus its expected cost (a fine-tuning run as long as the first one;
 scaled by its input's pixels) stays within ``strategy_budget - 1`` plain runs, leaving the last
 share for the final training, which runs the chosen candidate's recipe in full; skipped
 candidates are listed as such. A candidate must beat the best so far by more than ``MARGIN`` to
-replace it, so ties keep the recipe as written.
+replace it (and, for accuracy, by more than one validation example: ``1 / n_val``), so ties keep
+the recipe as written.
 
 The chosen candidate's changes are written into the saved ``recipe.yaml`` with ``strategy:
 fixed``, so ``tlmulti run RUN/recipe.yaml`` reproduces the run without searching; every
@@ -164,6 +165,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     base.strategy, base.callbacks.verbose = "fixed", 0
     build = _Build(base, None, trainer)
     metric, rows = build.metric, []
+    margin = max(MARGIN, 1.0 / max(1, len(build.val))) if metric == "accuracy" else MARGIN
 
     def record(name, changes, value, seconds):
         rows.append({"name": name, "changes": list(changes), "val": round(value, 6), "seconds": round(seconds, 2)})
@@ -191,7 +193,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         written = _Candidate("as written", [], None, tuning)
         written.val, tune_seconds = build.tune(tuning)
         record(written.name, [], written.val, tune_seconds)
-        best = probe if probe.val > written.val + MARGIN else written
+        best = probe if probe.val > written.val + margin else written
     step_seconds = tune_seconds  # a fine-tuning candidate's cost on the current build
     pixels = float(np.prod(build.task.image_size())) if build.task.strategy_inputs else 1.0
 
@@ -208,7 +210,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         if best.phases is not None:
             value, extra = other.tune(best.phases)
         record(label, [*best.changes, *overrides], value, seconds + extra)
-        if value <= best.val + MARGIN:
+        if value <= best.val + margin:
             return None
         best = _Candidate(label, [*best.changes, *overrides], value, best.phases, best.overrides + overrides)
         step_seconds = extra or step_seconds
@@ -227,7 +229,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         if affordable(step_seconds):
             depth.val, seconds = build.tune(depth.phases)
             record(depth.name, depth.changes, depth.val, seconds)
-            best = depth if depth.val > best.val + MARGIN else best
+            best = depth if depth.val > best.val + margin else best
         else:
             skipped(depth.name, depth.changes)
         if best.phases is not None:
@@ -239,7 +241,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
             if affordable(step_seconds):
                 rate.val, seconds = build.tune(faster)
                 record(rate.name, rate.changes, rate.val, seconds)
-                best = rate if rate.val > best.val + MARGIN else best
+                best = rate if rate.val > best.val + margin else best
             else:
                 skipped(rate.name, rate.changes)
     for name, overrides, size in [c for c in rebuilds if not c[2]]:
@@ -249,7 +251,8 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     seconds = time.perf_counter() - t_start
     print(f"Strategy: kept '{best.name}' (val {metric} {best.val:.4f}); search {seconds:.1f} s, "
           f"{seconds / plain:.1f}x the estimated plain run ({plain:.1f} s).", file=out, flush=True)
-    return chosen, {"metric": metric, "chosen": best.name, "changes": best.changes, "val": round(best.val, 6),
+    return chosen, {"metric": metric, "margin": round(margin, 6), "chosen": best.name, "changes": best.changes,
+                    "val": round(best.val, 6),
                     "candidates": rows, "seconds": round(seconds, 2), "plain_estimate_seconds": round(plain, 2),
                     "budget": recipe.strategy_budget}
 
