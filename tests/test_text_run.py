@@ -154,3 +154,18 @@ def test_text_adaptation_auto_on_unlabelled_texts(tiny_run, tmp_path, monkeypatc
     assert "no BatchNorm layers" in a["candidates"]["adabn"]["skipped"]  # BERT has LayerNorm
     assert all(np.isfinite(a["candidates"][m]["score"]) for m in ("none", "dann", "entropy"))
     assert (tmp_path / "run" / "model.keras").is_file() and run.metrics["adaptation"]["chosen"] == a["chosen"]
+
+
+def test_auto_tries_the_texts_own_length_and_the_saved_recipe_keeps_the_winner(tiny_run, tmp_path):
+    import tlmulti
+    from tlmulti.recipe import load_recipe
+
+    recipe = text_recipe(tiny_run["train"], tiny_run["test"], **{"data.sequence_length": 32, "strategy": "auto",
+                                                                   "strategy_budget": 50})
+    run = tlmulti.train(recipe, out=tmp_path / "run")
+    rows = {r["name"]: r for r in run.metrics["strategy"]["candidates"]}
+    shorter = [r for name, r in rows.items() if name.endswith("sequence 16 tokens")]
+    assert shorter and "val" in shorter[0] and "data.sequence_length=16" in shorter[0]["changes"], rows
+    saved = load_recipe(run.dir / "recipe.yaml")
+    chose_shorter = "data.sequence_length=16" in run.metrics["strategy"]["changes"]
+    assert saved.data.sequence_length == (16 if chose_shorter else 32)

@@ -213,6 +213,11 @@ class Task(TaskExport):
     primary_metric = ""
     #: Whether ``strategy: auto`` also tries input sizes, flips and pooling (image classification).
     strategy_inputs = False
+    def shorter_sequences(self, train, parts) -> list[int]:
+        """Sequence lengths below the recipe's for ``strategy: auto`` to try (text: the training
+        texts' 95th-percentile token count); none by default."""
+        return []
+
     #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
     calibratable = False
     #: What ``--tta`` averages over flipped views (:mod:`tlmulti.evaluation.tta`): "labels" (class

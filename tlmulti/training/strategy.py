@@ -8,7 +8,9 @@ greedy, cheapest first, and each step changes one thing from the best so far:
 2. **input size** (images): where the training images' median side is under a third of the
    network's, the network at four and at two times that side (at least ``MIN_SIDE``, 96 px:
    three times the coarsest stride of the usual backbones, so the last feature map keeps 3 x 3);
-   first, because a smaller input makes every later candidate cheaper;
+   first, because a smaller input makes every later candidate cheaper; for text, the training
+   texts' 95th-percentile token count (rounded up to 16) where that is at most two thirds of the
+   sequence length;
 3. **depth**: every group unfrozen with discriminative rates (``all``: the recipe's fine-tuning
    rate for the top group, ``lr_decay`` 0.5 below); one frozen head training is shared by every
    depth at one input size, each candidate continues from it;
@@ -195,12 +197,11 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         record(written.name, [], written.val, tune_seconds)
         best = probe if probe.val > written.val + margin else written
     step_seconds = tune_seconds  # a fine-tuning candidate's cost on the current build
-    pixels = float(np.prod(build.task.image_size())) if build.task.strategy_inputs else 1.0
 
-    def rebuilt(name, overrides, size):
+    def rebuilt(name, overrides, scale):
         """Try ``best`` with ``overrides`` on a new build; returns the build when it wins."""
         nonlocal best, step_seconds
-        scale = min(1.0, size * size / pixels) if size else 1.0  # a smaller input costs less
+        scale = min(1.0, scale) if scale else 1.0  # a smaller input costs less
         label = f"{best.name}; {name}"
         if not affordable(scale * (build_seconds + (tune_seconds if best.phases is not None else 0.0))):
             skipped(label, [*best.changes, *overrides])
@@ -217,8 +218,8 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         return other
 
     rebuilds = _rebuild_candidates(base, build)
-    for name, overrides, size in [c for c in rebuilds if c[2]]:  # input size first: it sets every later cost
-        build = rebuilt(name, overrides, size) or build
+    for name, overrides, scale in [c for c in rebuilds if c[2]]:  # input size first: it sets every later cost
+        build = rebuilt(name, overrides, scale) or build
     if tuning:
         everything = copy.deepcopy(tuning)
         everything[-1].unfreeze, everything[-1].lr_decay = "all", 0.5
@@ -244,8 +245,8 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
                 best = rate if rate.val > best.val + margin else best
             else:
                 skipped(rate.name, rate.changes)
-    for name, overrides, size in [c for c in rebuilds if not c[2]]:
-        build = rebuilt(name, overrides, size) or build
+    for name, overrides, scale in [c for c in rebuilds if not c[2]]:
+        build = rebuilt(name, overrides, scale) or build
     plain = build_seconds + tune_seconds / FRACTION
     chosen = _final(recipe, best)
     seconds = time.perf_counter() - t_start
@@ -266,12 +267,16 @@ class _Candidate:
 
 
 def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str], int | None]]:
-    """Changes that need a new build (image tasks): ``(name, overrides, input side or None)``
-    for smaller inputs, flips off and max pooling."""
+    """Changes that need a new build: ``(name, overrides, cost scale or None)`` for smaller
+    inputs (images: sides; text: the sequence length), then, for images, flips off and max pooling."""
     task = build.task
     if not task.strategy_inputs:
-        return []
-    out = [(f"input {s} px", [f"data.image_size=[{s}, {s}]"], s) for s in smaller_sides(task, build.train)]
+        current = task.sequence_length() if hasattr(task, "sequence_length") else 0
+        return [(f"sequence {n} tokens", [f"data.sequence_length={n}"], n / current)
+                for n in task.shorter_sequences(build.train, build.parts)]
+    pixels = float(np.prod(task.image_size()))
+    out = [(f"input {s} px", [f"data.image_size=[{s}, {s}]"], s * s / pixels)
+           for s in smaller_sides(task, build.train)]
     if getattr(base.data.augment, "flip", "none") != "none":
         out.append(("no flips", ["data.augment.flip=none"], None))
     if getattr(base.head, "pooling", None) == "avg":
