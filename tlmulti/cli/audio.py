@@ -15,6 +15,8 @@ audio = domain_group(
     "Speech classification robust to accents: train, evaluate (--group-by accent), predict, "
     "synth (make keyword data), pretrain (build a source backbone).",
     default_task="speech_classification",
+    explain="Saliency over the log-mel the model computes (|gradient x (log-mel - its mean)| of the predicted class): "
+            "DIR/<stem>.npy (frames x mel bands, 0..1) and DIR/<stem>.png over the spectrogram.",
 )
 
 

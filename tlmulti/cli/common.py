@@ -217,13 +217,18 @@ def evaluate_with_tta(run_dir, recipe, task, model, examples, group_by) -> dict:
     return metrics
 
 
+EXPLAIN_HELP = ("Image classification: write a Grad-CAM heatmap per input to DIR (<stem>.npy, <stem>.png over "
+                "the image).")
+
+
 def domain_group(name: str, help_text: str, default_task: str, flags=(), text_inputs: bool = False,
-                 explain: bool = False):
+                 explain: bool | str = False):
     """A Click group with ``train``, ``evaluate`` and ``predict`` for one domain.
 
     ``flags``: the domain's own train options (:class:`~tlmulti.cli.flags.Flag`: option, recipe
     key, help), added to the shared ones. Domains with several tasks (vision) get ``--task``
-    with the registered tasks of the family; ``explain`` adds ``predict --explain DIR``.
+    with the registered tasks of the family; ``explain`` adds ``predict --explain DIR`` (a string:
+    the option's help).
     """
     from tlmulti import registry
 
@@ -313,8 +318,7 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
                        "F1 on validation data; 0 keeps every box non-maximum suppression keeps).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @(click.option("--explain", "explain_dir", type=click.Path(file_okay=False), metavar="DIR",
-                   help="Image classification: write a Grad-CAM heatmap per input to DIR (<stem>.npy, "
-                        "<stem>.png over the image).") if explain else (lambda f: f))
+                   help=explain if isinstance(explain, str) else EXPLAIN_HELP) if explain else (lambda f: f))
     @tta_option
     @trust_option
     @user_errors
@@ -338,20 +342,19 @@ def domain_group(name: str, help_text: str, default_task: str, flags=(), text_in
                 raise TlmultiError(f"--score-threshold applies to object detection runs; '{run_dir}' is {recipe.task}.")
             kwargs["score_threshold"] = score_threshold
         if explain_dir and not task.explains:
-            raise TlmultiError(f"--explain applies to image classification and multi-label runs; '{run_dir}' is "
-                               f"{recipe.task}: drop --explain.")
+            raise TlmultiError(f"--explain applies to image, multi-label, text and speech classification runs; "
+                               f"'{run_dir}' is {recipe.task}: drop --explain.")
         predictor = task.with_tta(model, tta_axes(run_dir, recipe, task)) if tta else model
         results = task.predict(predictor, items, top_k=top_k, **kwargs)
-        if explain_dir:  # the heatmap of the model's own view (Grad-CAM reads its backbone's layers)
-            heatmaps = task.explain(model, items, explain_dir)
-            for r, h in zip(results, heatmaps):
-                r["heatmap"] = h["heatmap"]
+        if explain_dir:  # of the model's own view (Grad-CAM and gradients read its layers, not the TTA wrapper's)
+            for r, h in zip(results, task.explain(model, items, explain_dir)):
+                r.update({k: v for k, v in h.items() if k not in ("input", "label")})
         if as_json:
             click.echo(json.dumps(results, indent=2))
             return
         for r in results:
             click.echo(task.format_prediction(r))
         if explain_dir:
-            click.echo(f"Heatmaps (Grad-CAM): {len(results)} .npy and .png in {explain_dir}")
+            click.echo(task.explain_note.format(n=len(results), dir=explain_dir))
 
     return group

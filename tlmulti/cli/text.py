@@ -6,6 +6,7 @@ joined), ``--label-column`` and ``--max-length``; ``predict`` takes raw strings 
 
     tlmulti text train --data mails.csv --text-column subject --text-column body --out runs/mails
     tlmulti text predict runs/mails "Cheap meds, no prescription" --json
+    tlmulti text predict runs/mails "Cheap meds, no prescription" --explain why/   # + word attributions
 """
 
 from __future__ import annotations
@@ -26,4 +27,6 @@ text = domain_group(
     default_task="text_classification",
     flags=TEXT_FLAGS,
     text_inputs=True,
+    explain="Word attributions (occlusion) for the predicted class: rows gain 'attributions' (word, score), the "
+            "output the top 5 words that raised it, and DIR/<n>.html shows the n-th text highlighted.",
 )

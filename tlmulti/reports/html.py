@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from tlmulti.reports.figures import confusion_png, curves_png, image_png, wav_bytes
+from tlmulti.reports.highlight import highlighted, note
 from tlmulti.reports.markup import bar_cell, cell, esc, flatten, img, is_score, num, section, table
 from tlmulti.reports.model_card import to_html
 from tlmulti.reports.sections import (adaptation_section, calibration_section, saliency_section, strategy_section,
@@ -251,7 +252,9 @@ def _example_card(ex: dict) -> str:
             wide = kind == "overlay"
         heat = image_png(ex["heatmap"], thumbnail=True) if ex.get("heatmap") is not None else None
         media += img(heat, f"Grad-CAM of {ex.get('name', '')}", "thumb") if heat is not None else ""
-    if ex.get("text") is not None:
+    if ex.get("attributions"):  # words highlighted by how they moved the prediction
+        media += f'<div class="text">{highlighted(ex["attributions"], TEXT_CHARS)}</div>'
+    elif ex.get("text") is not None:
         text = str(ex["text"])
         if len(text) > TEXT_CHARS:
             text = text[:TEXT_CHARS].rstrip() + " …"
@@ -287,7 +290,7 @@ def _examples(examples) -> str:
     more = f" (the first {len(shown)} of {len(examples)})" if len(examples) > len(shown) else ""
     body = (f"<p>The test examples with the highest loss{esc(more)}: confident mistakes first. Look "
             "for wrong labels, ambiguous inputs and a pattern in what is confused.</p>"
-            f'<div class="grid">{cards}</div>')
+            f'<div class="grid">{cards}</div>' + note(shown))
     return section("examples", "Most wrong examples", body + saliency_section(correct, _example_card))
 
 

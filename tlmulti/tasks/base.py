@@ -296,10 +296,13 @@ class Task(TaskExport):
 
     #: Whether :meth:`explain` writes saliency maps (``predict --explain``).
     explains = False
+    #: What ``predict --explain`` prints at the end (``{n}``: inputs, ``{dir}``: the folder).
+    explain_note = "Heatmaps (Grad-CAM): {n} .npy and .png in {dir}"
 
     def explain(self, model, items: list[str], out_dir) -> list[dict]:
-        """Write a saliency map per input to ``out_dir``: ``{"input", "heatmap", "label"}`` each,
-        in :meth:`predict`'s order."""
+        """Write a saliency map per input to ``out_dir``: ``{"input", "label", ...}`` each, in
+        :meth:`predict`'s order; the keys besides ``input`` and ``label`` (``heatmap``,
+        ``saliency``, ``attributions``...) join the prediction's row."""
         raise NotImplementedError
 
     # -- printing -------------------------------------------------------------------------------

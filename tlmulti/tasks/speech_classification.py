@@ -36,6 +36,14 @@ from tlmulti.tasks.exporting import WaveformExport
 class SpeechClassification(WaveformExport, ClassificationTask):
     name = "speech_classification"
     family = "audio"
+    explains = True
+    explain_note = "Saliency maps (|gradient x log-mel|): {n} .npy and .png in {dir}"
+
+    def explain(self, model, items, out_dir) -> list[dict]:
+        """Time-frequency saliency over the model's log-mel, per file (:mod:`tlmulti.tasks.speech_explain`)."""
+        from tlmulti.tasks.speech_explain import explain_clips
+
+        return explain_clips(self, model, items, out_dir)
 
     # -- contract -------------------------------------------------------------------------------
     def contract(self):

@@ -122,6 +122,19 @@ def text_groups(backbone, spec) -> dict[str, list]:
 class TextClassification(TextExport, ClassificationTask):
     name = "text_classification"
     family = "text"
+    explains = True
+    explain_note = "Word attributions (occlusion): {n} .html in {dir}"
+
+    def explain(self, model, items, out_dir) -> list[dict]:
+        """Occlusion word attributions of ``items``, a page each in ``out_dir`` (:mod:`tlmulti.tasks.text_explain`)."""
+        from tlmulti.tasks.text_explain import explain_texts
+
+        return explain_texts(self, model, items, out_dir)
+
+    def worst_examples(self, model, examples: Examples, k: int = 16, probs=None) -> list[dict]:
+        from tlmulti.tasks.text_explain import with_attributions
+
+        return with_attributions(self, model, super().worst_examples(model, examples, k, probs=probs))
 
     def __init__(self, recipe, spec=None):
         name = recipe.backbone.name
@@ -308,4 +321,9 @@ class TextClassification(TextExport, ClassificationTask):
         text = " ".join(result["input"].split())
         short = text if len(text) <= 60 else text[:57] + "..."
         tops = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"])
-        return f"{short!r}: {tops}"
+        if result.get("attributions") is None:
+            return f"{short!r}: {tops}"
+        from tlmulti.evaluation.attribution import top_words
+
+        raised = ", ".join(f"{w['word']} (+{w['score']:.3g})" for w in top_words(result["attributions"])) or "none"
+        return f"{short!r}: {tops}\n  raised by: {raised}"
