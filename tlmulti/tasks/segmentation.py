@@ -37,8 +37,8 @@ from tlmulti.errors import DataError, RecipeError, TlmultiError
 from tlmulti.reports.view import ReportView
 from tlmulti.tasks.base import ModelParts, Task, resolve_groups
 from tlmulti.tasks.image_classification import ImageTaskMixin
+from tlmulti.tasks.segmentation_report import SegmentationReport
 
-N_OVERLAYS = 4
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SegmentationParts(ModelParts):
 # --------------------------------------------------------------------------------------------
 
 
-class Segmentation(ImageTaskMixin, Task):
+class Segmentation(SegmentationReport, ImageTaskMixin, Task):
     name = "segmentation"
     primary_metric, tta_output = "mean_dice", "maps"
     family = "vision"
@@ -288,15 +288,23 @@ class Segmentation(ImageTaskMixin, Task):
         return stitch(self.probabilities(model, tiles), boxes, image.shape[:2])
 
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:
-        from tlmulti.data.slides import stitched
-        from tlmulti.evaluation.segmentation import confusion, segmentation_metrics
-
         if group_by:
             raise TlmultiError("Segmentation metrics have no --group-by; evaluate each group's folder separately.")
         if examples.y is None:
             raise DataError("Evaluation needs masks; give a folder with images/ and masks/.")
+        return self.metrics_from(self.probabilities(model, examples.x), examples)
+
+    def baseline_features(self, examples: Examples):
+        from tlmulti.evaluation.baseline import pixel_intensity_features
+
+        return "pixel_gaussian", "pixels", pixel_intensity_features(examples.x)
+
+    def metrics_from(self, probs, examples: Examples) -> dict:
+        """Dice, IoU and the confusion of tile probabilities stitched back into whole images."""
+        from tlmulti.data.slides import stitched
+        from tlmulti.evaluation.segmentation import confusion, segmentation_metrics
+
         n = len(examples.classes)
-        probs = self.probabilities(model, examples.x)
         cm = np.zeros((n, n), dtype=np.int64)
         images = 0
         for _, _, p, mask in stitched(examples, probs):
@@ -305,50 +313,6 @@ class Segmentation(ImageTaskMixin, Task):
         out = segmentation_metrics(cm, examples.classes)
         out.update(n_images=images, n_tiles=int(len(examples)), n_pixels=int(cm.sum()))
         return out
-
-    def colours(self) -> list[tuple[int, int, int]]:
-        from tlmulti.reports.overlays import class_colours
-
-        return class_colours(self.classes, self.recipe.data.palette)
-
-    def report(self, run_dir, model, examples, metrics) -> list[str]:
-        """Overlays (image | truth | prediction) of the first few test images."""
-        from tlmulti.data.slides import stitched
-        from tlmulti.reports.overlays import overlay_panel
-
-        run_dir = Path(run_dir)
-        folder = run_dir / "overlays"
-        folder.mkdir(exist_ok=True)
-        written = []
-        subset_sources = list(dict.fromkeys(examples.meta["source"]))[:N_OVERLAYS]
-        keep = [i for i, s in enumerate(examples.meta["source"]) if s in set(subset_sources)]
-        part = examples.subset(keep)
-        probs = self.probabilities(model, part.x)
-        for name, image, p, mask in stitched(part, probs):
-            path = folder / f"{_safe(name)}.png"
-            overlay_panel(image, p.argmax(-1), mask, self.colours()).save(path)
-            written.append(str(path.relative_to(run_dir)))
-        return written
-
-    def worst_examples(self, model, examples, k: int = 16) -> list[dict]:
-        """The images with the lowest foreground Dice, as overlay panels (image | truth | prediction)."""
-        from tlmulti.data.slides import stitched
-        from tlmulti.evaluation.segmentation import confusion, segmentation_metrics
-        from tlmulti.reports.overlays import overlay_panel
-
-        if examples.y is None:
-            return []
-        n = len(examples.classes)
-        scored = []
-        for name, image, p, mask in stitched(examples, self.probabilities(model, examples.x)):
-            ids = p.argmax(-1)
-            dice = segmentation_metrics(confusion(mask, ids, n), examples.classes)["mean_dice"]
-            scored.append((dice, name, image, ids, mask))
-        scored.sort(key=lambda t: t[0])
-        return [{"name": name, "true": "mask", "predicted": f"Dice {dice:.3f}", "probability": dice,
-                 "loss": 1.0 - dice, "kind": "overlay",
-                 "image": np.asarray(overlay_panel(image, ids, mask, self.colours()))}
-                for dice, name, image, ids, mask in scored[:k]]
 
     def predict(self, model, items: list[str], top_k: int = 3, out_dir=None) -> list[dict]:
         """Segment image files (or every image in folders). With ``out_dir``, writes for each
@@ -442,6 +406,3 @@ class Segmentation(ImageTaskMixin, Task):
         where = f" -> {result['mask']}" if result.get("mask") else ""
         return f"{result['input']}: {'  '.join(parts)}{where}"
 
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
