@@ -121,6 +121,20 @@ register_task(
 )
 
 register_dataset(
+    "phantom-tissue", builder="tlmulti.datasets.phantoms:build", splits=("train", "val", "test"),
+    options={"kind": "tissue", "counts": (33, 8, 16)},
+    description="Shepp-Logan heads, randomly deformed: background / grey / white by intensity, 33 / 8 / 16 "
+                "PNGs of 233 x 197 (8-bit) with masks",
+    source="scikit-image (PyPI), its bundled Shepp-Logan phantom",
+)
+register_dataset(
+    "phantom-lesions", builder="tlmulti.datasets.phantoms:build", splits=("train", "val", "test"),
+    options={"kind": "lesions", "counts": (40, 10, 20)},
+    description="Shepp-Logan heads with one lesion of 37-101 pixels (under 0.22% of the image): 40 / 10 / 20 "
+                "16-bit PNGs of 214 x 214 with masks",
+    source="scikit-image (PyPI), its bundled Shepp-Logan phantom",
+)
+register_dataset(
     "fashion-mnist", builder="tlmulti.datasets.fashion_mnist:build", splits=("train", "test"),
     options={"train_per_class": 300, "test_per_class": 200},
     description="Fashion-MNIST subset: 3,000 train / 2,000 test PNGs (28x28 grey, 10 classes)",
