@@ -126,3 +126,27 @@ def test_adaptation_auto_on_segmentation(tiny_backbone, seg_data, tmp_path):
     assert set(a["candidates"]) == {"none", *methods} and a["guard"]["metric"] == "iou"
     assert all(np.isfinite(a["candidates"][m]["score"]) for m in a["candidates"])
     assert (run.dir / "source_only.keras").is_file() and 0 <= run.metrics["test"]["mean_dice"] <= 1
+
+
+def test_image_skip_gives_the_decoder_the_full_resolution_input(seg_data, tmp_path):
+    from tests.builders import build_parts, build_tiny_cnn
+    from tlmulti import registry
+
+    registry.register_backbone(
+        "tiny_half.test", source="builder", families=("vision", "segmentation"), builder=build_tiny_cnn,
+        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
+        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3)},
+        feature_layers=("block2_relu", "block3_relu"), description="skips from 1/2 down", replace=True)
+    try:
+        shapes = {}
+        for skip in (False, True):
+            recipe = seg_recipe("tiny_half.test", seg_data, **{"head.image_skip": str(skip).lower()})
+            _, parts, _, _ = build_parts(recipe)
+            shapes[skip] = [tuple(t.shape[1:]) for t in parts.head.inputs]
+            assert parts.assemble().output.shape[-1] == 2
+        assert shapes[False] == [(8, 8, 8), (4, 4, 8)]
+        assert shapes[True] == [(16, 16, 3), (8, 8, 8), (4, 4, 8)]  # the preprocessed image, at full size
+        run = tlmulti.train(seg_recipe("tiny_half.test", seg_data, **{"head.image_skip": "true"}), out=tmp_path / "r")
+        assert run.metrics["test"]["mean_dice"] > 0.3
+    finally:
+        registry.unregister_backbone("tiny_half.test")

@@ -116,11 +116,16 @@ class SegmentationDataConfig(IntensityConfig, DataConfig):
 @dataclass
 class SegmentationHeadConfig:
     """``decoder``: auto (U-Net when the backbone names skip layers, else simple) | unet |
-    simple; ``decoder_filters``: widths of the U-Net blocks, deepest first; ``loss``: ce+dice |
-    ce | dice, ``dice_weight`` the weight of Dice in ce+dice."""
+    simple; ``decoder_filters``: widths of the U-Net blocks, deepest first; ``image_skip``: when the
+    backbone's shallowest skip is coarser than the input (EfficientNet, ResNet start at 1/2), give
+    the U-Net's last block the network's input image as a full-resolution skip, as a classic
+    U-Net has, so pixel intensity reaches the output (off by default: not yet measured across
+    datasets); ``loss``: ce+dice | ce | dice,
+    ``dice_weight`` the weight of Dice in ce+dice."""
 
     decoder: str = choice("auto", choices.SEGMENTATION_DECODERS)
     decoder_filters: list[int] = field(default_factory=lambda: [128, 64, 32, 16])
+    image_skip: bool = False
     batchnorm: bool = True
     dropout: float = 0.0
     loss: str = choice("ce+dice", choices.SEGMENTATION_LOSSES)

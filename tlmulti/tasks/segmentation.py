@@ -227,6 +227,9 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
         multi = isinstance(probe, (list, tuple)) and len(probe) > 1
         if decoder == "auto":
             decoder = "unet" if multi else "simple"
+        if decoder == "unet" and multi and head_cfg.image_skip and int(probe[0].shape[1]) < h:
+            backbone = keras.Model(backbone.inputs, [backbone.inputs[0], *backbone.outputs], name=backbone.name)
+            probe = backbone(keras.Input((h, w, c)))  # the input itself: the decoder's full-resolution skip
         if decoder == "unet":
             if not multi:
                 raise RecipeError(
