@@ -4,9 +4,12 @@ For each finished run given (one per task: image classification, segmentation, t
 each format: max |exported - model.keras| over the same test inputs (probabilities), top-1 (or
 per-pixel class) agreement, file size, and the median single-example latency on CPU next to the
 run's Keras model (called through ``tf.function``) in the same process. For TFLite float16 / dynamic / int8: the test-set score
-(accuracy, or mean Dice for segmentation) against fp32 TFLite on the same examples.
+(accuracy, or mean Dice for segmentation) against fp32 TFLite on the same examples. Every row also
+carries the export's own check (``export.json``): the metric of the run and of the export on up to
+``--check`` examples of the run's validation split, the drop, and top-1 agreement.
 
-    python benchmarks/export_parity.py RUN_DIR [RUN_DIR ...] [--n 128] [--n-test 1000]
+    python benchmarks/export_parity.py RUN_DIR [RUN_DIR ...] [--n 128] [--n-test 1000] [--check 300]
+        [--tflite-only]
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 
-def _test_examples(task, recipe):
+def _test_examples(task, recipe, n: int):
+    """The run's test examples (its validation examples where it has no test data)."""
+    if not recipe.data.test:
+        from tlmulti.export_quality import validation_examples
+
+        return validation_examples(task, n)[0]
     if recipe.task == "segmentation":
         items, classes = task.read_split(recipe.data.test, task.classes)
         return task.to_examples(items, classes)
@@ -80,7 +88,8 @@ def _latency(fn, x, repeats: int = 30) -> float:
     return statistics.median(times) * 1000
 
 
-def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path) -> list[dict]:
+def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path, check: int = 300,
+              tflite_only: bool = False) -> list[dict]:
     import tensorflow as tf
 
     import tlmulti
@@ -89,7 +98,7 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path) -> list[dict]:
 
     recipe, task, _ = load_run(run_dir)
     model = tlmulti.load_model(run_dir)
-    examples = _test_examples(task, recipe)
+    examples = _test_examples(task, recipe, max(n, n_test))
     rng = np.random.default_rng(0)
     idx = np.sort(rng.permutation(len(examples))[: max(n, n_test)])
     examples = examples.subset(idx)
@@ -103,13 +112,14 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path) -> list[dict]:
           f"{len(x_all)} test examples for quantized scores; model.keras {keras_ms:.1f} ms/example")
     rows = []
     fp32_tflite_score = None
-    for fmt, quantize in [("saved_model", "none"), ("onnx", "none"), ("tflite", "none"),
-                          ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8")]:
+    formats = [("saved_model", "none"), ("onnx", "none"), ("tflite", "none"),
+               ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8")]
+    for fmt, quantize in formats[2:] if tflite_only else formats:
         if quantize == "int8" and recipe.task == "text_classification":
             continue  # token inputs have no representative float range; export refuses it with a message
         folder = out_root / f"{run_dir.name}_{fmt}_{quantize}"
         t0 = time.perf_counter()
-        export_run(run_dir, fmt, folder, quantize=quantize)
+        export_run(run_dir, fmt, folder, quantize=quantize, check=check)
         export_s = time.perf_counter() - t0
         exported = ExportedModel(folder)
         info = exported.info
@@ -120,6 +130,11 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path) -> list[dict]:
                "mb": info["file_bytes"] / 1e6, "export_s": export_s,
                "latency_ms": _latency(exported.predict, _as_export_input(x, info, model)),
                "keras_latency_ms": keras_ms}
+        own = info.get("check") or {}
+        if "drop" in own:
+            row.update({"val_metric": own["metric"], "val_run": own["run"], "val_export": own["export"],
+                        "val_drop": own["drop"], "val_agreement": own["agreement"], "val_examples": own["examples"],
+                        "float_layers": (info.get("int8") or {}).get("float_layers")})
         if fmt == "tflite":
             probs = _probs(exported.predict(_as_export_input(x_all, info, model)))
             row["score"] = _score(recipe.task, probs, y_all, task.classes)
@@ -129,8 +144,10 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path) -> list[dict]:
         rows.append(row)
         print(f"  {fmt:11s} {quantize:8s} max|diff| {row['max_abs_diff']:.2e}  agreement {row['agreement']:.4f}  "
               f"{row['mb']:7.2f} MB  {row['latency_ms']:7.1f} ms ({row['latency_ms'] / keras_ms:.2f}x keras)"
-              + (f"  score {row['score']:.4f} ({row['score_vs_fp32']:+.4f} vs fp32)" if "score" in row else ""),
-              flush=True)
+              + (f"  score {row['score']:.4f} ({row['score_vs_fp32']:+.4f} vs fp32)" if "score" in row else "")
+              + (f"  val {row['val_metric']} run {row['val_run']:.4f} export {row['val_export']:.4f} "
+                 f"(drop {row['val_drop']:+.4f}, agreement {row['val_agreement']:.4f}, {row['val_examples']} ex)"
+                 if "val_drop" in row else ""), flush=True)
     return rows
 
 
@@ -139,12 +156,14 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--n", type=int, default=128, help="test inputs for the parity numbers (default 128)")
     parser.add_argument("--n-test", type=int, default=1000, help="test examples for the quantized scores")
+    parser.add_argument("--check", type=int, default=300, help="validation examples of each export's own check")
+    parser.add_argument("--tflite-only", action="store_true", help="only the TFLite rows (none, float16, dynamic, int8)")
     parser.add_argument("--json", type=Path, help="write all rows to this file")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for run_dir in args.runs:
-            rows += bench_run(run_dir, args.n, args.n_test, Path(tmp))
+            rows += bench_run(run_dir, args.n, args.n_test, Path(tmp), args.check, args.tflite_only)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -29,7 +29,7 @@ RANKS = {
     # tasks declare, runs keep their folders
     "tasks": 2, "runs": 2,
     # the one trainer, and what works on finished runs
-    "training": 3, "export": 3,
+    "training": 3, "export": 3, "export_quality": 3,
     "cli": 4, "__main__": 5,
 }
 IMPORT_STRING = re.compile(r"\btlmulti(?:\.\w+)+(?=:)")

@@ -98,6 +98,10 @@ def test_export_matches_the_run(task, fmt, runs, tmp_path):
         assert info["augmentation_removed"]  # flips / contrast, waveform shift and SpecAugment are not in it
     if task == "text" and fmt != "saved_model":
         assert (folder / "vocab.txt").is_file() and "token_ids" in info["input"]
+    check = info["check"]  # the export measured itself on the run's validation examples
+    assert check["split"] == "validation" and check["examples"] > 0 and check["latency_ms"] > 0
+    assert check["metric"] == ("mean_dice" if task == "segmentation" else "accuracy")
+    assert check["agreement"] == 1.0 and abs(check["drop"]) <= 1e-6 and "warning" not in check
     x, expected = _inputs(task, data, info, run_dir)
     got = ExportedModel(folder).predict(x)
     if task == "segmentation":
@@ -119,7 +123,17 @@ def test_quantized_tflite_agrees_with_the_run(quantize, agreement, runs, tmp_pat
     x, expected = _inputs("image", data, info, run_dir)
     got = ExportedModel(folder).predict(x)
     assert (got.argmax(-1) == expected.argmax(-1)).mean() >= agreement
-    assert info["quantize"] == quantize
+    assert info["quantize"] == quantize and info["check"]["agreement"] >= agreement
+
+
+@pytest.mark.parametrize("task", ["text", "speech"])
+def test_dynamic_range_text_and_speech_exports_measure_themselves(task, runs, tmp_path):
+    from tlmulti.export import export_run
+
+    folder = export_run(runs[task][0], "tflite", tmp_path / "dynamic", quantize="dynamic")
+    check = json.loads((folder / "export.json").read_text())["check"]
+    assert check["metric"] == "accuracy" and check["examples"] > 0 and 0 <= check["agreement"] <= 1
+    assert check["drop"] == pytest.approx(check["run"] - check["export"], abs=1e-6)
 
 
 def test_export_refusals(runs, tmp_path):

@@ -19,8 +19,10 @@ Training-only augmentation layers are removed before export (they are listed in
 ``export.json``). Next to the model: ``labels.txt`` (one class per line, in output order) and
 ``export.json`` (format, quantization, input signature with dtype / shape / value range,
 preprocessing, classes, the source run and its test metrics, tlmulti / TensorFlow versions).
-``--quantize`` (TFLite): ``float16`` weights, ``dynamic`` int8 weights, or ``int8`` with a
-representative sample of the run's training data (float inputs and outputs).
+``--quantize`` (TFLite): ``float16`` weights, ``dynamic`` int8 weights, or ``int8`` calibrated on
+a class-balanced sample of the run's training split (float inputs and outputs), with the layers
+int8 costs most kept in float (:mod:`tlmulti.export_quality`). Every export is then measured on
+the run's validation examples against the run (``check`` in ``export.json``).
 
 The export is written into a temporary folder next to ``out`` and renamed into place once it is
 complete; with ``overwrite`` the previous export is moved aside and deleted only after the new
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from tlmulti import choices, paths
+from tlmulti import export_quality as quality
 from tlmulti.errors import RunError
 
 AUGMENTATION_CLASSES = ("WaveformAugment", "SpecAugment")
@@ -84,20 +87,12 @@ def inference_model(model):
     return keras.models.clone_model(model, clone_function=strip), removed
 
 
-def _representative(task, recipe, n: int = 100):
-    """Up to ``n`` training inputs (balanced over classes where labels are per example)."""
-    examples = task.read(recipe.data.train, classes=task.classes)
-    y = examples.y
-    idx = np.arange(len(examples))
-    if y is not None and np.ndim(y) == 1:
-        rng = np.random.default_rng(0)
-        idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: max(1, n // len(task.classes))]
-                              for c in range(len(task.classes))])
-    return examples.subset(idx[:n]).x
-
-
-def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool = False) -> Path:
-    """Write the export of finished run ``run_dir`` in format ``fmt`` into folder ``out``."""
+def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool = False, check: int = quality.DEFAULT_CHECK,
+               max_drop: float = quality.DEFAULT_MAX_DROP, calibration_examples: int = quality.DEFAULT_CALIBRATION,
+               qat: int = 0) -> Path:
+    """Write the export of finished run ``run_dir`` in format ``fmt`` into folder ``out``, then
+    measure it on up to ``check`` validation examples (0: no check); see
+    :mod:`tlmulti.export_quality` for ``max_drop``, ``calibration_examples`` and ``qat``."""
     import keras
     import tensorflow as tf
 
@@ -110,6 +105,7 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
         raise RunError(f"Unknown quantization '{quantize}'; use one of {', '.join(choices.EXPORT_QUANTIZATIONS)}.")
     if quantize != "none" and fmt != "tflite":
         raise RunError(f"--quantize {quantize} applies to TFLite exports; export {fmt} with --quantize none.")
+    quality.check_options(quantize, check, max_drop, calibration_examples, qat)
     out = Path(out).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         _replaceable(out, overwrite)
@@ -136,13 +132,16 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
         if fmt == "saved_model":
             serving.export(str(target), format="tf_saved_model", verbose=False)
         elif fmt == "tflite":
-            info["tflite_ops"] = _to_tflite(serving, target, task, recipe, quantize)
+            info["tflite_ops"], info["int8"] = _to_tflite(serving, target, task, quantize, calibration_examples)
         else:
             _to_onnx(serving, target, task)
         (tmp / "labels.txt").write_text("\n".join(task.classes) + "\n", encoding="utf-8")
         info["file_bytes"] = sum(p.stat().st_size for p in ([target] if target.is_file() else target.rglob("*"))
                                  if p.is_file())
-        (tmp / "export.json").write_text(json.dumps(info, indent=2))
+        (tmp / "export.json").write_text(json.dumps({k: v for k, v in info.items() if v is not None}, indent=2))
+        if check:
+            info["check"] = quality.check_export(ExportedModel(tmp), task, model, check, max_drop)
+            (tmp / "export.json").write_text(json.dumps({k: v for k, v in info.items() if v is not None}, indent=2))
         _swap(tmp, out, overwrite)
     except OSError as exc:
         if paths.is_disk_full(exc):
@@ -207,7 +206,8 @@ def _swap(tmp: Path, out: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _to_tflite(serving, target: Path, task, recipe, quantize: str) -> str:
+def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples: int):
+    """Convert; returns ``(ops, int8 record or None)``."""
     import keras
     import tensorflow as tf
 
@@ -237,9 +237,11 @@ def _to_tflite(serving, target: Path, task, recipe, quantize: str) -> str:
         if quantize == "float16":
             conv.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            samples = task.representative_inputs(_representative(task, recipe))
             conv.representative_dataset = lambda: ([s[k] for k in names] for s in samples)
         return conv
+
+    samples = (task.representative_inputs(quality.calibration_inputs(task, calibration_examples))
+               if quantize == "int8" else [])
 
     import contextlib
     import io
@@ -254,8 +256,14 @@ def _to_tflite(serving, target: Path, task, recipe, quantize: str) -> str:
                 blob, ops = converter(True).convert(), "builtins+select_tf_ops"
         except Exception as exc:
             raise RunError(f"TFLite conversion failed ({str(exc).strip().splitlines()[-1][:300]}).") from None
+    record = None
+    if quantize == "int8":  # where int8 disagrees with float, the layers it costs most are kept in float
+        first = samples[:quality.AGREEMENT_EXAMPLES]
+        reference = [fixed(s if as_dict else s[names[0]], training=False) for s in first]
+        reference = np.concatenate([np.asarray(r["probabilities"] if isinstance(r, dict) else r) for r in reference])
+        blob, record = quality.int8_model(blob, lambda: converter(ops != "builtins"), samples, names, reference)
     target.write_bytes(blob)
-    return ops
+    return ops, record
 
 
 def _to_onnx(serving, target: Path, task) -> None:

@@ -51,17 +51,31 @@ def resume(run_dir):
               show_default=True, help="TFLite weights: float16, dynamic int8, or int8 with a representative sample.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (model, labels.txt, export.json).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
+@click.option("--check", type=int, default=300, show_default=True,
+              help="Validation examples the exported file is measured on against the run (0: no check).")
+@click.option("--max-drop", type=float, default=0.01, show_default=True,
+              help="Metric drop against the run beyond which the export warns (0.01: one point).")
+@click.option("--calibration-examples", type=int, default=300, show_default=True,
+              help="int8: class-balanced training examples to calibrate on.")
+@click.option("--qat", type=int, default=0, help="int8: quantization-aware fine-tuning epochs (refused: see README).")
 @trust_option
 @user_errors
-def export(run_dir, fmt, quantize, out, overwrite):
+def export(run_dir, fmt, quantize, out, overwrite, check, max_drop, calibration_examples, qat):
     """Export the finished run RUN_DIR with its preprocessing inside (augmentation removed): it
-    takes raw pixels, waveforms or (SavedModel) strings, as 'predict' does; export.json says how."""
+    takes raw pixels, waveforms or (SavedModel) strings, as 'predict' does; export.json says how.
+    The exported file is then measured on the run's validation examples against the run."""
     from tlmulti.export import export_run
+    from tlmulti.export_quality import summary
 
-    folder = export_run(run_dir, fmt, out, quantize=quantize, overwrite=overwrite)
+    folder = export_run(run_dir, fmt, out, quantize=quantize, overwrite=overwrite, check=check, max_drop=max_drop,
+                        calibration_examples=calibration_examples, qat=qat)
     info = json.loads((folder / "export.json").read_text())
+    kept = (info.get("int8") or {}).get("float_layers")
     click.echo(f"Exported {run_dir} as {fmt} ({quantize}) to {folder} ({info['file_bytes'] / 1e6:.1f} MB); "
-               f"input: {', '.join(info['input'])}.")
+               f"input: {', '.join(info['input'])}." + (f" Kept in float: {len(kept)} layers." if kept else ""))
+    click.echo(f"Check: {summary(info.get('check'))}.")
+    if (info.get("check") or {}).get("warning"):
+        click.echo(f"Warning: {info['check']['warning']}", err=True)
 
 
 @click.group()

@@ -120,6 +120,26 @@ class Task(TaskExport):
         readers produce something other than examples first (segmentation reads whole images
         and tiles them afterwards) overrides the three hooks :meth:`read_split`,
         :meth:`split_validation` and :meth:`to_examples`, not this method."""
+        train, val, classes, held = self.split_items()
+        data = self.recipe.data
+        test = self.to_examples(*self.read_split(data.test, classes)) if data.test else None
+        split_by = self.split_column(train)
+        if split_by and test is not None and split_by in test.meta:
+            seen = {str(v) for v in train.meta[split_by]} | {str(v) for v in val.meta.get(split_by, ())}
+            shared = sorted(seen & {str(v) for v in test.meta[split_by]})
+            if shared:
+                raise DataError(f"'{split_by}' values in both the training and the test data ({data.test}): "
+                                f"{', '.join(shared[:10])}{' ...' if len(shared) > 10 else ''}; each "
+                                f"{split_by} must be in one split only.")
+        if held is not None:  # held-out groups are evaluated with the test set, never trained on
+            held = self.to_examples(held, classes)
+            test = held if test is None else concat(test, held)
+        return self.to_examples(train, classes), self.to_examples(val, classes), test
+
+    def split_items(self):
+        """``(train, val, classes, held)`` as :meth:`read_split` gives them (items, not yet
+        examples), split as :meth:`load_splits` splits them; ``held``: the hold-out rows or None.
+        The export check takes its validation sample from here without decoding the training data."""
         data = self.recipe.data
         if not data.train:
             raise TlmultiError("No training data: pass --data or set data.train in the recipe.")
@@ -138,18 +158,7 @@ class Task(TaskExport):
             if not 0 < data.val_split < 1:
                 raise TlmultiError("data.val_split must be between 0 and 1 when no validation data is given.")
             train, val = self.split_validation(train, data.val_split, self.recipe.seed)
-        test = self.to_examples(*self.read_split(data.test, classes)) if data.test else None
-        if split_by and test is not None and split_by in test.meta:
-            seen = {str(v) for v in train.meta[split_by]} | {str(v) for v in val.meta.get(split_by, ())}
-            shared = sorted(seen & {str(v) for v in test.meta[split_by]})
-            if shared:
-                raise DataError(f"'{split_by}' values in both the training and the test data ({data.test}): "
-                                f"{', '.join(shared[:10])}{' ...' if len(shared) > 10 else ''}; each "
-                                f"{split_by} must be in one split only.")
-        if held is not None:  # held-out groups are evaluated with the test set, never trained on
-            held = self.to_examples(held, classes)
-            test = held if test is None else concat(test, held)
-        return self.to_examples(train, classes), self.to_examples(val, classes), test
+        return train, val, classes, held
 
     def read_split(self, ref: str, classes: list[str] | None = None):
         """``(items, classes)`` of one split; by default the examples :meth:`read` gives."""

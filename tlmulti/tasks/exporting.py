@@ -36,6 +36,15 @@ class TaskExport:
         inputs, prep = self.export_inputs(serving, fmt)
         return inputs, self.export_outputs(), prep
 
+    #: Why the export check does not measure this task's exports (None: it does).
+    export_unmeasured: str | None = None
+
+    def check_inputs(self, x, info: dict, model):
+        """``(export input, Keras model input)`` of the raw inputs ``x`` of examples, for the
+        export check (``info``: the export's ``export.json``; ``model``: the run's model)."""
+        x = np.asarray(x, np.float32)
+        return x, x
+
 
 class ImageExport(TaskExport):
     """Raw pixels, float32 0..255, ``(batch, H, W, C)``: any size (the model resizes), TFLite at
@@ -67,6 +76,17 @@ class ImageExport(TaskExport):
         import tensorflow as tf
 
         return (tf.TensorSpec((None, None, None, serving.inputs[0].shape[-1]), tf.float32, name="image"),)
+
+    def check_inputs(self, x, info: dict, model):
+        """Pixels, at the network size for TFLite (both models are given the same pixels)."""
+        x = np.asarray(x, np.float32)
+        if info["format"] == "tflite" and "image" in info["input"]:
+            h, w = info["input"]["image"]["shape"][1:3]
+            if x.shape[1:3] != (h, w):
+                import tensorflow as tf
+
+                x = tf.image.resize(x, (h, w)).numpy()
+        return x, x
 
 
 class WaveformExport(TaskExport):
@@ -124,6 +144,14 @@ class TextExport(TaskExport):
 
         return {k: keras.Input(tuple(t.shape[1:]), batch_size=1, dtype="int32", name=k)
                 for k, t in serving.input.items()}
+
+    def check_inputs(self, x, info: dict, model):
+        """Strings for SavedModel and the Keras model; the run tokenizer's token ids for TFLite / ONNX."""
+        texts = np.asarray(x, dtype=object)
+        if info["format"] == "saved_model":
+            return texts, texts
+        tokens = model.get_layer("tokenizer")(texts)
+        return {k: np.asarray(v, np.int32) for k, v in tokens.items()}, texts
 
     def representative_inputs(self, x) -> list[dict]:
         raise TlmultiError("int8 quantization of text exports needs token inputs; use --quantize dynamic for text.")

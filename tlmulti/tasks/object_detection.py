@@ -362,7 +362,8 @@ class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
             results.append(result)
         return results
 
-    # -- export ------------------------------------------------------------------------------------------
+    export_unmeasured = "detection exports are not measured yet (TFLite / ONNX give boxes before suppression)"
+
     def export_model(self, serving, fmt: str):
         """SavedModel: boxes, scores, class ids and counts after non-maximum suppression (score
         threshold 0). TFLite and ONNX, whose runtimes lack the suppression's operations (bitwise

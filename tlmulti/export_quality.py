@@ -1,0 +1,300 @@
+"""What an export costs: int8 calibration data, the layers kept in float, and the self-check.
+
+:func:`tlmulti.export.export_run` calls these:
+
+* :func:`calibration_inputs`: the examples int8 calibration reads, drawn as the model sees them
+  (the run's own readers and intensity settings; the resize and normalisation are inside the
+  model), class-balanced, from the run's training split (never its validation split, which the
+  check measures on): ``--calibration-examples`` of them (default 300, fewer where the split has
+  fewer).
+* :func:`int8_model`: the full-integer model is run on calibration examples next to the float
+  model; where its top-1 agreement is below :data:`AGREEMENT_TARGET`, TFLite's quantization
+  debugger compares every quantized layer with its float counterpart and the layers whose error
+  is largest against their quantization step (RMSE / scale, as TensorFlow's selective-quantization
+  guide ranks them) are kept in float, the worst 2, 4, 8, ... until the agreement is reached.
+  ``export.json`` names those layers and every try.
+* :func:`check_export`: the exported file, run by its own runtime on a sample of the run's
+  validation split (``--check N``, default 300; 0 skips), against the run's Keras model on the
+  same examples: the metric (accuracy, or mean foreground Dice for segmentation), its drop, the
+  top-1 agreement, the file size and the median single-example latency on this machine. A drop
+  beyond ``--max-drop`` (default 0.01) comes back as a warning naming the fix.
+
+Quantization-aware fine-tuning (``--qat``) is refused by :func:`refuse_qat`: the TF Model
+Optimization toolkit wraps only tf-keras (Keras 2) models.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from tlmulti.errors import RunError
+
+DEFAULT_CHECK = 300
+DEFAULT_MAX_DROP = 0.01
+DEFAULT_CALIBRATION = 300
+FLOAT_LAYER_COUNTS = (2, 4, 8, 16, 32)  # the worst layers kept in float, tried in turn
+MIN_RMSE_STEPS = 0.3  # a layer with less error (in quantization steps) always stays int8
+DEBUG_EXAMPLES = 16  # calibration examples the per-layer comparison runs on
+AGREEMENT_EXAMPLES = 100  # calibration examples the int8 model is compared with float on
+AGREEMENT_TARGET = 0.99
+FIXES = {"int8": "export with --quantize float16 (no measurable loss, half the size) or dynamic (int8 weights, "
+                 "float activations), or calibrate on more examples (--calibration-examples); quantization-aware "
+                 "fine-tuning (--qat) is not available for Keras 3 models",
+         "dynamic": "export with --quantize float16, or none",
+         "float16": "export with --quantize none",
+         "none": "the float export should answer like the run: please report it with export.json"}
+
+
+def refuse_qat(epochs: int) -> None:
+    """``--qat EPOCHS``: refused with the reason and what to use instead."""
+    if epochs:
+        raise RunError("--qat: quantization-aware fine-tuning needs the TF Model Optimization toolkit, whose "
+                       "quantize_model wraps only tf-keras (Keras 2) models; tlmulti runs are Keras 3 models, so "
+                       "it cannot fine-tune them. Export with --quantize int8 and read the measured drop, or use "
+                       "--quantize float16 / dynamic; leave out --qat.")
+
+
+def balanced(labels, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of up to ``n`` rows, classes taken in turn (class-balanced where ``labels``
+    holds one class per row, a seeded random sample otherwise)."""
+    rng = np.random.default_rng(seed)
+    labels = None if labels is None else np.asarray(labels)
+    total = len(labels) if labels is not None else 0
+    if labels is None or labels.ndim != 1:
+        return np.sort(rng.permutation(total)[:n])
+    groups = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    order = [g[i] for i in range(max((len(g) for g in groups), default=0)) for g in groups if i < len(g)]
+    return np.sort(np.asarray(order[:n], dtype=int))
+
+
+def _sample(task, items, classes, n: int, seed: int):
+    """Up to ``n`` examples of split ``items``: a balanced subset before decoding where the items
+    are examples (files, texts), else the decoded examples' subset (segmentation tiles)."""
+    from tlmulti.data import Examples
+
+    if isinstance(items, Examples) and len(items) > n:
+        items = items.subset(balanced(items.y if items.y is not None else np.zeros(len(items)), n, seed))
+    examples = task.to_examples(items, classes)
+    if len(examples) > n:
+        y = examples.y if examples.y is not None and np.ndim(examples.y) == 1 else None
+        examples = examples.subset(balanced(y, n, seed) if y is not None
+                                   else np.sort(np.random.default_rng(seed).permutation(len(examples))[:n]))
+    return examples
+
+
+def calibration_inputs(task, n: int):
+    """Up to ``n`` training inputs of the run, class-balanced, as its readers give them."""
+    train, _, classes, _ = task.split_items()
+    return _sample(task, train, classes, n, seed=1).x
+
+
+def int8_model(blob: bytes, make_converter, samples: list, names: list, reference: np.ndarray) -> tuple[bytes, dict]:
+    """``(TFLite model, record)``: the full-integer model ``blob`` (calibrated on ``samples``,
+    float inputs and outputs), or, where its top-1 agreement with the float model (``reference``:
+    its probabilities on the first samples) is below :data:`AGREEMENT_TARGET`, the same model with
+    the layers int8 costs most kept in float. TFLite's quantization debugger compares each
+    quantized layer with float on :data:`DEBUG_EXAMPLES` calibration examples and ranks them by
+    RMSE in quantization steps; the worst 2, 4, 8, ... (:data:`FLOAT_LAYER_COUNTS`, never one below
+    :data:`MIN_RMSE_STEPS`) stay float until the agreement is reached. Only training examples are
+    used. ``record`` goes into ``export.json``."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    def debug_data():
+        return ([s[k] for k in names] for s in samples[:DEBUG_EXAMPLES])
+
+    record = {"calibration_examples": len(samples), "activations": "int8 (per-tensor)",
+              "weights": "int8 (per-channel for convolutions, per-tensor for dense layers)",
+              "input_output": "float32 (quantized inside the model)",
+              "float_layer_rule": f"while top-1 agreement with float on {len(reference)} calibration examples is below "
+                                  f"{AGREEMENT_TARGET}: the {', '.join(map(str, FLOAT_LAYER_COUNTS))} layers with the "
+                                  f"largest RMSE against float (in quantization steps, above {MIN_RMSE_STEPS}; on "
+                                  f"{min(DEBUG_EXAMPLES, len(samples))} calibration examples) stay float, in turn",
+              "float_layers": []}
+    agreement = _agreement(blob, samples, names, reference)
+    record["tries"] = [{"float_layers": 0, "agreement": agreement, "mb": len(blob) / 1e6}]
+    if agreement >= AGREEMENT_TARGET or len(samples) < 2:  # one example: nothing to compare layers on
+        return blob, record
+    with contextlib.redirect_stdout(io.StringIO()):
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=make_converter(), debug_dataset=debug_data)
+        debugger.run()
+    errors = _layer_errors(debugger)
+    worst = sorted(errors.items(), key=lambda kv: -kv[1])
+    record["worst_layers"] = [{"layer": _short(k), "rmse_steps": round(v, 3)} for k, v in worst[:5]]
+    best = (agreement, blob, [])
+    candidates = [k for k, v in worst if v > MIN_RMSE_STEPS]
+    tried = 0
+    for count in FLOAT_LAYER_COUNTS:
+        keep = candidates[:count]
+        if len(keep) <= tried:
+            break
+        tried = len(keep)
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
+        with contextlib.redirect_stdout(io.StringIO()):
+            selective = tf.lite.experimental.QuantizationDebugger(converter=make_converter(), debug_dataset=debug_data,
+                                                                  debug_options=options).get_nondebug_quantized_model()
+        agreement = _agreement(selective, samples, names, reference)
+        record["tries"].append({"float_layers": len(keep), "agreement": agreement,
+                                "mb": len(selective) / 1e6})
+        if agreement > best[0]:
+            best = (agreement, selective, keep)
+        if agreement >= AGREEMENT_TARGET:
+            break
+    record["float_layers"] = [_short(k) for k in best[2]]
+    return best[1], record
+
+
+def _layer_errors(debugger) -> dict:
+    """RMSE against float in quantization steps, per quantized tensor of a debugger that ran."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    debugger.layer_statistics_dump(text)
+    errors = {}
+    for row in csv.DictReader(io.StringIO(text.getvalue())):
+        scale = float(row.get("scale") or 0)
+        if scale > 0:
+            errors[row["tensor_name"]] = float(np.sqrt(float(row["mean_squared_error"]))) / scale
+    return errors
+
+
+def _agreement(blob: bytes, samples: list, names: list, reference: np.ndarray) -> float:
+    """Top-1 (per-pixel) agreement of TFLite model ``blob`` with ``reference`` on the first samples."""
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=blob)
+    interpreter.allocate_tensors()
+    inputs = {d["name"].split(":")[0].split("serving_default_")[-1]: d for d in interpreter.get_input_details()}
+    outputs = [o for o in interpreter.get_output_details()
+               if tuple(o["shape"][1:]) == reference.shape[1:] and o["dtype"] == np.float32]
+    same = []
+    for sample, ref in zip(samples, reference):
+        for name in names:
+            d = inputs.get(name) or next(iter(inputs.values()))
+            interpreter.set_tensor(d["index"], np.asarray(sample[name], d["dtype"]))
+        interpreter.invoke()
+        got = interpreter.get_tensor(outputs[0]["index"])[0]
+        same.append(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    return round(float(np.mean(same)), 4)
+
+
+def _short(tensor: str) -> str:
+    """The Keras layers a fused TFLite tensor name stands for (``stem_conv_1/convolution;...``)."""
+    names = []
+    for part in tensor.split(";"):
+        pieces = part.split("/")
+        name = pieces[-2] if len(pieces) > 1 else pieces[0]
+        if name not in names:
+            names.append(name)
+    return "+".join(names)
+
+
+def check_options(quantize: str, check: int, max_drop: float, calibration_examples: int, qat: int) -> None:
+    """One clear error for a value out of range, before anything is loaded or written."""
+    if check < 0:
+        raise RunError(f"--check must be 0 (no check) or a number of validation examples, got {check}.")
+    if not 0 <= max_drop < 1:
+        raise RunError(f"--max-drop is a metric difference between 0 and 1 (0.01: one point), got {max_drop}.")
+    if calibration_examples < 1:
+        raise RunError(f"--calibration-examples must be at least 1, got {calibration_examples}.")
+    if qat < 0:
+        raise RunError(f"--qat takes a number of epochs (1 or more), got {qat}.")
+    if qat and quantize != "int8":
+        raise RunError(f"--qat applies to --quantize int8, not {quantize}; leave out --qat.")
+    refuse_qat(qat)
+
+
+def validation_examples(task, n: int):
+    """Up to ``n`` examples of the run's validation split (class-balanced), split exactly as the
+    run split its data; the run's test data where the run had no validation examples."""
+    _, val, classes, _ = task.split_items()
+    if len(val) == 0 and task.recipe.data.test:
+        val, classes = task.read_split(task.recipe.data.test, classes)
+        return _sample(task, val, classes, n, seed=0), "test"
+    return _sample(task, val, classes, n, seed=0), "validation"
+
+
+def _rows(x, start: int, stop: int):
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def _probabilities(out):
+    return np.asarray(out["probabilities"] if isinstance(out, dict) else out)
+
+
+def score(probs: np.ndarray, y, n_classes: int) -> tuple[str, float]:
+    """``(metric name, value)``: accuracy (top-1), label accuracy at 0.5 (multi-label) or mean
+    foreground Dice (segmentation, over the sample's pixels)."""
+    y = np.asarray(y)
+    if probs.ndim == 4:
+        pred = probs.argmax(-1)
+        if y.ndim == 4:
+            y = y.argmax(-1)
+        if y.shape != pred.shape:  # masks at another size than the export's input
+            import tensorflow as tf
+
+            y = tf.image.resize(y[..., None], pred.shape[1:3], method="nearest").numpy()[..., 0]
+        dice = []
+        for c in range(1, n_classes):
+            total = (pred == c).sum() + (y == c).sum()
+            if total:
+                dice.append(2 * ((pred == c) & (y == c)).sum() / total)
+        return "mean_dice", float(np.mean(dice)) if dice else float("nan")
+    if y.ndim == 2:
+        return "label_accuracy", float(((probs >= 0.5) == (y > 0.5)).mean())
+    return "accuracy", float((probs.argmax(-1) == y).mean())
+
+
+def check_export(exported, task, model, n: int, max_drop: float) -> dict:
+    """The export ``exported`` (an :class:`tlmulti.export.ExportedModel`) against the run's
+    ``model`` on up to ``n`` validation examples: metric, drop, top-1 agreement, size, latency."""
+    info = exported.info
+    if task.export_unmeasured:
+        return {"skipped": task.export_unmeasured}
+    examples, split = validation_examples(task, n)
+    if not len(examples) or examples.y is None:
+        return {"skipped": "the run has no labelled validation or test examples to measure on"}
+    x, keras_x = task.check_inputs(examples.x, info, model)
+    ref = _probabilities(model.predict(keras_x, batch_size=32, verbose=0))
+    got = np.concatenate([_probabilities(exported.predict(_rows(x, i, i + 32))) for i in range(0, len(ref), 32)])
+    name, run_value = score(ref, examples.y, len(task.classes))
+    _, value = score(got, examples.y, len(task.classes))
+    agree = ((got >= 0.5) == (ref >= 0.5)) if name == "label_accuracy" else got.argmax(-1) == ref.argmax(-1)
+    one = _rows(x, 0, 1)
+    exported.predict(one)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        exported.predict(one)
+        times.append(time.perf_counter() - t0)
+    result = {"split": split, "examples": len(examples), "metric": name, "run": round(run_value, 6),
+              "export": round(value, 6), "drop": round(run_value - value, 6), "max_drop": max_drop,
+              "agreement": round(float(agree.mean()), 6), "max_abs_diff": float(np.abs(got - ref).max()),
+              "file_mb": round(info["file_bytes"] / 1e6, 3), "latency_ms": round(statistics.median(times) * 1000, 3)}
+    if result["drop"] > max_drop:
+        result["warning"] = (f"the {info['quantize'] if info['quantize'] != 'none' else 'float'} export loses "
+                             f"{result['drop']:.4f} {name} against the run ({value:.4f} against {run_value:.4f} on "
+                             f"{len(examples)} {split} examples), more than --max-drop {max_drop}: "
+                             f"{FIXES[info['quantize']]}.")
+    return result
+
+
+def summary(check: dict | None) -> str:
+    """The check in one line, for the export command."""
+    if not check:
+        return "not measured (--check 0)"
+    if "skipped" in check:
+        return f"not measured ({check['skipped']})"
+    return (f"{check['metric']} {check['export']:.4f} against the run's {check['run']:.4f} (drop {check['drop']:+.4f}) "
+            f"on {check['examples']} {check['split']} examples, top-1 agreement {check['agreement']:.4f}, "
+            f"{check['file_mb']:.1f} MB, {check['latency_ms']:.1f} ms/example")
