@@ -7,12 +7,13 @@ before and after it (validation and test) and the accuracy / AUROC, which temper
 does not change. Image rows are then evaluated on their test set with ``vision evaluate --tta``
 (the metric with and without it, and the seconds of each evaluation). The ``stain_shift`` row
 trains ``recipes/vision/nuclei_stain_shift.yaml`` (source-only) and evaluates its shifted test
-region with and without ``--tta`` (mean Dice).
+region with and without ``--tta`` (mean Dice); ``detection`` trains
+``recipes/vision/nuclei_detection.yaml`` and evaluates its test tiles with and without it (mAP@0.5).
 
 ``patches_recipe`` trains ``recipes/vision/nuclei_patches.yaml`` (flips both ways in training, so
 the test-time views are ones the model learnt) with temperature scaling.
 
-    python benchmarks/calibration_tta.py [--only digits images patches speech text patches_recipe stain_shift]
+    python benchmarks/calibration_tta.py [--only digits images patches speech text patches_recipe stain_shift detection]
         [--json out.json]
 """
 
@@ -80,24 +81,35 @@ def patches_recipe_row(tmp: Path) -> dict:
                     "seconds_without": t["tta"]["seconds_without"], "seconds": t["tta"]["seconds"]}}
 
 
-def stain_shift_row(tmp: Path) -> dict:
-    run_dir = tmp / "run_stain_shift"
+def _recipe_tta_row(tmp: Path, recipe: str, test: str, key: str, data: str, metric: str) -> dict:
+    """Train ``recipe`` as written, then evaluate ``test`` with and without ``--tta``."""
+    run_dir = tmp / "run"
     start = time.perf_counter()
-    proc = subprocess.run(dvb.TLMULTI + ["run", str(ROOT / "recipes/vision/nuclei_stain_shift.yaml"), "--out",
-                                         str(run_dir), "--set", "callbacks.verbose=0", "--set", "output.plots=false"],
+    proc = subprocess.run(dvb.TLMULTI + ["run", str(ROOT / recipe), "--out", str(run_dir), "--set",
+                                         "callbacks.verbose=0", "--set", "output.plots=false"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"stain shift run failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"{recipe} failed:\n{proc.stderr[-2000:]}")
     seconds = time.perf_counter() - start
-    t = _tta(run_dir, dvb._dataset("dataset:nuclei-shift/test"))
-    return {"data": "nuclei segmentation, shifted test region", "metric": "mean Dice", "train_s": seconds,
-            "tta": {"views": t["tta"]["views"], "without": t["without_tta"]["mean_dice"], "with": t["mean_dice"],
+    t = _tta(run_dir, dvb._dataset(test))
+    return {"data": data, "metric": metric, "train_s": seconds,
+            "tta": {"views": t["tta"]["views"], "without": t["without_tta"][key], "with": t[key],
                     "seconds_without": t["tta"]["seconds_without"], "seconds": t["tta"]["seconds"]}}
+
+
+def stain_shift_row(tmp: Path) -> dict:
+    return _recipe_tta_row(tmp, "recipes/vision/nuclei_stain_shift.yaml", "dataset:nuclei-shift/test", "mean_dice",
+                           "nuclei segmentation, shifted test region", "mean Dice")
+
+
+def detection_row(tmp: Path) -> dict:
+    return _recipe_tta_row(tmp, "recipes/vision/nuclei_detection.yaml", "dataset:nuclei-boxes/test", "map50",
+                           "nuclei detection, test tiles", "mAP@0.5")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = ["digits", "images", "patches", "speech", "text", "patches_recipe", "stain_shift"]
+    names = ["digits", "images", "patches", "speech", "text", "patches_recipe", "stain_shift", "detection"]
     parser.add_argument("--only", nargs="+", choices=names, default=names)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -107,7 +119,7 @@ def main() -> None:
             print(f"== {name}", flush=True)
             folder = Path(tmp) / name
             folder.mkdir()
-            special = {"stain_shift": stain_shift_row, "patches_recipe": patches_recipe_row}
+            special = {"stain_shift": stain_shift_row, "patches_recipe": patches_recipe_row, "detection": detection_row}
             rows.append(special[name](folder) if name in special else classification_row(name, folder))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| data | metric | value | T | val ECE before -> after | test ECE before -> after | "
