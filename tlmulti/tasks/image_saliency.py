@@ -15,27 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tlmulti.errors import TlmultiError
+from tlmulti.tasks.explain_output import explain_folder, stem_of, unique, writing
 
 CORRECT_PER_CLASS = 2  # correctly classified examples with a heatmap in report.html, per class
 MAX_CORRECT = 24
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", path.suffix):
-        if suffix and name.lower().endswith(suffix.lower()):
-            return name[: -len(suffix)] or name
-    return name
-
-
-def _unique(stem: str, taken: set) -> str:
-    name, n = stem, 1
-    while name.lower() in taken:
-        n += 1
-        name = f"{stem}-{n}"
-    taken.add(name.lower())
-    return name
 
 
 def explain_files(task, model, items, out_dir) -> list[dict]:
@@ -46,12 +29,7 @@ def explain_files(task, model, items, out_dir) -> list[dict]:
     from tlmulti.data.images import convert, image_files, load_slices
     from tlmulti.evaluation.saliency import BATCH, GradCam, overlay, upsample
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TlmultiError(f"Cannot create the --explain folder '{out}' ({exc.strerror or exc}); give a folder "
-                           "you can write to.") from None
+    out = explain_folder(out_dir)
     cam = GradCam(model)
     size, channels, intensity = task.image_size(), task.channels(), task.intensity()
     rows, taken, pending = [], set(), []  # pending: (input name, stem, image as read), up to a batch
@@ -61,12 +39,9 @@ def explain_files(task, model, items, out_dir) -> list[dict]:
         for (name, stem, image), fmap, c in zip(pending, maps, classes):
             heat = upsample(fmap, image.shape[:2])
             npy, png = out / f"{stem}.npy", out / f"{stem}.png"
-            try:
+            with writing(npy):
                 np.save(npy, heat)
                 Image.fromarray(overlay(image, heat)).save(png)
-            except OSError as exc:
-                raise TlmultiError(f"Cannot write '{npy}' ({exc.strerror or exc}); free some space or give "
-                                   "another --explain folder.") from None
             rows.append({"input": name, "heatmap": str(npy),
                          "label": task.classes[int(c)] if int(c) < len(task.classes) else str(int(c))})
         pending.clear()
@@ -75,7 +50,7 @@ def explain_files(task, model, items, out_dir) -> list[dict]:
         images = load_slices(path, None, channels, **intensity)  # as read: the map's resolution
         for k, image in enumerate(images):
             several = len(images) > 1
-            stem = _unique(_stem(Path(path)) + (f"_slice{k}" if several else ""), taken)
+            stem = unique(stem_of(Path(path)) + (f"_slice{k}" if several else ""), taken)
             pending.append((f"{path}#slice{k}" if several else str(path), stem, image))
             if len(pending) >= BATCH:
                 flush()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tlmulti.errors import TlmultiError
 
 
 def explain_clips(task, model, items, out_dir) -> list[dict]:
@@ -22,27 +21,19 @@ def explain_clips(task, model, items, out_dir) -> list[dict]:
     from PIL import Image
 
     from tlmulti.evaluation.mel_saliency import MelSaliency, spectrogram_overlay
-    from tlmulti.tasks.image_saliency import _stem, _unique
+    from tlmulti.tasks.explain_output import explain_folder, stem_of, unique, writing
 
     saliency = MelSaliency(model, task.spec.name)  # refuses a model without a splittable front end first
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TlmultiError(f"Cannot create the --explain folder '{out}' ({exc.strerror or exc}); give a folder "
-                           "you can write to.") from None
+    out = explain_folder(out_dir)
     x, names = task.read_inputs(items)
     maps, mels, classes = saliency(np.asarray(x, np.float32))
     rows, taken = [], set()
     for name, fmap, mel, c in zip(names, maps, mels, classes):
-        stem = _unique(_stem(Path(name)), taken)
+        stem = unique(stem_of(Path(name)), taken)
         npy, png = out / f"{stem}.npy", out / f"{stem}.png"
-        try:
+        with writing(npy):
             np.save(npy, fmap.astype(np.float32))
             Image.fromarray(spectrogram_overlay(mel, fmap)).save(png)
-        except OSError as exc:
-            raise TlmultiError(f"Cannot write '{npy}' ({exc.strerror or exc}); free some space or give "
-                               "another --explain folder.") from None
         rows.append({"input": name, "saliency": str(npy),
                      "label": task.classes[int(c)] if int(c) < len(task.classes) else str(int(c))})
     return rows

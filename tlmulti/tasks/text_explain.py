@@ -10,11 +10,8 @@ class and blue for words that lowered it.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
-
-from tlmulti.errors import TlmultiError
 
 REPORT_TEXTS = 16  # most-wrong texts of report.html that get attributions
 
@@ -39,25 +36,18 @@ def explain_texts(task, model, items, out_dir) -> list[dict]:
     """One ``{"input", "label", "attributions", "explanation"}`` per text of ``items`` (in
     ``predict``'s order), each page written to ``out_dir/<n>.html``."""
     from tlmulti.reports.highlight import page
+    from tlmulti.tasks.explain_output import explain_folder, writing
 
     _, texts = task.read_inputs(items)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TlmultiError(f"Cannot create the --explain folder '{out}' ({exc.strerror or exc}); give a folder "
-                           "you can write to.") from None
+    out = explain_folder(out_dir)
     rows = []
     for n, (text, row) in enumerate(zip(texts, attributions(task, model, texts)), start=1):
         c = row["class"]
         label = task.classes[c] if c < len(task.classes) else str(c)
         path = out / f"{n}.html"
-        try:
+        with writing(path):
             path.write_text(page(f"{label}: input {n}", row["attributions"], label, row["probability"]),
                             encoding="utf-8")
-        except OSError as exc:
-            raise TlmultiError(f"Cannot write '{path}' ({exc.strerror or exc}); free some space or give "
-                               "another --explain folder.") from None
         rows.append({"input": text, "label": label, "attributions": row["attributions"], "explanation": str(path)})
     return rows
 

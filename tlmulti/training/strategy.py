@@ -271,8 +271,7 @@ def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str
     inputs (images: sides; text: the sequence length), then, for images, flips off and max pooling."""
     task = build.task
     if not task.strategy_inputs:
-        current = task.sequence_length() if hasattr(task, "sequence_length") else 0
-        return [(f"sequence {n} tokens", [f"data.sequence_length={n}"], n / current)
+        return [(f"sequence {n} tokens", [f"data.sequence_length={n}"], n / task.sequence_length())
                 for n in task.shorter_sequences(build.train, build.parts)]
     pixels = float(np.prod(task.image_size()))
     out = [(f"input {s} px", [f"data.image_size=[{s}, {s}]"], s * s / pixels)
