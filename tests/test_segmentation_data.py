@@ -330,6 +330,32 @@ def test_nuclei_builder_regions_are_disjoint(tmp_path, monkeypatch):
     assert covered.max() == 1 and covered.min() == 1  # every pixel in exactly one split
 
 
+def test_nuclei_boundary_masks_split_touching_nuclei(tmp_path, monkeypatch):
+    """Two touching nuclei: interior 1, each one's inner rim 2, so the contact line is boundary."""
+    from tlmulti.datasets.nuclei import boundary_mask
+
+    instances = np.zeros((12, 16), np.int32)
+    instances[2:9, 2:8] = 1
+    instances[2:9, 8:14] = 2  # touches nucleus 1 along column 7 | 8
+    m = boundary_mask(instances)
+    assert set(np.unique(m)) == {0, 1, 2}
+    assert (m[instances == 0] == 0).all()
+    assert (m[2:9, 7] == 2).all() and (m[2:9, 8] == 2).all()  # the contact line is boundary on both sides
+    assert (m[3:8, 3:7] == 1).all() and (m[3:8, 9:13] == 1).all()  # the interiors
+    assert (m[2, 2:14] == 2).all() and (m[8, 2:14] == 2).all()  # the outer rims
+
+    wheel = tmp_path / "stardist-0.9.2-py3-none-any.whl"
+    _fake_wheel(wheel)
+    monkeypatch.setenv("TLMULTI_STARDIST_WHEEL", str(wheel))
+    from tlmulti.datasets import dataset_path
+
+    folder = dataset_path("dataset:nuclei-boundary/train")
+    assert set(np.unique(np.asarray(Image.open(folder / "masks" / "nuclei.png")))) == {0, 1, 2}
+    import json
+
+    assert json.loads((folder.parent / "dataset.json").read_text())["classes"] == ["background", "nucleus", "boundary"]
+
+
 def test_nuclei_offline_without_wheel_says_how(monkeypatch):
     from tlmulti.datasets.nuclei import download
 

@@ -97,7 +97,9 @@ class SegmentationDataConfig(IntensityConfig, DataConfig):
     half a tile); empty: resize whole images to ``image_size``. ``normalize``: auto | percentile
     | minmax | window | none, with ``percentiles`` and ``window`` ``[center, width]``.
     ``slice_axis``: NIfTI axis cut into 2-D slices (2 = axial); ``skip_empty_slices`` drops
-    training slices of volumes / stacks whose mask is all background.
+    training slices of volumes / stacks whose mask is all background. ``foreground_sampling``:
+    the least share of training tiles that hold the rarest foreground class (its tiles are
+    repeated to reach it); ``auto``: a third where the data has fewer, ``0``: off.
     """
 
     image_size: list[int] = at_least([], 1)
@@ -110,6 +112,7 @@ class SegmentationDataConfig(IntensityConfig, DataConfig):
     tile: list[int] = at_least([], 1)
     tile_stride: list[int] = at_least([], 1)
     skip_empty_slices: bool = False
+    foreground_sampling: Union[float, str] = at_least("auto", 0.0, auto=True)
     augment: SegmentationAugmentConfig = field(default_factory=SegmentationAugmentConfig)
 
 

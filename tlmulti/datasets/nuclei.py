@@ -13,7 +13,11 @@ two splits::
     test   rows 320-512, columns 192-512  (192 x 320)
 
 Each split is ``<split>/images/nuclei.tif`` (the raw uint16 region, normalised by percentiles
-when read) and ``<split>/masks/nuclei.png`` (0 background, 1 nucleus).
+when read) and ``<split>/masks/nuclei.png`` (0 background, 1 nucleus). With ``boundary=True``
+(dataset ``nuclei-boundary``) the masks have three classes, the standard instance-aware setup:
+0 background, 1 nucleus interior, 2 boundary (the pixels of each nucleus that touch another
+label, from ``skimage.segmentation.find_boundaries(mode="inner")``), so touching nuclei are
+separated by a boundary line.
 
 Where the wheel is looked for, first hit wins: ``$TLMULTI_STARDIST_WHEEL``; an installed
 ``stardist`` package's data folder; ``$TLMULTI_HOME/downloads/stardist-0.9.2-*.whl``; else
@@ -119,20 +123,30 @@ def region_boxes(shape, regions=None) -> dict[str, tuple[int, int, int, int]]:
             for name, (a, b, c, d) in (regions or REGIONS).items()}
 
 
-def build(root: Path, source: str | None = None, regions=None) -> None:
+def boundary_mask(instances: np.ndarray) -> np.ndarray:
+    """0 background, 1 interior, 2 boundary of an instance mask (each instance's inner rim)."""
+    from skimage.segmentation import find_boundaries
+
+    mask = (instances > 0).astype(np.uint8)
+    mask[find_boundaries(instances, mode="inner") & (instances > 0)] = 2
+    return mask
+
+
+def build(root: Path, source: str | None = None, regions=None, boundary: bool = False) -> None:
     """Write ``root/<split>/images/nuclei.tif`` and ``root/<split>/masks/nuclei.png``."""
     import tifffile
     from PIL import Image
 
     image, instances = load(Path(source) if source else None)
-    mask = (instances > 0).astype(np.uint8)
+    mask = boundary_mask(instances) if boundary else (instances > 0).astype(np.uint8)
     boxes = region_boxes(image.shape, regions)
     for split, (r0, r1, c0, c1) in boxes.items():
         (root / split / "images").mkdir(parents=True)
         (root / split / "masks").mkdir(parents=True)
         tifffile.imwrite(str(root / split / "images" / "nuclei.tif"), image[r0:r1, c0:c1])
         Image.fromarray(mask[r0:r1, c0:c1]).save(root / split / "masks" / "nuclei.png")
-    info = {"source": f"stardist=={VERSION} wheel: {IMAGE}, {MASK}", "classes": ["background", "nucleus"],
+    classes = ["background", "nucleus", "boundary"] if boundary else ["background", "nucleus"]
+    info = {"source": f"stardist=={VERSION} wheel: {IMAGE}, {MASK}", "classes": classes,
             "regions": {k: {"rows": [v[0], v[1]], "cols": [v[2], v[3]]} for k, v in boxes.items()},
-            "foreground": {k: float(mask[v[0]:v[1], v[2]:v[3]].mean()) for k, v in boxes.items()}}
+            "foreground": {k: float((mask[v[0]:v[1], v[2]:v[3]] > 0).mean()) for k, v in boxes.items()}}
     (root / "dataset.json").write_text(json.dumps(info, indent=2))

@@ -50,7 +50,7 @@ def _warp(rng, shape):
     return np.stack([ys, xs])
 
 
-def _head(rng, shape):
+def _head(rng, shape, noise: float = 0.03, blur: float = 0.7):
     """(intensity image 0..1, label map of the phantom's levels, brain mask) of one random head."""
     from scipy.ndimage import gaussian_filter, map_coordinates
     from skimage.data import shepp_logan_phantom
@@ -66,7 +66,7 @@ def _head(rng, shape):
         image[np.isclose(levels, level)] = value
     bias = gaussian_filter(rng.normal(size=shape), 30.0)
     image *= 1.0 + 0.15 * bias / (np.abs(bias).max() + 1e-9)
-    image = gaussian_filter(image, 0.7) + rng.normal(0, 0.03, shape)
+    image = gaussian_filter(image, blur) + rng.normal(0, noise, shape)
     brain = np.isin(np.round(levels, 1), (0.1, 0.2, 0.3, 0.4))
     return np.clip(image, 0, 1), levels, brain
 
@@ -88,7 +88,10 @@ def _lesion(rng, brain):
     raise RuntimeError("no lesion fits this phantom")
 
 
-def build(root: Path, kind: str = "tissue", counts=(33, 8, 16)) -> None:
+def build(root: Path, kind: str = "tissue", counts=(33, 8, 16), size=None, noise: float = 0.03,
+          blur: float = 0.7) -> None:
+    """Write the three splits under ``root``; ``size`` (H, W), ``noise`` (standard deviation) and
+    ``blur`` (pixels) replace the defaults above."""
     from PIL import Image
 
     for (split, seed), n in zip(SPLITS.items(), counts):
@@ -98,13 +101,13 @@ def build(root: Path, kind: str = "tissue", counts=(33, 8, 16)) -> None:
         masks.mkdir(parents=True)
         for i in range(n):
             if kind == "tissue":
-                image, levels, _ = _head(rng, (233, 197))
+                image, levels, _ = _head(rng, tuple(size or (233, 197)), noise, blur)
                 mask = np.zeros(levels.shape, np.uint8)
                 mask[np.isin(levels, (0.1, 0.2))] = 1
                 mask[np.isin(levels, (0.3, 0.4))] = 2
                 Image.fromarray(np.round(image * 255).astype(np.uint8)).save(images / f"p{i:03d}.png")
             else:
-                image, _, brain = _head(rng, (214, 214))
+                image, _, brain = _head(rng, tuple(size or (214, 214)), noise, blur)
                 blob = _lesion(rng, brain)
                 image[blob] = np.clip(image[blob] + rng.uniform(0.15, 0.3), 0, 1)
                 mask = blob.astype(np.uint8)

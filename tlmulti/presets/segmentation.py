@@ -26,6 +26,13 @@ register_dataset(
 )
 
 register_dataset(
+    "nuclei-boundary", builder="tlmulti.datasets.nuclei:build", splits=("train", "val", "test"),
+    options={"boundary": True},
+    description="The 'nuclei' regions with three classes: background / nucleus interior / boundary (each nucleus's inner rim)",
+    source="PyPI wheel stardist==0.9.2, as for 'nuclei'",
+)
+
+register_dataset(
     "nuclei-boxes", builder="tlmulti.datasets.nuclei_boxes:build", splits=("train", "val", "test"),
     description="Nucleus boxes (COCO) on 96x96 16-bit tiles of the nuclei image, the 3 disjoint regions of 'nuclei'",
     source="PyPI wheel stardist==0.9.2, as for 'nuclei' (boxes from its instance mask)",

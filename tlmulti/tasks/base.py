@@ -222,6 +222,10 @@ class Task(TaskExport):
     primary_metric = ""
     #: Whether ``strategy: auto`` also tries input sizes, flips and pooling (image classification).
     strategy_inputs = False
+    #: ``epochs: auto``: the optimizer steps a phase aims at and its fewest and most epochs, for a
+    #: frozen phase (a head on cached features) and for one that trains backbone groups.
+    phase_steps = {"frozen": (300, 10, 50), "trained": (150, 3, 15)}
+
     def shorter_sequences(self, train, parts) -> list[int]:
         """Sequence lengths below the recipe's for ``strategy: auto`` to try (text: the training
         texts' 95th-percentile token count); none by default."""
@@ -267,6 +271,10 @@ class Task(TaskExport):
 
     def class_weight(self, examples: Examples) -> dict | None:
         return None
+
+    def training_examples(self, train: Examples) -> Examples:
+        """What the training phases draw from ``train`` (segmentation repeats rare-foreground tiles)."""
+        return train
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, model, examples: Examples, group_by: str | None = None) -> dict:

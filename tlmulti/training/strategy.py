@@ -81,7 +81,7 @@ class _Build:
         self.task.classes = self.train.classes
         self.metric = metric or self.task.primary_metric or self.task.guard_metric()
         self.parts = self.task.build(self.train.classes)
-        derive_phase_lengths(recipe, len(self.train))
+        derive_phase_lengths(recipe, len(self.train), self.task.phase_steps)
         frozen = copy.deepcopy(recipe)
         frozen.phases = [p for p in recipe.phases if _frozen(p)]
         t0 = time.perf_counter()

@@ -66,20 +66,25 @@ def _verbosity(recipe: Recipe) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def derive_phase_lengths(recipe: Recipe, n_train: int) -> None:
+def derive_phase_lengths(recipe: Recipe, n_train: int, steps_target=None) -> None:
     """Replace ``epochs: auto`` by a count scaled to the training set and, with
     ``callbacks.early_stopping.patience: auto``, give each phase its own patience; both are
     written into the recipe, so the saved recipe states them.
 
-    A frozen phase (cheap, on cached features) aims at about 300 optimizer steps (10 to 50
-    epochs); a phase that trains the backbone at about 150 (3 to 15 epochs). Patience is a fifth
-    of the phase's epochs, at least 2.
+    ``steps_target`` (the task's :attr:`~tlmulti.tasks.base.Task.phase_steps`) gives, for a
+    frozen phase and for a phase that trains the backbone, the optimizer steps aimed at and the
+    fewest and most epochs: by default about 300 steps (10 to 50 epochs) for a frozen phase
+    (cheap, on cached features) and 150 (3 to 15 epochs) for one that trains the backbone.
+    Patience is a fifth of the phase's epochs, at least 2.
     """
+    from tlmulti.tasks.base import Task
+
+    targets = steps_target or Task.phase_steps
     steps = max(1, -(-n_train // recipe.data.batch_size))
     for phase in recipe.phases:
         if phase.epochs == "auto":
             frozen = phase.unfreeze in ("none", "", [], "top:0")
-            target, low, high = (300, 10, 50) if frozen else (150, 3, 15)
+            target, low, high = targets["frozen" if frozen else "trained"]
             phase.epochs = int(min(max(round(target / steps), low), high))
         if phase.patience is None and recipe.callbacks.early_stopping.patience == "auto":
             phase.patience = max(2, round(phase.epochs / 5))
@@ -102,7 +107,8 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     from tlmulti.training.features import frozen_features
     from tlmulti.training.optimizers import learning_rate_schedule, make_optimizer
 
-    derive_phase_lengths(recipe, len(train))
+    derive_phase_lengths(recipe, len(train), task.phase_steps)
+    train = task.training_examples(train)
     group_names = list(parts.groups)
     batch = recipe.data.batch_size
     steps_per_epoch = max(1, -(-len(train) // batch))
@@ -367,7 +373,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tra
                             inputs=task.input_summary(train_ex, parts))
         print(format_summary(summary), flush=True)
         check_adaptation(recipe, task, parts)
-        derive_phase_lengths(recipe, len(train_ex))
+        derive_phase_lengths(recipe, len(train_ex), task.phase_steps)
         if resume is None:
             runs.begin_run(run_dir, recipe, task, train_ex.classes, summary,
                            run_card(recipe, task.spec, {"train": train_ex, "val": val_ex, "test": test_ex}))
