@@ -139,8 +139,11 @@ class Crash(Exception):
     pass
 
 
-def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(tiny_backbone, image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("disk_full", [False, True], ids=["cache kept", "cache cleared and disk full"])
+def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(disk_full, tiny_backbone, image_folder, tmp_path,
+                                                                  monkeypatch):
     import tlmulti
+    from tlmulti.data import cache as disk
     from tlmulti.training import checkpoints
     from tlmulti.training.trainer import resume
 
@@ -157,11 +160,16 @@ def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(tiny_backbone, 
     out = tmp_path / "crashed"
     with pytest.raises(Crash):
         tlmulti.train(_run_recipe(tiny_backbone, image_folder), out=out)
-    assert checkpoints.load_state(out)["phase"] == 1 and checkpoints.load_state(out)["epoch"] == 2
+    state = checkpoints.load_state(out)
+    assert (state["phase"], state["epoch"], state["cut_cache"]) == (1, 2, True)
     monkeypatch.setattr(checkpoints, "save", real)
+    if disk_full:  # the phase still continues on the cut (kept in memory), as its saved optimizer state needs
+        disk.clear()
+        monkeypatch.setattr(disk, "fits", lambda nbytes, base=None: False)
     run = resume(out)
     ft = run.metrics["phases"][1]
-    assert ft["cut_cache"]["used"] is True and ft["cut_cache"]["cache_hits"] == [True, True]
+    assert ft["cut_cache"]["used"] is True and ft["cut_cache"]["cache_hits"] == [not disk_full] * 2
+    assert not disk_full or disk.entries() == []
     assert [r["epoch"] for r in run.history] == [r["epoch"] for r in reference.history] == [1, 2, 3, 4]
     assert run.metrics["test"]["loss"] == pytest.approx(reference.metrics["test"]["loss"], abs=1e-5)
     assert json.loads((out / "run.json").read_text())["status"] == "finished"

@@ -39,6 +39,7 @@ class Cut:
         import keras
 
         self.parts, self.tensor, self.layers, self.point = parts, tensor, layers, point
+        self.must_fit = True  # False: an entry that does not fit on the disk is kept in memory
         backbone = parts.backbone
         self.lower = keras.Model(backbone.inputs[0], tensor, name="below_cut")
         self.upper = keras.Model(tensor, backbone.outputs[0], name="above_cut")
@@ -96,14 +97,21 @@ def find_cut(backbone, groups: dict, unfrozen: list[str]):
     return tensor, layer, None
 
 
-def plan(parts, task, phase, unfrozen: list[str]):
+def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
     """``(Cut or None, record)`` for a phase that unfreezes ``unfrozen``; the record is the phase's
-    ``cut_cache`` entry (``used`` False with the ``reason`` when it trains end to end)."""
+    ``cut_cache`` entry (``used`` False with the ``reason`` when it trains end to end).
+
+    ``resumed``: whether the interrupted epochs of this phase trained on the cut (None: the phase
+    starts afresh). A resumed phase continues as it ran, so its optimizer state and best weights
+    fit the model: end to end again, or on the cut, kept in memory if the disk lacks room now."""
+    if resumed is False:
+        return None, {"used": False, "reason": "the interrupted phase trained end to end: it continues so"}
     if phase.cache_features is False:
         return None, {"used": False, "reason": "cache_features: false"}
     if not getattr(task, "cut_cache", False):
         return None, {"used": False, "reason": f"{task.name} trains end to end (no cut cache for this task)"}
-    if phase.cache_features == "auto" and (parts.augment is not None or parts.augment_pairs is not None):
+    augmenting = parts.augment is not None or parts.augment_pairs is not None
+    if phase.cache_features == "auto" and augmenting and not resumed:
         return None, {"used": False, "reason": "random input augmentation is on (data.augment): a cached cut would "
                                                "skip it; cache_features: true caches anyway, without augmentation"}
     tensor, layer, reason = find_cut(parts.backbone, parts.groups, unfrozen)
@@ -112,8 +120,9 @@ def plan(parts, task, phase, unfrozen: list[str]):
     index = [id(l) for l in parts.backbone.layers].index(id(layer))
     point = [{"index": index, "class": type(layer).__name__, "tensor": tensor._keras_history.tensor_index,
               "shape": list(tensor.shape[1:])}]
-    return Cut(parts, tensor, [layer.name], point), {"used": True, "cut_after": [layer.name],
-                                                     "shape": list(tensor.shape[1:])}
+    cut = Cut(parts, tensor, [layer.name], point)
+    cut.must_fit = not resumed
+    return cut, {"used": True, "cut_after": [layer.name], "shape": list(tensor.shape[1:])}
 
 
 def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int, local: bool = False):
@@ -125,7 +134,7 @@ def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int,
               f"{n_train} training and {n_val} validation examples", flush=True)
     try:
         features, info = frozen_features(cut.feature_model(), example_sets, recipe, verbose, local=local,
-                                         key_extra={"cut": cut.point}, must_fit=True)
+                                         key_extra={"cut": cut.point}, must_fit=cut.must_fit)
     except DoesNotFit as exc:
         print(f"The cut cache of phase '{phase_name}' needs {exc.need / 2**30:.1f} GiB and the disk of "
               f"'{disk.root()}' has less free (with 1 GiB to spare): training this phase end to end.", flush=True)

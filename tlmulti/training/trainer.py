@@ -139,7 +139,8 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         if phase.epochs == 0:
             records.append(record)
             continue
-        cut, cut_record = cut_cache.plan(parts, task, phase, unfrozen) if unfrozen else (None, None)
+        resumed = resume.get("cut_cache", False) if resuming and resume["epoch"] else None  # how it ran
+        cut, cut_record = cut_cache.plan(parts, task, phase, unfrozen, resumed) if unfrozen else (None, None)
         if resuming and (use_cache or cut is not None):
             checkpoints.restore_weights(run_dir, parts)  # before the cache reads the backbone
         if use_cache:
@@ -182,7 +183,8 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             phase_callbacks.append(es)
         if recipe.callbacks.tensorboard and run_dir is not None:
             phase_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
-        phase_callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es))
+        phase_callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es,
+                                                           {"cut_cache": bool(cut_record and cut_record["used"])}))
         if resuming and resume.get("phase_done"):  # early stopping had ended it: keep its best epoch
             best = checkpoints.best_weights(run_dir)
             if best is not None and es_config.restore_best_weights:
