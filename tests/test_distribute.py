@@ -84,12 +84,13 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(setup, tmp
     chief = _metrics(tmp_path / "out0")
 
     # each worker computed frozen-phase features only for its shard (training 33 -> 17 + 16,
-    # validation 12 -> 6 + 6), in the cache they share here
+    # validation 12 -> 6 + 6), in the cache they share here, and so did the top phase's cut cache
     from tlmulti.data import cache
 
-    sizes = sorted(json.loads((cache.root() / e / "meta.json").read_text())["description"]["examples"]
-                   for e in os.listdir(cache.root()) if not e.startswith("."))
-    assert sizes == [6, 6, 16, 17]
+    described = [json.loads((cache.root() / e / "meta.json").read_text())["description"]
+                 for e in os.listdir(cache.root()) if not e.startswith(".")]
+    assert sorted(d["examples"] for d in described if "cut" not in d) == [6, 6, 16, 17]
+    assert sorted(d["examples"] for d in described if "cut" in d) == [6, 6, 16, 17]
 
     single = _tlmulti(["run", str(recipe), "--out", str(tmp_path / "single"), "--set", "distribute=default"], env)
     out = single.communicate(timeout=400)[0]
@@ -102,6 +103,7 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(setup, tmp
     assert chief["val"]["loss"] < 0.5 and alone["val"]["loss"] < 0.5  # both far below ln 3 = 1.10 at the start
     assert abs(chief["val"]["loss"] - alone["val"]["loss"]) <= 0.15
     assert [r["epochs_run"] for r in chief["phases"]] == [6, 2]
+    assert chief["phases"][1]["cut_cache"]["used"] and alone["phases"][1]["cut_cache"]["used"]
 
 
 def test_multi_worker_without_tf_config_says_what_to_set(setup):

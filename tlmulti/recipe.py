@@ -116,7 +116,11 @@ class PhaseConfig:
     ``learning_rate``, each group below it at ``lr_decay`` times the one above; the head always at
     ``learning_rate``. ``group_lr`` sets explicit multipliers per group instead.
     ``cache_features``: ``auto`` computes backbone features once when nothing below the head
-    trains (augmentation is then not applied in that phase); ``true`` / ``false`` force it.
+    trains (augmentation is then not applied in that phase); in a phase that unfreezes groups of
+    an image classification backbone, it computes the frozen part below the lowest unfrozen
+    group once and trains the layers above it on that (:mod:`tlmulti.training.cut`), unless
+    random augmentation is on; ``true`` caches even then (without augmentation); ``false``
+    always trains end to end.
     ``epochs``: a number, or ``auto``: scaled to the training set (about 300 optimizer steps for
     a frozen phase, 10 to 50 epochs; about 150 for a phase that trains the backbone, 3 to 15).
     ``schedule``: ``constant`` or ``cosine`` (cosine decay to zero over the phase); ``warmup``:

@@ -334,9 +334,11 @@ def _footer(metrics: dict) -> str:
                 epochs += f" / {cell(p.get('epochs_planned'))}"
             groups = p.get("unfrozen_groups")
             groups_text = num(groups) if groups else "none (head only)"
+            cut = p.get("cut_cache") or {}  # a phase trained on the cached frozen part below its groups
+            cache = f"cut after {', '.join(cut.get('cut_after', []))}" if cut.get("used") else p.get("feature_cache")
             rows.append(f"<tr><th>{esc(p.get('name', ''))}</th><td>{epochs}</td>"
                         f"<td>{cell(p.get('learning_rate'))}</td><td>{esc(groups_text)}</td>"
-                        f"<td>{cell(p.get('batchnorm'))}</td><td>{cell(p.get('feature_cache'))}</td>"
+                        f"<td>{cell(p.get('batchnorm'))}</td><td>{cell(cache)}</td>"
                         f"<td>{cell(p.get('seconds'))}</td></tr>")
         parts.append("<h3>Training phases</h3>" + table(
             ["phase", "epochs run / planned", "learning rate", "unfrozen groups", "batchnorm",

@@ -231,6 +231,9 @@ class Task(TaskExport):
         texts' 95th-percentile token count); none by default."""
         return []
 
+    #: Whether a phase that unfreezes the top of a functional backbone may train on the cached
+    #: output of the frozen part below it (:mod:`tlmulti.training.cut`).
+    cut_cache = False
     #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
     calibratable = False
     #: What ``--tta`` averages over flipped views (:mod:`tlmulti.evaluation.tta`): "labels" (class

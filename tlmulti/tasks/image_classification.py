@@ -55,6 +55,7 @@ class ImageClassification(ImageTaskMixin, ClassificationTask):
     name = "image_classification"
     family = "vision"
     strategy_inputs = True
+    cut_cache = True
     tta_output = "labels"
     explains = True
 

@@ -4,7 +4,8 @@
 frozen feature model outputs, as memory-mapped arrays from :mod:`tlmulti.data.cache` (or in
 memory with ``cache.disk: false``). The cache key is made of the feature model's identity
 (backbone name and weights source, the hash of every weight it holds, each layer's
-configuration, input and output shapes, precision policy) and the inputs' fingerprint.
+configuration, input and output shapes, precision policy) and the inputs' fingerprint, plus
+what the caller adds (:mod:`tlmulti.training.cut` adds the cut point).
 """
 
 from __future__ import annotations
@@ -51,11 +52,22 @@ def model_fingerprint(model) -> dict:
             "policy": keras.config.dtype_policy().name}
 
 
-def frozen_features(feature_model, example_sets, recipe, verbose: int = 1, local: bool = False):
+class DoesNotFit(Exception):
+    """A cache entry that must be on disk would not fit there (``need``: its bytes)."""
+
+    def __init__(self, need: int):
+        super().__init__(need)
+        self.need = need
+
+
+def frozen_features(feature_model, example_sets, recipe, verbose: int = 1, local: bool = False,
+                    key_extra: dict | None = None, must_fit: bool = False):
     """``(features per example set, info)``: each element is the backbone output (an array, or a
     list of arrays for several outputs) for the matching set's ``x``; ``info`` says for each
-    whether it was read from the cache (``hits``) and the seconds spent. ``local``: call the
-    model on this worker alone (a multi-worker run: each worker computes its own shard's)."""
+    whether it was read from the cache (``hits``), its key (``keys``) and the seconds spent.
+    ``local``: call the model on this worker alone (a multi-worker run: each worker computes its
+    own shard's). ``key_extra`` joins the cache key. An entry that does not fit on the disk is
+    kept in memory for this run, or, with ``must_fit``, raises :class:`DoesNotFit`."""
     predictor = feature_model
     if local:
         import tensorflow as tf
@@ -81,7 +93,8 @@ def frozen_features(feature_model, example_sets, recipe, verbose: int = 1, local
             continue
         if model_id is None:
             model_id = {"backbone": recipe.backbone.name, "weights": recipe.backbone.weights,
-                        "output_layer": recipe.backbone.output_layer, "model": model_fingerprint(feature_model)}
+                        "output_layer": recipe.backbone.output_layer, "model": model_fingerprint(feature_model),
+                        **(key_extra or {})}
         description = {**model_id, "task": recipe.task, "inputs": fingerprint_array(examples.x), "examples": n,
                        "dtype": recipe.cache.dtype}
         key = disk.make_key(description)
@@ -96,6 +109,8 @@ def frozen_features(feature_model, example_sets, recipe, verbose: int = 1, local
         ds = make_dataset(examples.x, None, recipe.data.batch_size)
         need = n * sum(int(np.prod(o.shape[1:])) for o in feature_model.outputs) * np.dtype(recipe.cache.dtype).itemsize
         if not disk.fits(need):
+            if must_fit:
+                raise DoesNotFit(need)
             print(f"The feature cache needs {need / 2**30:.1f} GiB and the disk of '{disk.root()}' has less free "
                   "(with 1 GiB to spare): keeping this run's features in memory instead.", flush=True)
             results.append(_in_memory(predictor, ds, n, verbose))

@@ -10,8 +10,11 @@ backbone). ``fine_tune`` runs the phases in order:
   each epoch costs a head update, not a backbone pass. Augmentation is not applied to cached
   features; set ``cache_features: false`` to augment in a frozen phase;
 * a phase that unfreezes groups recompiles at its own learning rate (optionally lower for lower
-  groups) and trains end to end; BatchNorm follows the phase's policy (see
-  :mod:`tlmulti.training.freezing`).
+  groups); BatchNorm follows the phase's policy (see :mod:`tlmulti.training.freezing`). With
+  ``cache_features: auto`` an image classification phase computes the frozen part below its
+  lowest unfrozen group once and trains the layers above it on that cache
+  (:mod:`tlmulti.training.cut`); with random augmentation on (unless ``cache_features: true``),
+  ``cache_features: false``, or a backbone that cannot be cut there, it trains end to end.
 
 Each phase has early stopping with best-weight restore (recipe ``callbacks``), optional class
 weights and TensorBoard logs. What every phase used is returned and written to metrics.json.
@@ -103,7 +106,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
     import keras
 
     from tlmulti.data.pipeline import make_dataset, make_epoch_dataset, with_class_weights
-    from tlmulti.training import checkpoints
+    from tlmulti.training import checkpoints, cut as cut_cache
     from tlmulti.training.features import frozen_features
     from tlmulti.training.optimizers import learning_rate_schedule, make_optimizer
 
@@ -128,7 +131,7 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             continue  # finished before the interruption; its record is in ``records``
         unfrozen = resolve_unfreeze(phase.unfreeze, group_names, f"phases.{i}.unfreeze")
         set_trainable(parts.backbone, parts.groups, unfrozen, phase.batchnorm)
-        use_cache = phase.cache_features is True or (phase.cache_features == "auto" and not unfrozen)
+        use_cache = phase.cache_features is not False and not unfrozen
         mults = group_multipliers(parts.groups, unfrozen, phase.lr_decay, phase.group_lr)
         by_var = {id(v): mults[g] for g in unfrozen for layer in parts.groups[g] for v in layer.trainable_weights}
         rate = learning_rate_schedule(phase.learning_rate, phase.schedule, steps_per_epoch * phase.epochs, phase.warmup)
@@ -142,7 +145,9 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
         if phase.epochs == 0:
             records.append(record)
             continue
-        if resuming and use_cache:
+        resumed = resume.get("cut_cache", False) if resuming and resume["epoch"] else None  # how it ran
+        cut, cut_record = cut_cache.plan(parts, task, phase, unfrozen, resumed) if unfrozen else (None, None)
+        if resuming and (use_cache or cut is not None):
             checkpoints.restore_weights(run_dir, parts)  # before the cache reads the backbone
         if use_cache:
             if cache is None:
@@ -158,9 +163,10 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
                 if verbose:
                     print(f"Features ready in {info['seconds']:.1f} s", flush=True)
             model, x_train, x_val = parts.head, cache[0], cache[1]
-        else:
-            model = parts.assemble(backbone_training=None if unfrozen else False, augment=True)
-            x_train, x_val = train.x, val.x
+        else:  # on the cached cut below the unfrozen groups, or end to end
+            model, x_train, x_val = cut_cache.phase_model(cut, cut_record, parts, (train, val), recipe, phase.name,
+                                                          _verbosity(recipe), workers.several, bool(unfrozen))
+            record.update({"cut_cache": cut_record} if cut_record else {})
         if resuming and not use_cache:
             checkpoints.restore_weights(run_dir, parts)
         prepare(model, workers).compile(optimizer=optimizer, **task.compile_args())
@@ -183,13 +189,15 @@ def fine_tune(parts, task, train, val, recipe: Recipe, run_dir: Path | None = No
             phase_callbacks.append(es)
         if recipe.callbacks.tensorboard and run_dir is not None:
             phase_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / phase.name)))
-        phase_callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es))
+        phase_callbacks.append(checkpoints.EpochCheckpoint(run_dir, i, phase.name, epoch0, history, records, parts, es,
+                                                           {"cut_cache": bool(cut_record and cut_record["used"])}))
         if resuming and resume.get("phase_done"):  # early stopping had ended it: keep its best epoch
             best = checkpoints.best_weights(run_dir)
             if best is not None and es_config.restore_best_weights:
                 model.set_weights(best)
         elif initial < phase.epochs:
-            def epochs_of(b, seed=recipe.seed + 1000 * i, augment=None if use_cache else parts.augment_pairs):
+            def epochs_of(b, seed=recipe.seed + 1000 * i,
+                          augment=None if x_train is not train.x else parts.augment_pairs):  # cached: none
                 ds = make_epoch_dataset(x_train, task.targets(train), b, seed=seed, epochs=phase.epochs, initial_epoch=initial,
                                         augment=augment)
                 return with_class_weights(ds, class_weight) if workers.several else ds
