@@ -71,15 +71,10 @@ def _verbosity(recipe: Recipe) -> int:
 
 def derive_phase_lengths(recipe: Recipe, n_train: int, steps_target=None) -> None:
     """Replace ``epochs: auto`` by a count scaled to the training set and, with
-    ``callbacks.early_stopping.patience: auto``, give each phase its own patience; both are
-    written into the recipe, so the saved recipe states them.
-
-    ``steps_target`` (the task's :attr:`~tlmulti.tasks.base.Task.phase_steps`) gives, for a
-    frozen phase and for a phase that trains the backbone, the optimizer steps aimed at and the
-    fewest and most epochs: by default about 300 steps (10 to 50 epochs) for a frozen phase
-    (cheap, on cached features) and 150 (3 to 15 epochs) for one that trains the backbone.
-    Patience is a fifth of the phase's epochs, at least 2.
-    """
+    ``callbacks.early_stopping.patience: auto``, give each phase its own patience (a fifth of its
+    epochs, at least 2); both are written into the recipe. ``steps_target``: the task's
+    :attr:`~tlmulti.tasks.base.Task.phase_steps` (steps aimed at, fewest and most epochs, for a
+    frozen phase and for one that trains the backbone; by default 300, 10-50 and 150, 3-15)."""
     from tlmulti.tasks.base import Task
 
     targets = steps_target or Task.phase_steps
