@@ -87,3 +87,14 @@ def test_a_named_positive_class_is_compared_on_auroc(colour_blind, tmp_path):
     assert make_task(recipe).primary_metric == "accuracy"
     recipe.data.positive_class = "green"
     assert make_task(recipe).primary_metric == "auroc"
+
+
+def test_the_budget_holds_back_the_chosen_candidates_full_run():
+    from tlmulti.training.strategy import fits
+
+    # plain run 100 s, budget 3x: 150 s spent, a 40 s candidate, then a plain final run fits
+    assert fits(150, 40, 100, None, 3.0)
+    # the same once the best candidate (every group unfrozen) needs 160 s at full length: it does not
+    assert not fits(150, 40, 100, 160, 3.0)
+    # a best candidate cheaper than a plain run still holds back a plain run
+    assert fits(150, 50, 100, 30, 3.0) and not fits(150, 51, 100, 30, 3.0)

@@ -23,9 +23,10 @@ early stopping; frozen phases read the disk feature cache. A plain run is estima
 first candidates: the time to read the data, build the model, train the frozen phase and score
 it, plus the recipe's fine-tuning phase at full length. A candidate starts only when the time
 spent so far plus its expected cost (a fine-tuning run as long as the first one; a new build
-scaled by its input's pixels) stays within ``strategy_budget - 1`` plain runs, leaving the last
-share for the final training, which runs the chosen candidate's recipe in full; skipped
-candidates are listed as such. A candidate must beat the best so far by more than ``MARGIN`` to
+scaled by its input's pixels) and then the final training stay within ``strategy_budget``
+plain runs. The final training runs the chosen candidate's recipe in full, so once a candidate
+costlier than a plain run is the best, its full run (its measured seconds scaled to full
+length) is what is held back for the end. Skipped candidates are listed as such. A candidate must beat the best so far by more than ``MARGIN`` to
 replace it (and, for accuracy, by more than one validation example: ``1 / n_val``), so ties keep
 the recipe as written.
 
@@ -52,6 +53,13 @@ FRACTION = 0.5  # share of a fine-tuning phase's epochs a candidate runs
 MARGIN = 0.002  # how much a candidate must beat the best so far by to replace it
 RATE_FACTOR = 10.0
 MIN_SIDE = 96  # smallest input tried: three times the coarsest stride (32) of the usual backbones
+
+
+def fits(elapsed: float, cost: float, plain: float, best_full: float | None, budget: float) -> bool:
+    """Whether a candidate of ``cost`` seconds, after ``elapsed``, leaves room in ``budget`` plain
+    runs (of ``plain`` seconds) for the final training: a plain run, or ``best_full`` (the best
+    candidate's full run) where that is longer."""
+    return elapsed + cost + max(plain, best_full or 0.0) <= budget * plain
 
 
 def _frozen(phase) -> bool:
@@ -186,10 +194,17 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     build_seconds = time.perf_counter() - t_start  # reading, building, the frozen phase, scoring
     tune_seconds, best = 0.0, probe
 
+    final = {"seconds": None}  # the chosen candidate's full run, once one beats the recipe as written
+
     def affordable(cost: float) -> bool:
-        """Whether a candidate costing about ``cost`` seconds fits in the search's share."""
+        """Whether a candidate costing about ``cost`` seconds fits in the budget with the final
+        training after it: a plain run, or the best candidate's full run where that costs more."""
         plain = build_seconds + tune_seconds / FRACTION
-        return time.perf_counter() - t_start + cost <= (recipe.strategy_budget - 1) * plain
+        return fits(time.perf_counter() - t_start, cost, plain, final["seconds"], recipe.strategy_budget)
+
+    def full_run(build_cost: float, tune_cost: float) -> None:
+        """Keep the full-run estimate of a candidate that has just become the best."""
+        final["seconds"] = build_cost + tune_cost / FRACTION
 
     if tuning:
         written = _Candidate("as written", [], None, tuning)
@@ -213,6 +228,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         record(label, [*best.changes, *overrides], value, seconds + extra)
         if value <= best.val + margin:
             return None
+        full_run(seconds, extra)
         best = _Candidate(label, [*best.changes, *overrides], value, best.phases, best.overrides + overrides)
         step_seconds = extra or step_seconds
         return other
@@ -230,7 +246,9 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         if affordable(step_seconds):
             depth.val, seconds = build.tune(depth.phases)
             record(depth.name, depth.changes, depth.val, seconds)
-            best = depth if depth.val > best.val + margin else best
+            if depth.val > best.val + margin:
+                best = depth
+                full_run(build_seconds, seconds)
         else:
             skipped(depth.name, depth.changes)
         if best.phases is not None:
@@ -242,7 +260,9 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
             if affordable(step_seconds):
                 rate.val, seconds = build.tune(faster)
                 record(rate.name, rate.changes, rate.val, seconds)
-                best = rate if rate.val > best.val + margin else best
+                if rate.val > best.val + margin:
+                    best = rate
+                    full_run(build_seconds, seconds)
             else:
                 skipped(rate.name, rate.changes)
     for name, overrides, scale in [c for c in rebuilds if not c[2]]:
