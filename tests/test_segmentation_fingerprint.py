@@ -162,3 +162,12 @@ def test_the_default_fits_a_three_class_intensity_phantom(tiny_backbone, tmp_pat
     train, _, _ = task.load_splits()
     fit = task.evaluate(run.model, train)
     assert fit["mean_dice"] >= 0.95, fit["per_class"]
+
+
+def test_strategy_auto_also_tries_the_full_resolution_input_skip(tiny_backbone, tmp_path):
+    from tlmulti.tasks import make_task
+
+    data = {s: write_seg_folder(tmp_path / s, 2, seed=k) for k, s in enumerate(("train", "val", "test"))}
+    assert make_task(seg_recipe(tiny_backbone, data)).strategy_variants() == [
+        ("input image as full-resolution skip", ["head.image_skip=true"], None)]
+    assert make_task(seg_recipe(tiny_backbone, data, **{"head.image_skip": "true"})).strategy_variants() == []

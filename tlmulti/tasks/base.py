@@ -226,6 +226,11 @@ class Task(TaskExport):
     #: frozen phase (a head on cached features) and for one that trains backbone groups.
     phase_steps = {"frozen": (300, 10, 50), "trained": (150, 3, 15)}
 
+    def strategy_variants(self) -> list[tuple[str, list[str], None]]:
+        """More ``strategy: auto`` candidates that need a new build: ``(name, recipe overrides,
+        None)``, each tried on the best strategy so far; none by default."""
+        return []
+
     def shorter_sequences(self, train, parts) -> list[int]:
         """Sequence lengths below the recipe's for ``strategy: auto`` to try (text: the training
         texts' 95th-percentile token count); none by default."""

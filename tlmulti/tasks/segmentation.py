@@ -273,6 +273,13 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
             augment_pairs=paired_augmentation(aug.flip, aug.rot90, aug.brightness, aug.contrast, self.recipe.seed),
         )
 
+    def strategy_variants(self):
+        """``strategy: auto`` also tries the input image as the decoder's full-resolution skip."""
+        head = self.recipe.head
+        if head.image_skip or head.decoder == "simple":
+            return []
+        return [("input image as full-resolution skip", ["head.image_skip=true"], None)]
+
     def class_weight(self, examples: Examples):
         """Keras class weights do not apply to masks: ``balanced`` weights go into the loss."""
         if self.recipe.data.class_weight == "balanced":

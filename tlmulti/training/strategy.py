@@ -16,7 +16,9 @@ greedy, cheapest first, and each step changes one thing from the best so far:
    depth at one input size, each candidate continues from it;
 4. **rate**: the best depth at ten times its rate (skipped when the probe wins);
 5. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
-6. **pooling** ``max`` instead of ``avg`` (small local findings), for images.
+6. **pooling** ``max`` instead of ``avg`` (small local findings), for images;
+7. the task's own variants (:meth:`~tlmulti.tasks.base.Task.strategy_variants`): for segmentation
+   the input image as a full-resolution skip of the decoder (``head.image_skip``).
 
 Fine-tuning candidates run ``FRACTION`` of their phase's epochs (at least one) with the phase's
 early stopping; frozen phases read the disk feature cache. A plain run is estimated from the
@@ -290,9 +292,10 @@ def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str
     """Changes that need a new build: ``(name, overrides, cost scale or None)`` for smaller
     inputs (images: sides; text: the sequence length), then, for images, flips off and max pooling."""
     task = build.task
+    variants = task.strategy_variants()
     if not task.strategy_inputs:
         return [(f"sequence {n} tokens", [f"data.sequence_length={n}"], n / task.sequence_length())
-                for n in task.shorter_sequences(build.train, build.parts)]
+                for n in task.shorter_sequences(build.train, build.parts)] + variants
     pixels = float(np.prod(task.image_size()))
     out = [(f"input {s} px", [f"data.image_size=[{s}, {s}]"], s * s / pixels)
            for s in smaller_sides(task, build.train)]
@@ -300,7 +303,7 @@ def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str
         out.append(("no flips", ["data.augment.flip=none"], None))
     if getattr(base.head, "pooling", None) == "avg":
         out.append(("max pooling", ["head.pooling=max"], None))
-    return out
+    return out + variants
 
 
 def _final(recipe: Recipe, best: _Candidate) -> Recipe:
