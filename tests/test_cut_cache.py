@@ -71,64 +71,93 @@ def test_batchnorm_below_the_cut_does_not_move(tiny_backbone, image_folder):
     assert_weights_changed(stats[2], [bns[2].moving_mean, bns[2].moving_variance])  # above the cut: trains
 
 
-def test_augmentation_falls_back_to_end_to_end_unless_caching_is_forced(tiny_backbone, image_folder):
+def test_augmentation_other_than_flips_falls_back_to_end_to_end_unless_caching_is_forced(tiny_backbone,
+                                                                                         image_folder):
+    recipe = _phase(tiny_backbone, image_folder, "top:1", "auto")
+    recipe.data.augment.flip, recipe.data.augment.rotate = "horizontal", 0.1
+    _, record, _ = _fine_tune(recipe)
+    assert record["cut_cache"]["used"] is False and "augmentation other than flips" in record["cut_cache"]["reason"]
+    recipe = _phase(tiny_backbone, image_folder, "top:1", True)
+    recipe.data.augment.flip, recipe.data.augment.rotate = "horizontal", 0.1
+    _, record, _ = _fine_tune(recipe)
+    assert record["cut_cache"]["used"] is True and record["cut_cache"]["views"] == 2  # the flips, not the turns
+
+
+def test_a_horizontal_flip_trains_on_two_cached_views(tiny_backbone, image_folder):
     recipe = _phase(tiny_backbone, image_folder, "top:1", "auto")
     recipe.data.augment.flip = "horizontal"
-    _, record, _ = _fine_tune(recipe)
-    assert record["cut_cache"]["used"] is False and "augmentation" in record["cut_cache"]["reason"]
-    recipe = _phase(tiny_backbone, image_folder, "top:1", True)
-    recipe.data.augment.flip = "horizontal"
-    _, record, _ = _fine_tune(recipe)
-    assert record["cut_cache"]["used"] is True
+    parts, record, before = _fine_tune(recipe)
+    assert record["cut_cache"]["used"] is True and record["cut_cache"]["views"] == 2
+    assert record["cut_cache"]["cut_after"] == ["block2_pool"] and record["cut_cache"]["cache_hits"] == [False, False]
+    assert_weights_changed(before, _all_weights(parts))
+    _, plain, _ = _fine_tune(_phase(tiny_backbone, image_folder, "top:1", "auto"))
+    assert plain["cut_cache"]["views"] == 1
+    assert plain["cut_cache"]["cache_keys"][1] == record["cut_cache"]["cache_keys"][1]  # validation: as it is
+    assert plain["cut_cache"]["cache_keys"][0] != record["cut_cache"]["cache_keys"][0]
 
 
-def test_a_cache_that_does_not_fit_the_disk_trains_end_to_end(tiny_backbone, image_folder, monkeypatch, capsys):
-    from tlmulti.data import cache as disk
+@pytest.mark.parametrize("flip, flips", [("horizontal", [(False, False), (False, True)]),
+                                         ("both", [(False, False), (False, True), (True, False), (True, True)])])
+def test_the_cached_views_are_the_cut_of_the_flipped_images(flip, flips, tiny_backbone, image_folder):
+    from tlmulti.data.pipeline import Views
+    from tlmulti.training.cut import cached_inputs, plan
 
-    monkeypatch.setattr(disk, "fits", lambda nbytes, base=None: False)
-    _, record, _ = _fine_tune(_phase(tiny_backbone, image_folder, "top:1"))
-    assert record["cut_cache"] == {"used": False, "reason": "the cut cache does not fit on the disk"}
-    lines = [l for l in capsys.readouterr().out.splitlines() if "cut cache" in l]
-    assert len(lines) == 1 and "training this phase end to end" in lines[0]
-
-
-def test_backbones_without_a_single_cut_fall_back_with_the_reason():
-    import keras
-
-    from tlmulti.training.cut import find_cut
-
-    inputs = keras.Input((8, 8, 3))
-    a = keras.layers.Conv2D(4, 3, padding="same", name="low_a")(inputs)
-    b = keras.layers.Conv2D(4, 3, padding="same", name="low_b")(a)
-    top = keras.layers.Concatenate(name="top_cat")([a, b])
-    out = keras.layers.Conv2D(4, 1, name="top_conv")(top)
-    skip = keras.Model(inputs, out)
-    layers = {l.name: l for l in skip.layers}
-    tensor, _, reason = find_cut(skip, {"low": [layers["low_a"], layers["low_b"]],
-                                        "top": [layers["top_cat"], layers["top_conv"]]}, ["top"])
-    assert tensor is None and reason.startswith("2 tensors cross") and "low_a, low_b" in reason
-    tensor, layer, reason = find_cut(skip, {"low": [layers["low_a"]], "top": [layers["low_b"], layers["top_cat"],
-                                                                               layers["top_conv"]]}, ["top"])
-    assert reason is None and layer.name == "low_a"  # one tensor feeding two unfrozen layers (a residual) is one cut
-    tensor, layer, reason = find_cut(skip, {"all": [layers[n] for n in ("low_a", "low_b", "top_cat", "top_conv")]},
-                                     ["all"])
-    assert tensor is None and reason == "nothing is frozen below the lowest unfrozen group"
-
-    class Subclassed(keras.Model):
-        def call(self, x):
-            return x
-
-    tensor, _, reason = find_cut(Subclassed(), {"all": []}, ["all"])
-    assert tensor is None and reason == "the backbone is not a Keras functional graph"
+    recipe = _phase(tiny_backbone, image_folder, "top:1", "auto")
+    recipe.data.augment.flip = flip
+    task, parts, train, val = build_parts(recipe)
+    cut, record = plan(parts, task, recipe.phases[0], ["block3"])
+    assert cut.flips == flips and record["views"] == len(flips)
+    x_train, x_val, info = cached_inputs(cut, (train, val), recipe, "ft", verbose=0)
+    assert isinstance(x_train, Views) and x_train.views == len(flips) and len(x_train) == len(train)
+    assert info["hits"] == [False, False]
+    model, n, images = cut.feature_model(), len(train), np.asarray(train.x)
+    for v, (vertical, horizontal) in enumerate(flips):
+        flipped = images[:, ::-1 if vertical else 1, ::-1 if horizontal else 1]
+        expected = np.asarray(model.predict(flipped, verbose=0))
+        np.testing.assert_allclose(np.asarray(x_train.rows[v * n:(v + 1) * n]), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(x_train.rows[:n], x_train.rows[n:2 * n])  # the flips differ
+    np.testing.assert_allclose(np.asarray(x_val), np.asarray(model.predict(np.asarray(val.x), verbose=0)),
+                               rtol=1e-5, atol=1e-5)
+    again = cached_inputs(cut, (train, val), recipe, "ft", verbose=0)
+    assert again[2]["hits"] == [True, True] and again[2]["keys"] == info["keys"]
 
 
-def _run_recipe(backbone, data):
+def _drawn_views(n, views, seed, epochs, initial_epoch=0):
+    """Per epoch, the view read for each of ``n`` examples (rows hold their own row number)."""
+    from tlmulti.data.pipeline import Views, make_epoch_dataset
+
+    rows = np.arange(views * n, dtype="float32")[:, None]
+    ds = make_epoch_dataset(Views(rows, views), np.arange(n, dtype="int32"), 4, seed=seed, epochs=epochs,
+                            initial_epoch=initial_epoch)
+    batches = [(x.numpy()[:, 0].astype(int), y.numpy()) for x, y in ds]
+    read, labels = (np.concatenate(b) for b in zip(*batches))
+    assert np.array_equal(read % n, labels)  # each row's targets are its example's
+    out = np.zeros((epochs - initial_epoch, n), dtype=int)
+    for k, epoch in enumerate(read.reshape(epochs - initial_epoch, n)):
+        assert sorted(epoch % n) == list(range(n))  # every example once per epoch
+        out[k, epoch % n] = epoch // n
+    return out
+
+
+def test_each_epoch_draws_one_view_per_example_uniformly_and_reproducibly():
+    two = _drawn_views(64, 2, seed=3, epochs=20)
+    assert 0.45 < two.mean() < 0.55 and all(0.1 < m < 0.9 for m in two.mean(axis=0))  # Bernoulli(0.5) each
+    assert all(0.25 < m < 0.75 for m in two.mean(axis=1))  # every epoch mixes both views
+    assert np.array_equal(_drawn_views(64, 2, seed=3, epochs=5), two[:5])  # the same seed draws the same
+    assert np.array_equal(_drawn_views(64, 2, seed=3, epochs=20, initial_epoch=17), two[17:])  # resumed
+    assert not np.array_equal(_drawn_views(64, 2, seed=4, epochs=3), two[:3])
+    four = _drawn_views(64, 4, seed=0, epochs=10)
+    assert all(0.2 < np.mean(four == v) < 0.3 for v in range(4))
+
+
+def _run_recipe(backbone, data, flip="none"):
     from tlmulti.recipe import from_dict
 
     return from_dict({
         "task": "image_classification", "name": "t", "seed": 0, "deterministic": True,
         "backbone": {"name": backbone}, "head": {"pooling": "avg", "dropout": 0.0},
-        "data": {"train": str(data), "test": str(data), "val_split": 0.25, "batch_size": 4, "image_size": [16, 16]},
+        "data": {"train": str(data), "test": str(data), "val_split": 0.25, "batch_size": 4, "image_size": [16, 16],
+                 "augment": {"flip": flip}},
         "phases": [{"name": "head", "epochs": 1, "learning_rate": 0.01},
                    {"name": "ft", "epochs": 3, "learning_rate": 0.01, "unfreeze": "top:1"}],
         "callbacks": {"early_stopping": {"patience": 5}, "verbose": 0}, "output": {"plots": False},
@@ -139,15 +168,16 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("disk_full", [False, True], ids=["cache kept", "cache cleared and disk full"])
-def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(disk_full, tiny_backbone, image_folder, tmp_path,
-                                                                  monkeypatch):
+@pytest.mark.parametrize("disk_full, flip", [(False, "none"), (True, "none"), (False, "horizontal")],
+                         ids=["cache kept", "cache cleared and disk full", "flip views"])
+def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(disk_full, flip, tiny_backbone, image_folder,
+                                                                  tmp_path, monkeypatch):
     import tlmulti
     from tlmulti.data import cache as disk
     from tlmulti.training import checkpoints
     from tlmulti.training.trainer import resume
 
-    reference = tlmulti.train(_run_recipe(tiny_backbone, image_folder), out=tmp_path / "reference")
+    reference = tlmulti.train(_run_recipe(tiny_backbone, image_folder, flip), out=tmp_path / "reference")
     real, calls = checkpoints.save, []
 
     def crashing(*args, **kwargs):  # 1 start, 2 head epoch, 3 between phases, 4-6 ft epochs, 7 end
@@ -159,7 +189,7 @@ def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(disk_full, tiny
     monkeypatch.setattr(checkpoints, "save", crashing)
     out = tmp_path / "crashed"
     with pytest.raises(Crash):
-        tlmulti.train(_run_recipe(tiny_backbone, image_folder), out=out)
+        tlmulti.train(_run_recipe(tiny_backbone, image_folder, flip), out=out)
     state = checkpoints.load_state(out)
     assert (state["phase"], state["epoch"], state["cut_cache"]) == (1, 2, True)
     monkeypatch.setattr(checkpoints, "save", real)
@@ -169,6 +199,8 @@ def test_resume_in_the_middle_of_a_cut_cached_phase_continues_it(disk_full, tiny
     run = resume(out)
     ft = run.metrics["phases"][1]
     assert ft["cut_cache"]["used"] is True and ft["cut_cache"]["cache_hits"] == [not disk_full] * 2
+    assert ft["cut_cache"]["views"] == (2 if flip == "horizontal" else 1)
+    assert reference.metrics["phases"][1]["cut_cache"]["views"] == ft["cut_cache"]["views"]
     assert not disk_full or disk.entries() == []
     assert [r["epoch"] for r in run.history] == [r["epoch"] for r in reference.history] == [1, 2, 3, 4]
     assert run.metrics["test"]["loss"] == pytest.approx(reference.metrics["test"]["loss"], abs=1e-5)

@@ -6,6 +6,7 @@ decodes one example in the ``tf.data`` pipeline (:mod:`tlmulti.data.pipeline`), 
 so memory does not grow with the number of examples. It behaves like the array it stands for
 where the rest of the code needs one: ``len``, ``shape``, ``x[i]`` (one decoded example),
 ``x[idx]`` (a smaller FileArray) and ``np.asarray(x)`` (everything decoded, for small subsets).
+:func:`flipped_views` makes one of the flipped views of images, each made when it is read.
 
 :func:`stream_choice` decides between it and decoding everything up front: ``data.streaming:
 auto`` streams when the decoded inputs would take more than :data:`STREAM_BYTES`.
@@ -74,13 +75,32 @@ class FileArray:
         for item in self.items:
             path = item[0] if isinstance(item, tuple) else item
             if path not in stamps:
-                try:
-                    st = os.stat(path)
-                    stamps[path] = (st.st_size, st.st_mtime_ns)
+                try:  # a number is an index, not a file (os.stat would read a file descriptor)
+                    st = os.stat(path) if isinstance(path, (str, bytes, os.PathLike)) else None
+                    stamps[path] = None if st is None else (st.st_size, st.st_mtime_ns)
                 except (OSError, TypeError):
                     stamps[path] = None
             h.update(repr((item, stamps[path])).encode())
         return h.hexdigest()
+
+
+def flipped_views(x, flips) -> FileArray:
+    """Every view of images ``x`` (an array or a FileArray of height x width x channels images)
+    that ``flips`` lists, view-major: item ``v * len(x) + i`` is ``x[i]`` flipped as ``flips[v]``
+    says (``(vertical, horizontal)``), made when the pipeline reads it, so no flipped copy of the
+    images is held. Its fingerprint covers ``x``'s and the flips."""
+    n = len(x)
+    flips = [(bool(v), bool(h)) for v, h in flips]
+
+    def load(item):
+        view, i = item
+        image = np.asarray(x[i])
+        vertical, horizontal = flips[view]
+        return image[::-1 if vertical else 1, ::-1 if horizontal else 1]
+
+    items = [(view, i) for view in range(len(flips)) for i in range(n)]
+    return FileArray(items, load, x.shape[1:], x.dtype,
+                     {"views": [list(f) for f in flips], "of": fingerprint_array(x)})
 
 
 def _object_vector(items) -> np.ndarray:

@@ -196,6 +196,26 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+class Views:
+    """Training inputs with ``views`` views of each example (the flips of an image), view-major:
+    row ``v * n + i`` of ``rows`` is view ``v`` of example ``i``, view 0 the example as it is.
+    :func:`make_epoch_dataset` reads one view of each example per epoch, drawn at random."""
+
+    def __init__(self, rows, views: int):
+        if _length(rows) % views:
+            raise ValueError(f"{_length(rows)} rows are not {views} views of the same examples")
+        self.rows, self.views = rows, int(views)
+
+    def __len__(self) -> int:
+        return _length(self.rows) // self.views
+
+
+def _tiled(y, times: int):
+    """Targets ``y`` (see :func:`_flat`) repeated ``times`` times along the examples."""
+    keys, parts = _flat(y)
+    return _unflat(y, keys, [np.concatenate([np.asarray(a)] * times) for a in parts])
+
+
 def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_epoch: int = 0, augment=None):
     """Training batches for epochs ``initial_epoch .. epochs - 1``, one after the other.
 
@@ -204,15 +224,32 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
     stateless random ops. Fit it with ``steps_per_epoch = ceil(n / batch_size)``. Every epoch
     reads by index (:func:`_fetch`: large arrays with NumPy, so they are held once however many
     epochs there are), and in-memory and streamed inputs give the same batches.
+
+    ``x`` may be :class:`Views`: each epoch reads, for example ``i``, the view drawn uniformly by
+    a stateless random op seeded with ``(seed, epoch)`` and ``i``, so a resumed run draws the same
+    views; the targets are read at ``i``.
     """
     import tensorflow as tf
 
     n = _length(y)
+    views = 1
+    if isinstance(x, Views):
+        x, views = x.rows, x.views
+        y = _tiled(y, views)  # the targets of row v * n + i are those of example i
     base = tf.data.Dataset.range(n)
 
     def one_epoch(epoch: int):
         ds = base.shuffle(n, seed=epoch * 1_000_003 + seed, reshuffle_each_iteration=False)
         pair = epoch + 7919 * seed
+        if views > 1:
+            drawn = epoch * 1_000_003 + 104_729 * seed + 1
+
+            def view_row(i):
+                seeds = tf.stack([tf.constant(drawn, tf.int64), i])
+                v = tf.random.stateless_uniform([], seeds, minval=0, maxval=views, dtype=tf.int64)
+                return i + n * v
+
+            ds = ds.map(view_row)
 
         def paired(d):
             return d.enumerate().map(

@@ -335,7 +335,9 @@ def _footer(metrics: dict) -> str:
             groups = p.get("unfrozen_groups")
             groups_text = num(groups) if groups else "none (head only)"
             cut = p.get("cut_cache") or {}  # a phase trained on the cached frozen part below its groups
-            cache = f"cut after {', '.join(cut.get('cut_after', []))}" if cut.get("used") else p.get("feature_cache")
+            views = f", {cut['views']} views" if cut.get("views", 1) > 1 else ""  # the flips of each image
+            cache = f"cut after {', '.join(cut.get('cut_after', []))}{views}" if cut.get("used") \
+                else p.get("feature_cache")
             rows.append(f"<tr><th>{esc(p.get('name', ''))}</th><td>{epochs}</td>"
                         f"<td>{cell(p.get('learning_rate'))}</td><td>{esc(groups_text)}</td>"
                         f"<td>{cell(p.get('batchnorm'))}</td><td>{cell(cache)}</td>"

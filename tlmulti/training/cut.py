@@ -15,10 +15,17 @@ phase instead:
   objects of the backbone and head: it shares their variables, so the saved whole model,
   checkpoints (:mod:`tlmulti.training.checkpoints`) and resume are the same as end to end.
 
+A random flip (``data.augment.flip``) is cached too: the training cut holds every view of each
+example (the image and its horizontal flip: 2 views; ``flip: both``: the image, its horizontal,
+vertical and double flips, 4), and each epoch reads one view of each example, drawn uniformly
+with a seed of the epoch and the example (:class:`tlmulti.data.pipeline.Views`), which is what
+``RandomFlip`` draws; validation reads the image as it is. The record says how many ``views``.
+
 The phase trains end to end instead, with the reason in the phase record (``cut_cache: {"used":
 false, "reason": ...}``), when: ``cache_features: false``; the phase would apply random input
-augmentation (``data.augment``) and ``cache_features`` is ``auto`` (a cached cut cannot augment
-its inputs; ``cache_features: true`` caches anyway, without augmentation); the task does not
+augmentation other than flips (rotate, zoom, translate, contrast, brightness) and
+``cache_features`` is ``auto`` (a cached cut cannot augment its inputs; ``cache_features: true``
+caches anyway, the flips as views and without the rest); the task does not
 allow it; the backbone is not a functional graph with one input and one output (subclassed
 models, keras-hub text backbones); more than one tensor crosses the cut; nothing is frozen below
 the lowest unfrozen group; or the cache does not fit on the disk (one printed line says so).
@@ -33,12 +40,14 @@ from tlmulti.training.features import DoesNotFit, frozen_features
 class Cut:
     """A planned cut of ``parts``: ``lower`` (the backbone from its input to the cut tensor),
     ``upper`` (the backbone from the cut tensor to its output), ``layers`` (names of the layers
-    whose output is cut) and ``point`` (what identifies the cut in the cache key)."""
+    whose output is cut), ``point`` (what identifies the cut in the cache key) and ``flips``
+    (the ``(vertical, horizontal)`` flips of the training views, the first one none)."""
 
-    def __init__(self, parts, tensor, layers: list[str], point: list):
+    def __init__(self, parts, tensor, layers: list[str], point: list, flips=((False, False),)):
         import keras
 
         self.parts, self.tensor, self.layers, self.point = parts, tensor, layers, point
+        self.flips = [tuple(f) for f in flips]
         self.must_fit = True  # False: an entry that does not fit on the disk is kept in memory
         backbone = parts.backbone
         self.lower = keras.Model(backbone.inputs[0], tensor, name="below_cut")
@@ -97,6 +106,22 @@ def find_cut(backbone, groups: dict, unfrozen: list[str]):
     return tensor, layer, None
 
 
+def flip_views(augment) -> tuple[list, bool]:
+    """``(flips, others)``: the ``(vertical, horizontal)`` flips the ``RandomFlip`` layer of
+    ``augment`` (a layer or a ``keras.Sequential`` of them, or None) draws from uniformly, no flip
+    first (only that one without such a layer), and whether ``augment`` does anything else."""
+    import keras
+
+    layers = [] if augment is None else list(getattr(augment, "layers", [augment]))
+    flipping = [l for l in layers if isinstance(l, keras.layers.RandomFlip)]
+    if len(flipping) != 1:
+        return [(False, False)], bool(layers)
+    mode = flipping[0].mode
+    vertical = [False, True] if "vertical" in mode else [False]
+    horizontal = [False, True] if "horizontal" in mode else [False]
+    return [(v, h) for v in vertical for h in horizontal], len(layers) > 1
+
+
 def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
     """``(Cut or None, record)`` for a phase that unfreezes ``unfrozen``; the record is the phase's
     ``cut_cache`` entry (``used`` False with the ``reason`` when it trains end to end).
@@ -110,30 +135,40 @@ def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
         return None, {"used": False, "reason": "cache_features: false"}
     if not getattr(task, "cut_cache", False):
         return None, {"used": False, "reason": f"{task.name} trains end to end (no cut cache for this task)"}
-    augmenting = parts.augment is not None or parts.augment_pairs is not None
-    if phase.cache_features == "auto" and augmenting and not resumed:
-        return None, {"used": False, "reason": "random input augmentation is on (data.augment): a cached cut would "
-                                               "skip it; cache_features: true caches anyway, without augmentation"}
+    flips, others = flip_views(parts.augment)
+    if phase.cache_features == "auto" and (others or parts.augment_pairs is not None) and not resumed:
+        return None, {"used": False, "reason": "random input augmentation other than flips is on (data.augment): a "
+                                               "cached cut would skip it; cache_features: true caches anyway, "
+                                               "the flips as views and without the rest"}
     tensor, layer, reason = find_cut(parts.backbone, parts.groups, unfrozen)
     if tensor is None:
         return None, {"used": False, "reason": reason}
     index = [id(l) for l in parts.backbone.layers].index(id(layer))
     point = [{"index": index, "class": type(layer).__name__, "tensor": tensor._keras_history.tensor_index,
               "shape": list(tensor.shape[1:])}]
-    cut = Cut(parts, tensor, [layer.name], point)
+    cut = Cut(parts, tensor, [layer.name], point, flips)
     cut.must_fit = not resumed
-    return cut, {"used": True, "cut_after": [layer.name], "shape": list(tensor.shape[1:])}
+    return cut, {"used": True, "cut_after": [layer.name], "shape": list(tensor.shape[1:]), "views": len(flips)}
 
 
 def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int, local: bool = False):
     """``(train features, val features, info)`` at the cut, read from the cache or computed once;
-    None, after one printed line, when the cache does not fit on the disk."""
+    None, after one printed line, when the cache does not fit on the disk. With several flips the
+    training features are :class:`~tlmulti.data.pipeline.Views` of one entry (view-major rows)."""
+    from tlmulti.data.examples import Examples
+    from tlmulti.data.lazy import flipped_views
+    from tlmulti.data.pipeline import Views
+
+    train, val = example_sets
+    views = len(cut.flips)
     if verbose:
-        n_train, n_val = (len(e) for e in example_sets)
         print(f"Frozen layers below the cut after '{', '.join(cut.layers)}' for phase '{phase_name}': "
-              f"{n_train} training and {n_val} validation examples", flush=True)
+              f"{len(train)} training examples" + (f" in {views} views" if views > 1 else "") +
+              f" and {len(val)} validation examples", flush=True)
+    if views > 1 and len(train):
+        train = Examples(flipped_views(train.x, cut.flips), None, [])
     try:
-        features, info = frozen_features(cut.feature_model(), example_sets, recipe, verbose, local=local,
+        features, info = frozen_features(cut.feature_model(), (train, val), recipe, verbose, local=local,
                                          key_extra={"cut": cut.point}, must_fit=cut.must_fit)
     except DoesNotFit as exc:
         print(f"The cut cache of phase '{phase_name}' needs {exc.need / 2**30:.1f} GiB and the disk of "
@@ -141,7 +176,7 @@ def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int,
         return None
     if verbose:
         print(f"Cut features ready in {info['seconds']:.1f} s", flush=True)
-    return features[0], features[1], info
+    return (Views(features[0], views) if views > 1 and len(train) else features[0]), features[1], info
 
 
 def phase_model(cut, record, parts, example_sets, recipe, phase_name: str, verbose: int, local: bool = False,

@@ -13,7 +13,7 @@ backbone). ``fine_tune`` runs the phases in order:
   groups); BatchNorm follows the phase's policy (see :mod:`tlmulti.training.freezing`). With
   ``cache_features: auto`` an image classification phase computes the frozen part below its
   lowest unfrozen group once and trains the layers above it on that cache
-  (:mod:`tlmulti.training.cut`); with random augmentation on (unless ``cache_features: true``),
+  (:mod:`tlmulti.training.cut`, a flip as views); with other random augmentation (unless ``true``),
   ``cache_features: false``, or a backbone that cannot be cut there, it trains end to end.
 
 Each phase has early stopping with best-weight restore (recipe ``callbacks``), optional class
