@@ -211,6 +211,8 @@ def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples:
     import keras
     import tensorflow as tf
 
+    from tlmulti.tasks.exporting import probabilities
+
     inputs = task.fixed_inputs(serving)
     fixed = keras.Model(inputs, serving(inputs), name="exported_fixed")  # batch 1, fixed size
     names = [t.name.split(":")[0] for t in fixed.inputs]
@@ -260,7 +262,7 @@ def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples:
     if quantize == "int8":  # where int8 disagrees with float, the layers it costs most are kept in float
         first = samples[:quality.AGREEMENT_EXAMPLES]
         reference = [fixed(s if as_dict else s[names[0]], training=False) for s in first]
-        reference = np.concatenate([np.asarray(r["probabilities"] if isinstance(r, dict) else r) for r in reference])
+        reference = np.concatenate([probabilities(r) for r in reference])
         blob, record = quality.int8_model(blob, lambda: converter(ops != "builtins"), samples, names, reference)
     target.write_bytes(blob)
     return ops, record
@@ -347,7 +349,8 @@ class ExportedModel:
     """Runs an export folder with its own runtime (TensorFlow SavedModel, the TFLite interpreter
     or onnxruntime), so exports can be checked against the run; ``predict(x)`` takes a batch of the
     input ``export.json`` describes (an array, or a dict of arrays for token inputs) and returns
-    the probabilities (a dict with ``class_map`` for segmentation)."""
+    the probabilities (a dict with ``class_map`` for segmentation; for detection every output by
+    the name the runtime gives it, in the exported model's order)."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -373,23 +376,36 @@ class ExportedModel:
             self._session = onnxruntime.InferenceSession(str(self.folder / MODEL_FILES[fmt]),
                                                          providers=["CPUExecutionProvider"])
 
-    def _outputs(self, values: list):
+    def _outputs(self, values: list, names: list):
         if "class_map" in self.info["output"]:
             probs = next(v for v in values if v.ndim == 4)
             ids = next(v for v in values if v.ndim == 3)
             return {"probabilities": probs, "class_map": ids}
+        if "boxes" in self.info["output"]:
+            return dict(zip(names, values))
         return values[0]
+
+    def _tflite_names(self) -> list:
+        """The TFLite outputs' names in its signature (tensor names where it has none)."""
+        if getattr(self, "_names", None) is None:
+            try:
+                runner = self._interpreter.get_signature_runner()
+                named = {d["index"]: k for k, d in runner.get_output_details().items()}
+            except (ValueError, KeyError):
+                named = {}
+            self._names = [named.get(d["index"], d["name"]) for d in self._interpreter.get_output_details()]
+        return self._names
 
     def predict(self, x):
         fmt = self.info["format"]
         if fmt == "saved_model":
             out = self._fn(x)
-            out = [np.asarray(v) for v in (out.values() if isinstance(out, dict) else [out])]
-            return self._outputs(out)
+            out = out if isinstance(out, dict) else {"output_0": out}
+            return self._outputs([np.asarray(v) for v in out.values()], list(out))
         if fmt == "onnx":
             names = [i.name for i in self._session.get_inputs()]
             feed = {n: (x[n] if isinstance(x, dict) else x) for n in names}
-            return self._outputs(self._session.run(None, feed))
+            return self._outputs(self._session.run(None, feed), [o.name for o in self._session.get_outputs()])
         details = self._interpreter.get_input_details()
         n = len(next(iter(x.values())) if isinstance(x, dict) else x)
         rows = []
@@ -399,4 +415,4 @@ class ExportedModel:
                 self._interpreter.set_tensor(d["index"], np.asarray(value[i:i + 1], d["dtype"]))
             self._interpreter.invoke()
             rows.append([self._interpreter.get_tensor(o["index"]) for o in self._interpreter.get_output_details()])
-        return self._outputs([np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))])
+        return self._outputs([np.concatenate([r[k] for r in rows]) for k in range(len(rows[0]))], self._tflite_names())

@@ -15,9 +15,11 @@
   ``export.json`` names those layers and every try.
 * :func:`check_export`: the exported file, run by its own runtime on a sample of the run's
   validation split (``--check N``, default 300; 0 skips), against the run's Keras model on the
-  same examples: the metric (accuracy, or mean foreground Dice for segmentation), its drop, the
-  top-1 agreement, the file size and the median single-example latency on this machine. A drop
-  beyond ``--max-drop`` (default 0.01) comes back as a warning naming the fix.
+  same examples: the metric (accuracy, mean foreground Dice for segmentation, mAP@0.5 for object
+  detection), its drop, the agreement (top-1; for detection the share of the run's boxes the
+  export finds), the file size and the median single-example latency on this machine. The task
+  measures (``export_check_scores``). A drop beyond ``--max-drop`` (default 0.01) comes back as a
+  warning naming the fix.
 
 Quantization-aware fine-tuning (``--qat``) is refused by :func:`refuse_qat`: the TF Model
 Optimization toolkit wraps only tf-keras (Keras 2) models.
@@ -31,6 +33,7 @@ import time
 import numpy as np
 
 from tlmulti.errors import RunError
+from tlmulti.tasks.exporting import rows
 
 DEFAULT_CHECK = 300
 DEFAULT_MAX_DROP = 0.01
@@ -177,6 +180,11 @@ def _agreement(blob: bytes, samples: list, names: list, reference: np.ndarray) -
     inputs = {d["name"].split(":")[0].split("serving_default_")[-1]: d for d in interpreter.get_input_details()}
     outputs = [o for o in interpreter.get_output_details()
                if tuple(o["shape"][1:]) == reference.shape[1:] and o["dtype"] == np.float32]
+    try:  # by name where the signature names them (detection's boxes can have the class scores' shape)
+        named = interpreter.get_signature_runner().get_output_details()
+        outputs = [named[k] for k in ("probabilities", "scores") if k in named][:1] or outputs
+    except (ValueError, KeyError):
+        pass
     same = []
     for sample, ref in zip(samples, reference):
         for name in names:
@@ -224,40 +232,11 @@ def validation_examples(task, n: int):
     return _sample(task, val, classes, n, seed=0), "validation"
 
 
-def _rows(x, start: int, stop: int):
-    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
-
-
-def _probabilities(out):
-    return np.asarray(out["probabilities"] if isinstance(out, dict) else out)
-
-
-def score(probs: np.ndarray, y, n_classes: int) -> tuple[str, float]:
-    """``(metric name, value)``: accuracy (top-1), label accuracy at 0.5 (multi-label) or mean
-    foreground Dice (segmentation, over the sample's pixels)."""
-    y = np.asarray(y)
-    if probs.ndim == 4:
-        pred = probs.argmax(-1)
-        if y.ndim == 4:
-            y = y.argmax(-1)
-        if y.shape != pred.shape:  # masks at another size than the export's input
-            import tensorflow as tf
-
-            y = tf.image.resize(y[..., None], pred.shape[1:3], method="nearest").numpy()[..., 0]
-        dice = []
-        for c in range(1, n_classes):
-            total = (pred == c).sum() + (y == c).sum()
-            if total:
-                dice.append(2 * ((pred == c) & (y == c)).sum() / total)
-        return "mean_dice", float(np.mean(dice)) if dice else float("nan")
-    if y.ndim == 2:
-        return "label_accuracy", float(((probs >= 0.5) == (y > 0.5)).mean())
-    return "accuracy", float((probs.argmax(-1) == y).mean())
-
-
 def check_export(exported, task, model, n: int, max_drop: float) -> dict:
     """The export ``exported`` (an :class:`tlmulti.export.ExportedModel`) against the run's
-    ``model`` on up to ``n`` validation examples: metric, drop, top-1 agreement, size, latency."""
+    ``model`` on up to ``n`` validation examples: the task's metric of both
+    (:meth:`~tlmulti.tasks.exporting.TaskExport.export_check_scores`), the drop, their agreement,
+    the file size and the median single-example latency of the exported file."""
     info = exported.info
     if task.export_unmeasured:
         return {"skipped": task.export_unmeasured}
@@ -265,12 +244,9 @@ def check_export(exported, task, model, n: int, max_drop: float) -> dict:
     if not len(examples) or examples.y is None:
         return {"skipped": "the run has no labelled validation or test examples to measure on"}
     x, keras_x = task.check_inputs(examples.x, info, model)
-    ref = _probabilities(model.predict(keras_x, batch_size=32, verbose=0))
-    got = np.concatenate([_probabilities(exported.predict(_rows(x, i, i + 32))) for i in range(0, len(ref), 32)])
-    name, run_value = score(ref, examples.y, len(task.classes))
-    _, value = score(got, examples.y, len(task.classes))
-    agree = ((got >= 0.5) == (ref >= 0.5)) if name == "label_accuracy" else got.argmax(-1) == ref.argmax(-1)
-    one = _rows(x, 0, 1)
+    measured = task.export_check_scores(model, exported.predict, x, keras_x, examples)
+    name, run_value, value = measured.pop("metric"), measured.pop("run"), measured.pop("export")
+    one = rows(x, 0, 1)
     exported.predict(one)
     times = []
     for _ in range(20):
@@ -279,8 +255,9 @@ def check_export(exported, task, model, n: int, max_drop: float) -> dict:
         times.append(time.perf_counter() - t0)
     result = {"split": split, "examples": len(examples), "metric": name, "run": round(run_value, 6),
               "export": round(value, 6), "drop": round(run_value - value, 6), "max_drop": max_drop,
-              "agreement": round(float(agree.mean()), 6), "max_abs_diff": float(np.abs(got - ref).max()),
-              "file_mb": round(info["file_bytes"] / 1e6, 3), "latency_ms": round(statistics.median(times) * 1000, 3)}
+              "agreement": round(float(measured.pop("agreement")), 6)}
+    result.update({k: v for k, v in measured.items() if v is not None})
+    result.update(file_mb=round(info["file_bytes"] / 1e6, 3), latency_ms=round(statistics.median(times) * 1000, 3))
     if result["drop"] > max_drop:
         result["warning"] = (f"the {info['quantize'] if info['quantize'] != 'none' else 'float'} export loses "
                              f"{result['drop']:.4f} {name} against the run ({value:.4f} against {run_value:.4f} on "
@@ -296,5 +273,6 @@ def summary(check: dict | None) -> str:
     if "skipped" in check:
         return f"not measured ({check['skipped']})"
     return (f"{check['metric']} {check['export']:.4f} against the run's {check['run']:.4f} (drop {check['drop']:+.4f}) "
-            f"on {check['examples']} {check['split']} examples, top-1 agreement {check['agreement']:.4f}, "
+            f"on {check['examples']} {check['split']} examples, {check.get('agreement_of', 'top-1')} agreement "
+            f"{check['agreement']:.4f}, "
             f"{check['file_mb']:.1f} MB, {check['latency_ms']:.1f} ms/example")

@@ -13,8 +13,9 @@ order the prediction heads emit them (level by level, row-major, anchor shapes i
   Targets are ``(batch, max_boxes, 5)`` rows ``[x_min, y_min, x_max, y_max, class]`` in network
   pixels, padded with -1.
 * :class:`DecodeDetections` turns raw outputs into boxes (``xyxy`` network pixels), scores and
-  class ids with keras-hub's ``NonMaxSuppression`` (class-agnostic, IoU 0.5, up to
-  ``max_detections``; rows past ``num_detections`` are -1).
+  class ids with keras-hub's ``NonMaxSuppression`` (each anchor's best class, class-agnostic, at
+  ``head.iou_threshold``, up to ``max_detections``; rows past ``num_detections`` are -1);
+  :meth:`DecodeDetections.select` applies the same suppression to an export's raw boxes and scores.
 """
 
 from __future__ import annotations
@@ -167,15 +168,28 @@ class DecodeDetections(keras.layers.Layer):
                            ops.clip(boxes[..., 2], 0, w), ops.clip(boxes[..., 3], 0, h)], axis=-1)
         if not self.suppress:  # every anchor's box and class scores, for suppression outside the model
             return {"boxes": boxes, "scores": ops.sigmoid(raw[..., 4:])}
+        return self.select(boxes, raw[..., 4:])
+
+    def select(self, boxes, class_scores, from_logits: bool = True):
+        """The suppression :meth:`call` applies, on decoded ``boxes`` (batch, anchors, 4) xyxy and
+        ``class_scores`` (batch, anchors, classes): logits, or with ``from_logits=False`` the sigmoid
+        scores a ``suppress=False`` layer (a TFLite / ONNX export) returns. keras-hub's
+        ``NonMaxSuppression`` keeps each anchor's best class and suppresses across classes."""
         import tensorflow as tf
+        from keras_hub.layers import NonMaxSuppression
+
+        nms = self.nms if from_logits else NonMaxSuppression(
+            bounding_box_format="xyxy", from_logits=False, iou_threshold=self.iou_threshold,
+            confidence_threshold=self.score_threshold, max_detections=self.max_detections)
 
         def one(args):  # keras-hub's suppression needs a static batch size: one image at a time
-            out = self.nms(args[0][None], args[1][None])
+            out = nms(args[0][None], args[1][None])
             return {"boxes": out["boxes"][0], "scores": out["confidence"][0],
-                    "classes": tf.cast(out["labels"][0], "int32"), "num_detections": tf.cast(out["num_detections"][0], "int32")}
+                    "classes": tf.cast(out["labels"][0], "int32"),
+                    "num_detections": tf.cast(out["num_detections"][0], "int32")}
 
         k = self.max_detections
-        return tf.map_fn(one, (boxes, raw[..., 4:]), fn_output_signature={
+        return tf.map_fn(one, (tf.cast(boxes, "float32"), tf.cast(class_scores, "float32")), fn_output_signature={
             "boxes": tf.TensorSpec((k, 4), tf.float32), "scores": tf.TensorSpec((k,), tf.float32),
             "classes": tf.TensorSpec((k,), tf.int32), "num_detections": tf.TensorSpec((), tf.int32)})
 

@@ -7,6 +7,11 @@ a TFLite model is traced with, :meth:`representative_inputs` the samples int8 ca
 reads and :meth:`onnx_signature` the ONNX input specs. A task mixes in the class of its input
 kind and overrides :meth:`export_outputs` (and :meth:`export_model`) when it returns more than
 class probabilities, as segmentation does with its class map.
+
+:func:`tlmulti.export_quality.check_export` asks :meth:`TaskExport.check_inputs` for the inputs
+of both models and :meth:`TaskExport.export_check_scores` for the measurement: here the class
+probabilities of both (:func:`score`); object detection scores boxes instead
+(:mod:`tlmulti.tasks.detection_export`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,55 @@ class TaskExport:
         export check (``info``: the export's ``export.json``; ``model``: the run's model)."""
         x = np.asarray(x, np.float32)
         return x, x
+
+    def export_check_scores(self, model, predict, x, keras_x, examples) -> dict:
+        """The run's ``model`` on ``keras_x`` and the export's ``predict`` on ``x`` (the inputs
+        :meth:`check_inputs` gave), scored on ``examples``: ``{"metric", "run", "export",
+        "agreement", "max_abs_diff"}``; here the metric of :func:`score` on class probabilities,
+        their top-1 (per-pixel; per label at 0.5 for multi-label) agreement and largest difference."""
+        ref = probabilities(model.predict(keras_x, batch_size=32, verbose=0))
+        got = np.concatenate([probabilities(predict(rows(x, i, i + 32))) for i in range(0, len(ref), 32)])
+        name, run_value = score(ref, examples.y, len(self.classes))
+        _, value = score(got, examples.y, len(self.classes))
+        agree = ((got >= 0.5) == (ref >= 0.5)) if name == "label_accuracy" else got.argmax(-1) == ref.argmax(-1)
+        return {"metric": name, "run": run_value, "export": value, "agreement": float(agree.mean()),
+                "max_abs_diff": float(np.abs(got - ref).max())}
+
+
+def rows(x, start: int, stop: int):
+    """Rows ``start:stop`` of an input batch (an array, or a dict of arrays for token inputs)."""
+    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+
+
+def probabilities(out) -> np.ndarray:
+    """The class scores of a model's output: its ``probabilities`` (``scores`` for detection's
+    every-anchor outputs), or the output itself."""
+    if isinstance(out, dict):
+        return np.asarray(out["probabilities"] if "probabilities" in out else out["scores"])
+    return np.asarray(out)
+
+
+def score(probs: np.ndarray, y, n_classes: int) -> tuple[str, float]:
+    """``(metric name, value)``: accuracy (top-1), label accuracy at 0.5 (multi-label) or mean
+    foreground Dice (segmentation, over the sample's pixels)."""
+    y = np.asarray(y)
+    if probs.ndim == 4:
+        pred = probs.argmax(-1)
+        if y.ndim == 4:
+            y = y.argmax(-1)
+        if y.shape != pred.shape:  # masks at another size than the export's input
+            import tensorflow as tf
+
+            y = tf.image.resize(y[..., None], pred.shape[1:3], method="nearest").numpy()[..., 0]
+        dice = []
+        for c in range(1, n_classes):
+            total = (pred == c).sum() + (y == c).sum()
+            if total:
+                dice.append(2 * ((pred == c) & (y == c)).sum() / total)
+        return "mean_dice", float(np.mean(dice)) if dice else float("nan")
+    if y.ndim == 2:
+        return "label_accuracy", float(((probs >= 0.5) == (y > 0.5)).mean())
+    return "accuracy", float((probs.argmax(-1) == y).mean())
 
 
 class ImageExport(TaskExport):

@@ -13,7 +13,8 @@ Phase 1 trains the pyramid and heads on cached encoder features; later phases un
 encoder groups, with flips and scale jitter that move the boxes with the pixels. Predictions go
 through keras-hub's non-maximum suppression; ``evaluate`` reports COCO mAP@[.5:.95], mAP@0.5 and
 per-class AP (pycocotools) in each image's own pixels, and precision / recall / F1 at the score
-threshold chosen for the best F1 on the validation data (saved with the run).
+threshold chosen for the best F1 on the validation data (saved with the run). Exports, and how
+the export check scores them with the same mAP, are in :mod:`tlmulti.tasks.detection_export`.
 
 Example::
 
@@ -34,6 +35,7 @@ from tlmulti.data import Examples
 from tlmulti.errors import DataError, RecipeError, TlmultiError
 from tlmulti.reports.view import ReportView
 from tlmulti.tasks.base import ModelParts, Task, resolve_groups
+from tlmulti.tasks.detection_export import DetectionExport
 from tlmulti.tasks.detection_report import DetectionReport
 from tlmulti.tasks.image_classification import ImageTaskMixin
 
@@ -45,7 +47,7 @@ SIZE_RANGE = (256, 640)
 SMALL_BOX = 16.0
 
 
-class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
+class ObjectDetection(DetectionReport, DetectionExport, ImageTaskMixin, Task):
     name, family, primary_metric, tta_output = "object_detection", "vision", "map50", "boxes"
     report_view = ReportView(
         metric_rows=(("mAP@[.5:.95]", "map"), ("mAP@0.5", "map50"), ("mAP@0.75", "map75"),
@@ -280,10 +282,13 @@ class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
             n = np.asarray(d["num_detections"])
             boxes, scores, labels = (np.asarray(d[k]) for k in ("boxes", "scores", "classes"))
             out += [(boxes[i, :n[i]], scores[i, :n[i]], labels[i, :n[i]]) for i in range(len(n))]
-        if sizes is not None:
-            h, w = self.image_size()
-            out = [(b * np.array([s[1] / w, s[0] / h] * 2), sc, l) for (b, sc, l), s in zip(out, sizes)]
-        return out
+        return out if sizes is None else self.in_image_pixels(out, sizes)
+
+    def in_image_pixels(self, detections, sizes) -> list[tuple]:
+        """``detections`` (per image ``(boxes, scores, class ids)``, network pixels) with their
+        boxes in each image's own pixels (``sizes``: (H, W) per image)."""
+        h, w = self.image_size()
+        return [(b * np.array([s[1] / w, s[0] / h] * 2), sc, l) for (b, sc, l), s in zip(detections, sizes)]
 
     def truth(self, examples) -> list[tuple]:
         """Per example ``(boxes, class ids)`` in the image's own pixels."""
@@ -361,48 +366,6 @@ class ObjectDetection(DetectionReport, ImageTaskMixin, Task):
                 result["picture"] = str(picture)
             results.append(result)
         return results
-
-    export_unmeasured = "detection exports are not measured yet (TFLite / ONNX give boxes before suppression)"
-
-    def export_model(self, serving, fmt: str):
-        """SavedModel: boxes, scores, class ids and counts after non-maximum suppression (score
-        threshold 0). TFLite and ONNX, whose runtimes lack the suppression's operations (bitwise
-        and bitcast ops in keras-hub's loop): every anchor's box and class scores."""
-        import keras
-
-        decode = self.decoder(serving, suppress=fmt == "saved_model")
-        return keras.Model(serving.inputs[0], decode(serving.outputs[0]), name="exported"), {}
-
-    def export_signature(self, serving, fmt: str):
-        inputs, prep = self.export_inputs(serving, fmt)
-        outputs = self.export_outputs()
-        if fmt != "saved_model":
-            outputs = {"boxes": "float32 (batch, anchors, 4): x_min, y_min, x_max, y_max in network pixels, one per anchor",
-                       "scores": "float32 (batch, anchors, classes): sigmoid scores; keep the best class per anchor "
-                                 f"and apply non-maximum suppression at IoU {self.recipe.head.iou_threshold}",
-                       "score_threshold": self.threshold}
-        return inputs, outputs, prep
-
-    def export_inputs(self, serving, fmt: str):
-        h, w = self.image_size()
-        c = self.channels()
-        inputs = {"image": {"dtype": "float32", "shape": [1 if fmt == "tflite" else None, h, w, c], "range": [0, 255],
-                            "note": f"raw pixels resized to {w}x{h}; boxes come back in these pixels: multiply x by "
-                                    f"input_width / {w} and y by input_height / {h}"}}
-        return inputs, {"resize_to": [h, w], "channels": c, "normalization": self.spec.input.get("normalization", "unit")}
-
-    def export_outputs(self) -> dict:
-        k = self.recipe.head.max_detections
-        return {"boxes": f"float32 (batch, {k}, 4): x_min, y_min, x_max, y_max in network pixels, -1 past num_detections",
-                "scores": f"float32 (batch, {k})", "classes": f"int32 (batch, {k}): ids as in labels.txt",
-                "num_detections": "int32 (batch,)",
-                "score_threshold": self.threshold}
-
-    def onnx_signature(self, serving):
-        import tensorflow as tf
-
-        h, w = self.image_size()
-        return (tf.TensorSpec((None, h, w, self.channels()), tf.float32, name="image"),)
 
     # -- printing ----------------------------------------------------------------------------------------
     def headline(self, metrics: dict) -> str:
