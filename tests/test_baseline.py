@@ -98,3 +98,13 @@ def test_text_runs_get_a_tfidf_baseline(tmp_path):
     base = run.metrics["baseline"]
     assert base["method"] == "logistic regression on TF-IDF word 1-2-grams"
     assert set(base["test"]) >= {"accuracy", "macro_f1"} and base["test"]["accuracy"] >= 0.75
+
+
+def test_the_warning_after_a_search_does_not_advise_searching_again():
+    from tlmulti.training.baseline import beats_model
+
+    metrics = {"baseline": {"method": "logistic regression", "val": {"accuracy": 0.9}}, "val": {"accuracy": 0.8}}
+    assert "try --strategy auto" in beats_model(metrics, "accuracy")
+    after = beats_model(metrics, "accuracy", searched=True)
+    assert "already kept its best candidate" in after and "--strategy auto" not in after
+    assert beats_model({**metrics, "val": {"accuracy": 0.95}}, "accuracy", searched=True) is None

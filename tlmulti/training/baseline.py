@@ -49,15 +49,19 @@ def run_baseline(task, train, val, test, seed: int = 0) -> dict | None:
     return out
 
 
-def beats_model(metrics: dict, key: str) -> str | None:
-    """One warning line when the baseline's validation ``key`` is above the model's, else None."""
+def beats_model(metrics: dict, key: str, searched: bool = False) -> str | None:
+    """One warning line when the baseline's validation ``key`` is above the model's, else None;
+    ``searched``: the run's strategy came from ``strategy: auto`` or ``--tune``, so the advice
+    is not to search again."""
     base = (metrics.get("baseline") or {}).get("val") or {}
     model = metrics.get("val") or {}
     if not key or base.get(key) is None or model.get(key) is None:
         return None
     if float(base[key]) > float(model[key]):
+        advice = ("the strategy search already kept its best candidate: try another backbone, or more labelled data"
+                  if searched else "try --strategy auto (it compares depths, rates, input sizes and flips on the "
+                                   "validation data), or another backbone")
         return (f"the classic baseline ({metrics['baseline']['method']}) beats the model on validation data: "
                 f"{key} {float(base[key]):.4f} against {float(model[key]):.4f}. Transfer is not paying off on this "
-                "data as configured; try --strategy auto (it compares depths, rates, input sizes and flips on the "
-                "validation data), or another backbone, and compare with the baseline in report.html.")
+                f"data as configured; {advice}, and compare with the baseline in report.html.")
     return None

@@ -415,7 +415,7 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tra
         baseline = run_baseline(task, train_ex, val_ex, test_ex, recipe.seed)
         if baseline is not None:
             metrics["baseline"] = baseline
-            warning = beats_model(metrics, task.primary_metric)
+            warning = beats_model(metrics, task.primary_metric, bool(strategy_record or tune_record))
             if warning:
                 import sys
 
