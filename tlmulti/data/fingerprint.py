@@ -63,11 +63,12 @@ def fingerprint(pairs, data, n_files: int, seed: int = 0) -> dict:
         kind = suffix_of(image_path).lstrip(".")
         kinds[kind] = kinds.get(kind, 0) + 1
         bits8.append(bool(stack.dtype == np.uint8 or info.bits8))
-        for k in _slices(len(stack)):
+        picked = _slices(len(stack))
+        for k in picked:
             image = np.asarray(stack[k], np.float32).mean(-1) if stack.shape[-1] > 1 else np.asarray(stack[k, ..., 0], np.float32)
             mask = np.asarray(masks[min(k, len(masks) - 1)])
             flat, labels = image.ravel(), mask.ravel()
-            pick = rng.choice(flat.size, min(flat.size, PIXELS_PER_FILE // len(_slices(len(stack))) + 1), replace=False)
+            pick = rng.choice(flat.size, min(flat.size, PIXELS_PER_FILE // len(picked) + 1), replace=False)
             values.append(flat[pick])
             fg = np.flatnonzero(labels > 0)
             if fg.size:
@@ -176,8 +177,7 @@ def plan(data, contract, min_tiles: int, seed: int = 0) -> dict:
     reasons = {}
     tile = None
     if not data.tile and not data.image_size:
-        shapes = [(s, h, w) for s, h, w in [tuple(v) for v in fp.get("shapes", [])]]
-        tile = derived_tile(shapes, contract, len(pairs), min_tiles)
+        tile = derived_tile([tuple(v) for v in fp["shapes"]], contract, len(pairs), min_tiles)
         reasons["tile"] = (f"{tile[0]} x {tile[1]} tiles at half-tile stride: the largest from the network's "
                            f"{contract[0]} px down to 128 px giving at least {min_tiles} training tiles") if tile else (
             f"images no larger than the network's {contract[0]} x {contract[1]}: resized, not tiled")

@@ -84,6 +84,8 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
             )
         self._check_config()
         self._pixel_weights = None
+        self.fingerprint = None  # what derive_defaults measured and chose
+        self._sampled = (None,)  # (key of the training set, indices, record) of foreground sampling
 
     def _check_config(self) -> None:
         """Rules between keys (each key's own values are checked by the recipe)."""
@@ -169,7 +171,7 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
         from tlmulti.data.fingerprint import foreground_repeats
 
         key = (id(train), len(train))
-        if getattr(self, "_sampled", (None,))[0] != key:
+        if self._sampled[0] != key:
             masks = (train.y[i] for i in range(len(train)))
             self._sampled = (key, *foreground_repeats(masks, len(train.classes), self.recipe.data.foreground_sampling))
         return self._sampled[1:]
@@ -206,7 +208,7 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
                           "sizes": dict(sizes.most_common()), "network_input": f"{w}x{h}",
                           "tiles": len(train) if self.tiling() else 0},
                "pixels": {c: round(float(n / max(counts.sum(), 1)), 4) for c, n in zip(train.classes, counts)}}
-        if getattr(self, "fingerprint", None):
+        if self.fingerprint:
             out["fingerprint"] = self.fingerprint["measured"]
             out["choices"] = {**self.fingerprint["choices"], "foreground_sampling": self._sampling(train)[1]}
         return out
