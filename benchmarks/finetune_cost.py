@@ -8,17 +8,23 @@ feature cache of its own.
 | ``fashion`` | ``recipes/vision/fashion_mnist.yaml``: Lite0 at 224 px, 3,000 Fashion-MNIST images | ``top:3``, horizontal flip: 2 cached views |
 | ``fashion-noflip`` | the same with ``data.augment.flip=none`` | ``top:3``, 1 view |
 | ``patches`` | ``recipes/vision/nuclei_patches.yaml``: Lite0 at 224 px, 588 nuclei patches | ``top:3``, ``flip: both``: 4 views |
-| ``text`` (not by default) | ``recipes/text/spam_assassin.yaml``: MiniLM-L6 | trains end to end (no cut cache for text) |
-| ``speech`` (not by default) | ``recipes/audio/speech_commands.yaml``: Whisper tiny.en | trains end to end (no cut cache for speech) |
+| ``text`` (not by default) | ``recipes/text/spam_assassin.yaml``: MiniLM-L6, 128 tokens, 500 e-mails | ``top:2``: the hidden states after ``transformer_layer_3`` and the padding mask cached |
+| ``speech`` (not by default) | ``recipes/audio/speech_commands.yaml`` with ``data.augment`` off: Whisper tiny.en, 1 s clips | ``top:2``: the hidden states after ``transformer_encoder_layer_2`` cached |
+
+The speech recipe's waveform augmentation and SpecAugment would make its fine-tuning phase train
+end to end under ``cache_features: auto``, so the ``speech`` row turns them off in both runs.
 
 Each row prints the fine-tuning phase's seconds per epoch both ways (the phase's seconds less the
 cut cache's, over the epochs it ran; from ``metrics.json``), the cut cache's seconds (computed
 once, then read by later runs), the speed-up per epoch and of the whole phase, the test metric
 both ways (accuracy; for the patches the AUROC of 'nucleus'), and the share of the backbone's
-forward FLOPs below the cut, counted per Conv2D / DepthwiseConv2D / Dense layer from its output
-shape and kernel: ``1 / (1 - share below)`` is the ideal speed-up of the forward pass (the
-backward pass runs above the cut either way, so an epoch gains less). The ``text`` and ``speech`` rows run once, on the default
-setting, and print the reason the phase record gives for training end to end.
+forward FLOPs below the cut. FLOPs are multiply-adds counted per Conv / DepthwiseConv2D / Dense
+/ EinsumDense layer from its kernel and the positions it runs on, inside transformer layers
+too, plus the attention's score and value products (``tokens**2 * heads * (key_dim + value_dim)`` per
+self-attention), at the shapes one example takes (the text's sequence length, the clip's
+frames): ``1 / (1 - share below)`` is the ideal speed-up of the forward pass (the backward pass
+runs above the cut either way, so an epoch gains less). A row whose phase record says it
+trained end to end anyway runs once and prints the reason.
 
     python benchmarks/finetune_cost.py                           # fashion, fashion-noflip, patches
     python benchmarks/finetune_cost.py --rows fashion --limit 5  # smoke run: 5 images per class
@@ -50,7 +56,8 @@ ROWS = {  # name: (recipe, overrides, test metric)
     "fashion-noflip": ("vision/fashion_mnist.yaml", ["data.augment.flip=none"], "accuracy"),
     "patches": ("vision/nuclei_patches.yaml", [], "auroc"),
     "text": ("text/spam_assassin.yaml", [], "accuracy"),
-    "speech": ("audio/speech_commands.yaml", [], "accuracy"),
+    "speech": ("audio/speech_commands.yaml", [f"data.augment.{k}=0" for k in ("speed", "shift", "gain_db", "noise_prob",
+                                                                           "time_masks", "freq_masks")], "accuracy"),
 }
 DEFAULT_ROWS = ["fashion", "fashion-noflip", "patches"]
 
@@ -117,54 +124,103 @@ def scratch_home(real: Path, where: Path) -> Path:
 # ------------------------------------------------------------------------------------- FLOPs
 
 
-def layer_flops(layer, inputs, outputs) -> int:
-    """Multiply-adds of one call of a Conv2D / DepthwiseConv2D / Dense layer (0 for the rest)."""
+def layer_flops(layer, inputs: list[tuple], outputs: list[tuple]) -> int:
+    """Multiply-adds of one call of ``layer`` on inputs and outputs of these shapes: a Conv /
+    DepthwiseConv2D / Dense from its kernel at each output position, an EinsumDense at each input
+    position, a layer made of such layers (a transformer layer) from its sublayers at each of its
+    output positions plus its self-attention's score and value products; 0 for the rest."""
     import keras
     import numpy as np
 
-    out, cin = outputs[0].shape, inputs[0].shape[-1]
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return int(np.prod(out[1:]) * np.prod(layer.kernel_size))
-    if isinstance(layer, keras.layers.Conv2D):
-        return int(np.prod(out[1:]) * np.prod(layer.kernel_size) * cin // layer.groups)
-    if isinstance(layer, keras.layers.Dense):
-        return int(np.prod(out[1:]) * cin)
-    return 0
+    convs = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
+             keras.layers.Dense)
+    if isinstance(layer, convs):
+        return int(np.prod(outputs[0][1:-1]) * np.prod(layer.kernel.shape))
+    if isinstance(layer, keras.layers.EinsumDense):
+        return int(np.prod(inputs[0][1:-1]) * np.prod(layer.kernel.shape))
+    if not isinstance(layer, keras.layers.Layer) or not outputs:
+        return 0
+    tokens = int(np.prod(outputs[0][1:-1]))
+    total = 0
+    for sub in layer._flatten_layers(include_self=False, recursive=True):
+        if isinstance(sub, (keras.layers.Dense, keras.layers.EinsumDense)):
+            total += tokens * int(np.prod(sub.kernel.shape))
+        elif isinstance(sub, keras.layers.MultiHeadAttention):  # self-attention: scores, then values
+            total += tokens * tokens * sub.num_heads * (sub.key_dim + (sub.value_dim or sub.key_dim))
+    return total
 
 
-def model_flops(model) -> int:
-    """Forward multiply-adds of a functional model, nested functional models included."""
+def node_shapes(model, sample) -> dict:
+    """``id(tensor) -> shape`` of every tensor of functional ``model`` called on ``sample``."""
     import keras
 
-    total = 0
+    tensors = [t for nodes in model._nodes_by_depth.values() for node in nodes if not node.is_input
+               for t in node.outputs]
+    values = keras.Model(model.input, tensors)(sample)
+    shapes = {id(t): tuple(v.shape) for t, v in zip(tensors, values)}
+    for t, v in zip(keras.tree.flatten(model.input), keras.tree.flatten(sample)):
+        shapes[id(t)] = tuple(v.shape)
+    return shapes
+
+
+def node_flops(model, shapes: dict | None = None):
+    """``(operation, multiply-adds)`` of each node of a functional model, nested functional models
+    counted whole; ``shapes`` (:func:`node_shapes`) in place of the graph's own, which may not
+    know a text's length or a clip's frames."""
+    import keras
+
+    shapes = shapes or {}
     for nodes in model._nodes_by_depth.values():
         for node in nodes:
             op = node.operation
             if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
-                total += model_flops(op)
-            elif node.input_tensors and node.output_tensors:
-                total += layer_flops(op, node.input_tensors, node.output_tensors)
-    return total
+                yield op, sum(f for _, f in node_flops(op))
+            elif node.input_tensors and node.outputs:
+                yield op, layer_flops(op, [shapes.get(id(t), tuple(t.shape)) for t in node.input_tensors],
+                                      [shapes.get(id(t), tuple(t.shape)) for t in node.outputs])
+
+
+def model_flops(model) -> int:
+    """Forward multiply-adds of a functional model of known shapes, nested functional models included."""
+    return sum(f for _, f in node_flops(model))
+
+
+def sample_input(parts):
+    """The backbone's inputs for one example of zeros (a short text), as preprocessing gives
+    them; None when the raw input's shape is not fixed (images of any size: the backbone's own
+    shapes are known then)."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = parts.inputs
+    if "string" in str(x.dtype):
+        raw = tf.constant(["a short text"])
+    elif None in x.shape[1:]:
+        return None
+    else:
+        raw = np.zeros((1, *x.shape[1:]), str(x.dtype))
+    return parts.preprocess(raw) if parts.preprocess is not None else raw
 
 
 def share_below_cut(recipe, phase_index: int) -> float | None:
-    """The share of the backbone's forward FLOPs below the cut of phase ``phase_index`` (None
-    when the backbone cannot be cut there)."""
-    import keras
-
+    """The share of the backbone's forward FLOPs below the cut of phase ``phase_index``, at the
+    shapes of one example (None when the backbone cannot be cut there)."""
     from tlmulti.tasks import make_task
-    from tlmulti.training.cut import find_cut
+    from tlmulti.training.cut import above_cut, find_cut
     from tlmulti.training.freezing import resolve_unfreeze
 
     task = make_task(recipe)
     task.derive_defaults()
     parts = task.build(["a", "b"])
     unfrozen = resolve_unfreeze(recipe.phases[phase_index].unfreeze, list(parts.groups))
-    tensor, _, _ = find_cut(parts.backbone, parts.groups, unfrozen)
-    if tensor is None:
+    tensors, _, _ = find_cut(parts.backbone, parts.groups, unfrozen)
+    if tensors is None:
         return None
-    below = model_flops(keras.Model(parts.backbone.inputs[0], tensor))
-    return below / model_flops(parts.backbone)
+    above = above_cut(parts.backbone, parts.groups, unfrozen)
+    sample = sample_input(parts)
+    counted = list(node_flops(parts.backbone, None if sample is None else node_shapes(parts.backbone, sample)))
+    below = sum(f for op, f in counted if id(op) not in above)
+    return below / sum(f for _, f in counted)
 
 
 # ------------------------------------------------------------------------------------- runs

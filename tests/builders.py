@@ -245,14 +245,15 @@ def write_csv(path, rows):
     return path
 
 
-def make_tiny_bert_preset(folder):
-    """A keras-hub preset folder (config, weights, vocabulary) of a 2-layer BERT, hidden size 8."""
+def make_tiny_bert_preset(folder, dropout: float = 0.1):
+    """A keras-hub preset folder (config, weights, vocabulary) of a 2-layer BERT, hidden size 8
+    (``dropout``: keras-hub's default 0.1 in its embeddings and transformer layers)."""
     import keras
     import keras_hub
 
     keras.utils.set_random_seed(1)
     backbone = keras_hub.models.BertBackbone(vocabulary_size=len(VOCAB), num_layers=2, num_heads=2, hidden_dim=8,
-                                             intermediate_dim=16, max_sequence_length=32)
+                                             intermediate_dim=16, max_sequence_length=32, dropout=dropout)
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
     backbone.save_to_preset(str(folder))
     tokenizer.save_to_preset(str(folder))

@@ -117,11 +117,12 @@ class PhaseConfig:
     ``learning_rate``. ``group_lr`` sets explicit multipliers per group instead.
     ``cache_features``: ``auto`` computes backbone features once when nothing below the head
     trains (augmentation is then not applied in that phase); in a phase that unfreezes groups of
-    an image classification backbone, it computes the frozen part below the lowest unfrozen
-    group once and trains the layers above it on that (:mod:`tlmulti.training.cut`; a random
-    flip is cached as views: every flip of each image, one drawn per epoch), unless random
-    augmentation other than flips is on; ``true`` caches even then (flips as views, without the
-    rest); ``false`` always trains end to end.
+    an image, text or speech classification backbone, it computes the frozen part below the
+    lowest unfrozen group once and trains the layers above it on that (:mod:`tlmulti.training.cut`;
+    a transformer's hidden states with its padding mask; a random flip is cached as views: every
+    flip of each image, one drawn per epoch), unless random augmentation other than flips is on
+    (speech: waveform augmentation, SpecAugment); ``true`` caches even then (flips as views,
+    without the rest); ``false`` always trains end to end.
     ``epochs``: a number, or ``auto``: scaled to the training set (about 300 optimizer steps for
     a frozen phase, 10 to 50 epochs; about 150 for a phase that trains the backbone, 3 to 15).
     ``schedule``: ``constant`` or ``cosine`` (cosine decay to zero over the phase); ``warmup``:

@@ -27,7 +27,9 @@ computation of the same key starts.
 
 Features are stored as float16 (half the disk and page cache; rounding error at most 2**-11 of
 each value, below the noise of training a head) unless a value would overflow it, in which case
-the entry is float32; ``cache.dtype: float32`` keeps full precision always.
+the entry is float32; ``cache.dtype: float32`` keeps full precision always. Integer and boolean
+outputs (the padding mask a text's cut holds beside its hidden states) keep their own dtype,
+exactly.
 
 Policy when an entry does not fit: if the disk holding the cache has less free space than the
 entry needs plus 1 GiB, features are kept in memory for this run only (as with ``cache.disk:
@@ -178,8 +180,9 @@ def fits(nbytes: int, base: Path | None = None) -> bool:
 
 class Writer:
     """Writes one entry batch by batch: ``add(outputs)`` for each batch in order, then
-    ``finish(description)``; ``abort()`` (or an exception) leaves nothing behind. ``dtype``
-    None keeps each output's own dtype. When the disk has no room, the arrays are kept in memory
+    ``finish(description)``; ``abort()`` (or an exception) leaves nothing behind. ``dtype`` is
+    that of floating-point outputs (None keeps each output's own); integer and boolean outputs
+    (a padding mask) keep theirs. When the disk has no room, the arrays are kept in memory
     instead (``in_memory`` True; ``finish`` returns them and publishes nothing)."""
 
     def __init__(self, key: str, n: int, dtype: str | None = "float16", base: Path | None = None):
@@ -218,7 +221,8 @@ class Writer:
         outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
         try:
             if not self.arrays:
-                shapes = [((self.n,) + o.shape[1:], self.want or o.dtype) for o in outputs]
+                shapes = [((self.n,) + o.shape[1:], o.dtype if o.dtype.kind in "biu" else self.want or o.dtype)
+                          for o in outputs]
                 if self.in_memory:
                     self.arrays = [np.empty(shape, dtype) for shape, dtype in shapes]
                 else:

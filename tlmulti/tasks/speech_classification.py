@@ -11,6 +11,11 @@ Robustness to unseen accents and speakers: waveform augmentation (speed, shift, 
 and SpecAugment act only while training; evaluation reports accuracy per accent and per speaker
 and the worst group; ``data.holdout`` (``--holdout accent=VALUE``) keeps a group out of training.
 
+A phase that unfreezes only the top groups of a functional backbone (Whisper, the log-mel CNN)
+trains on the cached cut below them (:mod:`tlmulti.training.cut`) when no augmentation is on;
+with waveform augmentation or SpecAugment and ``cache_features: auto`` it trains end to end (a
+cached cut cannot augment), and ``cache_features: true`` caches anyway, without augmentation.
+
 Example::
 
     import tlmulti
@@ -36,6 +41,7 @@ from tlmulti.tasks.exporting import WaveformExport
 class SpeechClassification(WaveformExport, ClassificationTask):
     name = "speech_classification"
     family = "audio"
+    cut_cache = True
     explains = True
     explain_note = "Saliency maps (|gradient x log-mel|): {n} .npy and .png in {dir}"
 

@@ -10,7 +10,10 @@ dense on one vector per text in every phase, and the frozen phase's feature cach
 small vector per text instead of the whole token sequence. Layer groups, bottom to top:
 ``embeddings``, ``transformer_layer_0`` ... ``transformer_layer_{N-1}`` and ``pooler`` (present
 only with ``cls`` pooling, the only pooling that uses it). BERT has no BatchNorm; dropout inside
-the encoder is active in phases that train it and off in frozen phases and at inference.
+the encoder is active in phases that train it and off in frozen phases and at inference. A phase
+that unfreezes only the top groups trains on the cached cut (:mod:`tlmulti.training.cut`): the
+hidden states below the lowest unfrozen layer and the padding mask, computed once per text with
+the frozen layers' dropout off.
 
 Example::
 
@@ -122,6 +125,7 @@ def text_groups(backbone, spec) -> dict[str, list]:
 class TextClassification(TextExport, ClassificationTask):
     name = "text_classification"
     family = "text"
+    cut_cache = True
     explains = True
     explain_note = "Word attributions (occlusion): {n} .html in {dir}"
 

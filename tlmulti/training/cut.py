@@ -3,17 +3,26 @@
 In a phase that unfreezes only the top groups of a backbone (``unfreeze: top:3``), everything
 below the lowest unfrozen group stays as it was for the whole phase, yet end-to-end training runs
 it forward at every step. With ``cache_features: auto`` (or ``true``), for a task that allows it
-(``Task.cut_cache``: image classification) and a backbone that is a Keras functional graph, the
-phase instead:
+(``Task.cut_cache``: image classification, text classification, speech classification) and a
+backbone that is a Keras functional graph with one output, the phase instead:
 
 * finds the *cut*: the tensors that cross from the frozen layers into the unfrozen groups (every
-  layer fed, directly or not, by an unfrozen layer counts as above the cut);
-* computes the output of the part below it once per example, in inference mode (its BatchNorm
-  statistics never move, its dropout is off), through the disk feature cache of
-  :mod:`tlmulti.data.cache` (memory-mapped, reused by later runs; the key covers the cut point);
-* trains an *upper* model, from the cut tensor to the head's output, built from the very layer
-  objects of the backbone and head: it shares their variables, so the saved whole model,
-  checkpoints (:mod:`tlmulti.training.checkpoints`) and resume are the same as end to end.
+  operation fed, directly or not, by an unfrozen layer counts as above the cut). In a CNN that is
+  one tensor, a block's output. In a BERT-family text encoder it is the hidden states of the
+  highest frozen layer and the ``padding_mask`` input, which every transformer layer and the
+  masked pooling above read (or, when only the ``pooler`` trains, the [CLS] vector alone). In
+  Whisper's encoder, which has no mask, it is the hidden states alone;
+* computes every cut tensor once per example, in inference mode (BatchNorm statistics below the
+  cut never move; dropout below the cut is off, where end-to-end training would apply it in the
+  frozen layers too), through the disk feature cache of :mod:`tlmulti.data.cache` (memory-mapped,
+  reused by later runs; the key covers the cut point). The entry holds one array per cut tensor:
+  floating-point ones in ``cache.dtype``, the others, such as the padding mask, in their own
+  dtype. A backbone input that crosses the cut is cached too, not fed from the raw input: the
+  padding mask comes out of the tokenizer, which is part of the cached computation;
+* trains an *upper* model, from the cut tensors (one model input each) to the head's output,
+  built from the very layer objects of the backbone and head: it shares their variables, so the
+  saved whole model, checkpoints (:mod:`tlmulti.training.checkpoints`) and resume are the same as
+  end to end.
 
 A random flip (``data.augment.flip``) is cached too: the training cut holds every view of each
 example (the image and its horizontal flip: 2 views; ``flip: both``: the image, its horizontal,
@@ -21,69 +30,125 @@ vertical and double flips, 4), and each epoch reads one view of each example, dr
 with a seed of the epoch and the example (:class:`tlmulti.data.pipeline.Views`), which is what
 ``RandomFlip`` draws; validation reads the image as it is. The record says how many ``views``.
 
+The phase record (``cut_cache``) says ``used``, the operations whose outputs are cut
+(``cut_after``: ``["transformer_layer_3", "padding_mask"]`` for MiniLM-L6 with ``top:2``), the
+shape of one example of each (``shapes``), ``views`` and the cache's seconds, hits and keys.
+
 The phase trains end to end instead, with the reason in the phase record (``cut_cache: {"used":
 false, "reason": ...}``), when: ``cache_features: false``; the phase would apply random input
-augmentation other than flips (rotate, zoom, translate, contrast, brightness) and
-``cache_features`` is ``auto`` (a cached cut cannot augment its inputs; ``cache_features: true``
-caches anyway, the flips as views and without the rest); the task does not
-allow it; the backbone is not a functional graph with one input and one output (subclassed
-models, keras-hub text backbones); more than one tensor crosses the cut; nothing is frozen below
-the lowest unfrozen group; or the cache does not fit on the disk (one printed line says so).
+augmentation other than flips and ``cache_features`` is ``auto`` (image rotate, zoom, translate,
+contrast, brightness; speech waveform augmentation and SpecAugment, which the default speech
+recipe turns on: a cached cut cannot augment its inputs; ``cache_features: true`` caches anyway,
+the flips as views and without the rest); the task does not allow it; the backbone is not a
+functional graph with one output (subclassed models, TF-Hub wrappers); nothing is frozen below
+the lowest unfrozen group; a cut tensor does not hold one row per example (speech_embedding runs
+its CNN on the windows of every clip as rows of one batch); or the cache does not fit on the disk
+(one printed line says so).
 """
 
 from __future__ import annotations
 
 from tlmulti.data import cache as disk
-from tlmulti.training.features import DoesNotFit, frozen_features
+from tlmulti.training.features import DoesNotFit, NotPerExample, frozen_features
 
 
 class Cut:
-    """A planned cut of ``parts``: ``lower`` (the backbone from its input to the cut tensor),
-    ``upper`` (the backbone from the cut tensor to its output), ``layers`` (names of the layers
-    whose output is cut), ``point`` (what identifies the cut in the cache key) and ``flips``
-    (the ``(vertical, horizontal)`` flips of the training views, the first one none)."""
+    """A planned cut of ``parts``: ``tensors`` (the tensors that cross into the unfrozen groups,
+    see :func:`find_cut`), ``lower`` (the backbone from its inputs to those tensors), ``upper``
+    (from them to its output: the backbone's operations ``above`` the cut, a set of ids, called on
+    new inputs), ``layers`` (names of the operations whose output is cut; a backbone input such as
+    ``padding_mask`` names itself), ``point`` (what identifies the cut in the cache key) and
+    ``flips`` (the ``(vertical, horizontal)`` flips of the training views, the first one none)."""
 
-    def __init__(self, parts, tensor, layers: list[str], point: list, flips=((False, False),)):
+    def __init__(self, parts, tensors: list, layers: list[str], point: list, above: set,
+                 flips=((False, False),)):
         import keras
 
-        self.parts, self.tensor, self.layers, self.point = parts, tensor, layers, point
+        self.parts, self.tensors, self.layers, self.point = parts, list(tensors), layers, point
         self.flips = [tuple(f) for f in flips]
         self.must_fit = True  # False: an entry that does not fit on the disk is kept in memory
         backbone = parts.backbone
-        self.lower = keras.Model(backbone.inputs[0], tensor, name="below_cut")
-        self.upper = keras.Model(tensor, backbone.outputs[0], name="above_cut")
+        inputs = {id(t) for t in backbone.inputs}  # a backbone input read above the cut is passed on
+        outputs = [keras.layers.Identity(name=f"{name}_passed")(t) if id(t) in inputs else t
+                   for t, name in zip(self.tensors, layers)]  # (a model cannot output its own input)
+        self.lower = keras.Model(backbone.input, _one(outputs), name="below_cut")
+        fresh = [keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype) for t in self.tensors]
+        self.upper = keras.Model(_one(fresh), _run_above(backbone, above, self.tensors, fresh), name="above_cut")
 
     def feature_model(self):
-        """Raw inputs to the cut tensor, preprocessing included, in inference mode."""
+        """Raw inputs to the cut tensors, preprocessing included, in inference mode: one output
+        per cut tensor."""
         import keras
 
         parts = self.parts
         x = parts.preprocess(parts.inputs) if parts.preprocess is not None else parts.inputs
         return keras.Model(parts.inputs, self.lower(x, training=False), name="cut_features")
 
+    def shapes(self) -> list[list]:
+        """The shape of one example of each cut tensor, as the feature model gives it (a text's
+        sequence length is known there, not in the backbone)."""
+        return [list(o.shape[1:]) for o in self.feature_model().outputs]
+
     def train_model(self):
-        """The cut tensor to the head's output: the unfrozen groups (and whatever lies above them)
-        and the head, with the training flag let through as in end-to-end fine-tuning."""
+        """The cut tensors to the head's output: the unfrozen groups (and whatever lies above them)
+        and the head, with the training flag let through as in end-to-end fine-tuning. One input
+        per cut tensor (``cut`` when there is one, else ``cut_<layer>``), in the order of ``layers``."""
         import keras
 
-        inputs = keras.Input(shape=tuple(self.tensor.shape[1:]), dtype=self.tensor.dtype, name="cut")
-        return keras.Model(inputs, self.parts.head(self.upper(inputs)), name="model_above_cut")
+        names = ["cut"] if len(self.tensors) == 1 else [f"cut_{name}" for name in self.layers]
+        inputs = [keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype, name=n) for t, n in zip(self.tensors, names)]
+        return keras.Model(_one(inputs), self.parts.head(self.upper(_one(inputs))), name="model_above_cut")
 
 
-def find_cut(backbone, groups: dict, unfrozen: list[str]):
-    """``(tensor, producing layer, reason)``: the one tensor that crosses from the frozen layers
-    below the unfrozen groups into them, or None and why there is no usable cut."""
-    nodes_by_depth = getattr(backbone, "_nodes_by_depth", None)
-    if not nodes_by_depth or not hasattr(backbone, "inputs"):
-        return None, None, "the backbone is not a Keras functional graph"
-    if len(backbone.inputs) != 1 or len(backbone.outputs) != 1:
-        return None, None, (f"the backbone has {len(backbone.inputs)} inputs and {len(backbone.outputs)} outputs "
-                            "(a cut is cached for one input and one output)")
+def _one(values: list):
+    """A single tensor as itself, several as a list (how Keras models take and give them)."""
+    return values[0] if len(values) == 1 else list(values)
+
+
+def _run_above(backbone, above: set, tensors: list, values: list):
+    """The backbone's output computed from ``values`` in place of the cut ``tensors``: each node
+    of an operation in ``above`` called again, bottom to top, on what its inputs became. (A
+    Keras model whose inputs are the backbone's own tensors clones the graph between them, and
+    in doing so rewires a backbone input that crosses the cut, the padding mask: the whole model
+    could then no longer be saved.)"""
+    import keras
+
+    known = {id(t): v for t, v in zip(tensors, values)}
+    nodes_by_depth = backbone._nodes_by_depth
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
+            if id(node.operation) not in above or not all(id(t) in known for t in node.input_tensors):
+                continue
+            args, kwargs = node.arguments.fill_in(known)
+            for t, v in zip(node.outputs, keras.tree.flatten(node.operation(*args, **kwargs))):
+                known[id(t)] = v
+    return known[id(backbone.outputs[0])]
+
+
+def above_cut(backbone, groups: dict, unfrozen: list[str]) -> set:
+    """Ids of the backbone's operations above the cut: the layers of the ``unfrozen`` groups and
+    every operation fed by them, directly or not."""
     upper = {id(layer) for g in unfrozen for layer in groups[g]}
+    nodes_by_depth = backbone._nodes_by_depth
     for depth in sorted(nodes_by_depth, reverse=True):  # the deepest nodes are nearest the inputs
         for node in nodes_by_depth[depth]:
             if any(id(t._keras_history.operation) in upper for t in node.input_tensors):
                 upper.add(id(node.operation))
+    return upper
+
+
+def find_cut(backbone, groups: dict, unfrozen: list[str]):
+    """``(tensors, operations, reason)``: the tensors that cross from the frozen part of the
+    backbone into the unfrozen groups (and whatever those feed, :func:`above_cut`), and the
+    operations that produce them; or ``(None, None, why there is no usable cut)``. A backbone
+    input read above the cut (a transformer's padding mask) is one of them. Order: the outputs of
+    frozen operations as the backbone orders its operations, then the backbone inputs."""
+    nodes_by_depth = getattr(backbone, "_nodes_by_depth", None)
+    if not nodes_by_depth or not hasattr(backbone, "inputs"):
+        return None, None, "the backbone is not a Keras functional graph"
+    if len(backbone.outputs) != 1:
+        return None, None, f"the backbone has {len(backbone.outputs)} outputs (a cut is cached for one output)"
+    upper = above_cut(backbone, groups, unfrozen)
     crossing = {}
     for nodes in nodes_by_depth.values():
         for node in nodes:
@@ -95,15 +160,14 @@ def find_cut(backbone, groups: dict, unfrozen: list[str]):
     output = backbone.outputs[0]
     if id(output._keras_history.operation) not in upper:
         return None, None, "the backbone's output does not depend on the unfrozen groups"
-    if len(crossing) != 1:
-        names = sorted({t._keras_history.operation.name for t in crossing.values()})
-        return None, None, (f"{len(crossing)} tensors cross from the frozen layers into the unfrozen groups "
-                            f"(from {', '.join(names)}); a cut is cached for one")
-    tensor = next(iter(crossing.values()))
-    layer = tensor._keras_history.operation
-    if any(tensor is t for t in backbone.inputs):
+    inputs = {id(t) for t in backbone.inputs}
+    if all(id(t) in inputs for t in crossing.values()):
         return None, None, "nothing is frozen below the lowest unfrozen group"
-    return tensor, layer, None
+    order = {id(op): k for k, op in enumerate(backbone.operations)}
+    tensors = sorted(crossing.values(), key=lambda t: (id(t) in inputs, order.get(id(t._keras_history.operation),
+                                                                                len(order)),
+                                                       t._keras_history.tensor_index))
+    return tensors, [t._keras_history.operation for t in tensors], None
 
 
 def flip_views(augment) -> tuple[list, bool]:
@@ -122,6 +186,22 @@ def flip_views(augment) -> tuple[list, bool]:
     return [(v, h) for v in vertical for h in horizontal], len(layers) > 1
 
 
+def random_preprocessing(preprocess) -> list[str]:
+    """Names of the layers inside ``preprocess`` (a layer, a ``keras.Sequential`` or None) that
+    draw random numbers while training (SpecAugment after the log-mel of speech), dropout aside."""
+    import keras
+
+    if preprocess is None:
+        return []
+    found = []
+    for layer in preprocess._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.Dropout):
+            continue
+        if any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
+            found.append(layer.name)
+    return found
+
+
 def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
     """``(Cut or None, record)`` for a phase that unfreezes ``unfrozen``; the record is the phase's
     ``cut_cache`` entry (``used`` False with the ``reason`` when it trains end to end).
@@ -136,25 +216,34 @@ def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
     if not getattr(task, "cut_cache", False):
         return None, {"used": False, "reason": f"{task.name} trains end to end (no cut cache for this task)"}
     flips, others = flip_views(parts.augment)
-    if phase.cache_features == "auto" and (others or parts.augment_pairs is not None) and not resumed:
+    others = others or parts.augment_pairs is not None or bool(random_preprocessing(parts.preprocess))
+    if phase.cache_features == "auto" and others and not resumed:
         return None, {"used": False, "reason": "random input augmentation other than flips is on (data.augment): a "
                                                "cached cut would skip it; cache_features: true caches anyway, "
                                                "the flips as views and without the rest"}
-    tensor, layer, reason = find_cut(parts.backbone, parts.groups, unfrozen)
-    if tensor is None:
+    tensors, operations, reason = find_cut(parts.backbone, parts.groups, unfrozen)
+    if tensors is None:
         return None, {"used": False, "reason": reason}
-    index = [id(l) for l in parts.backbone.layers].index(id(layer))
-    point = [{"index": index, "class": type(layer).__name__, "tensor": tensor._keras_history.tensor_index,
-              "shape": list(tensor.shape[1:])}]
-    cut = Cut(parts, tensor, [layer.name], point, flips)
+    index = {id(op): k for k, op in enumerate(parts.backbone.operations)}
+    point = [{"index": index[id(op)], "class": type(op).__name__, "tensor": t._keras_history.tensor_index,
+              "shape": list(t.shape[1:])} for t, op in zip(tensors, operations)]
+    above = above_cut(parts.backbone, parts.groups, unfrozen)
+    cut = Cut(parts, tensors, [op.name for op in operations], point, above, flips)
     cut.must_fit = not resumed
-    return cut, {"used": True, "cut_after": [layer.name], "shape": list(tensor.shape[1:]), "views": len(flips)}
+    return cut, {"used": True, "cut_after": list(cut.layers), "shapes": cut.shapes(), "views": len(flips)}
+
+
+class Unusable(Exception):
+    """The cut cannot be cached after all; the phase trains end to end (the message says why)."""
 
 
 def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int, local: bool = False):
-    """``(train features, val features, info)`` at the cut, read from the cache or computed once;
-    None, after one printed line, when the cache does not fit on the disk. With several flips the
-    training features are :class:`~tlmulti.data.pipeline.Views` of one entry (view-major rows)."""
+    """``(train features, val features, info)`` at the cut, read from the cache or computed once:
+    one array per cut tensor (a list of them when there are several). With several flips the
+    training features are :class:`~tlmulti.data.pipeline.Views` of one entry (view-major rows).
+    Raises :class:`Unusable`, after one printed line, when the cache does not fit on the disk or
+    a cut tensor does not hold one row per example (a backbone that folds windows of each example
+    into the batch)."""
     from tlmulti.data.examples import Examples
     from tlmulti.data.lazy import flipped_views
     from tlmulti.data.pipeline import Views
@@ -173,7 +262,11 @@ def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int,
     except DoesNotFit as exc:
         print(f"The cut cache of phase '{phase_name}' needs {exc.need / 2**30:.1f} GiB and the disk of "
               f"'{disk.root()}' has less free (with 1 GiB to spare): training this phase end to end.", flush=True)
-        return None
+        raise Unusable("the cut cache does not fit on the disk") from None
+    except NotPerExample as exc:
+        print(f"The cut of phase '{phase_name}' after '{', '.join(cut.layers)}' is not one row per example "
+              f"({exc}): training this phase end to end.", flush=True)
+        raise Unusable(f"a tensor at the cut does not hold one row per example ({exc})") from None
     if verbose:
         print(f"Cut features ready in {info['seconds']:.1f} s", flush=True)
     return (Views(features[0], views) if views > 1 and len(train) else features[0]), features[1], info
@@ -182,17 +275,18 @@ def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int,
 def phase_model(cut, record, parts, example_sets, recipe, phase_name: str, verbose: int, local: bool = False,
                 unfrozen: bool = True):
     """``(model, x_train, x_val)`` of a phase without the frozen-phase cache: the model above
-    ``cut`` on the cached features when there is a cut and its cache fits, else the end-to-end
+    ``cut`` on the cached features when there is a cut and it can be cached, else the end-to-end
     model on the raw inputs (the backbone pinned to inference mode unless ``unfrozen``).
     ``record`` (the phase's ``cut_cache`` entry) gets the cache's seconds, hits and keys, or the
     reason for training end to end."""
-    found = cached_inputs(cut, example_sets, recipe, phase_name, verbose, local) if cut is not None else None
-    if found is not None:
-        x_train, x_val, info = found
-        record.update(cache_seconds=round(info["seconds"], 3), cache_hits=info["hits"], cache_keys=info["keys"])
-        return cut.train_model(), x_train, x_val
     if cut is not None:
-        record.clear()
-        record.update(used=False, reason="the cut cache does not fit on the disk")
+        try:
+            x_train, x_val, info = cached_inputs(cut, example_sets, recipe, phase_name, verbose, local)
+        except Unusable as exc:
+            record.clear()
+            record.update(used=False, reason=str(exc))
+        else:
+            record.update(cache_seconds=round(info["seconds"], 3), cache_hits=info["hits"], cache_keys=info["keys"])
+            return cut.train_model(), x_train, x_val
     train, val = example_sets
     return parts.assemble(backbone_training=None if unfrozen else False, augment=True), train.x, val.x

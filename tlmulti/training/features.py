@@ -52,6 +52,17 @@ def model_fingerprint(model) -> dict:
             "policy": keras.config.dtype_policy().name}
 
 
+def example_bytes(outputs, dtype: str) -> int:
+    """Bytes one example takes in a cache entry of ``outputs`` (Keras tensors of known shape):
+    integer and boolean outputs (a padding mask) in their own dtype, the others as ``dtype``."""
+    total = 0
+    for o in outputs:
+        own = str(o.dtype)
+        stored = own if own.startswith(("int", "uint", "bool")) else dtype
+        total += int(np.prod(o.shape[1:])) * np.dtype(stored).itemsize
+    return total
+
+
 class DoesNotFit(Exception):
     """A cache entry that must be on disk would not fit there (``need``: its bytes)."""
 
@@ -107,7 +118,7 @@ def frozen_features(feature_model, example_sets, recipe, verbose: int = 1, local
             hits.append(True)
             continue
         ds = make_dataset(examples.x, None, recipe.data.batch_size)
-        need = n * sum(int(np.prod(o.shape[1:])) for o in feature_model.outputs) * np.dtype(recipe.cache.dtype).itemsize
+        need = n * example_bytes(feature_model.outputs, recipe.cache.dtype)
         if not disk.fits(need):
             if must_fit:
                 raise DoesNotFit(need)
@@ -141,6 +152,11 @@ class _Local:
         return [t.numpy() for t in out] if isinstance(out, (list, tuple)) else out.numpy()
 
 
+class NotPerExample(Exception):
+    """A feature model output does not hold one row per example (a model that folds windows of
+    each example into the batch, say)."""
+
+
 def _each_batch(model, ds, n: int, sink, verbose: int) -> None:
     import keras
 
@@ -148,6 +164,10 @@ def _each_batch(model, ds, n: int, sink, verbose: int) -> None:
     done = 0
     for batch in ds:
         out = model.predict_on_batch(batch)
+        rows = len(keras.tree.flatten(batch)[0])
+        for k, o in enumerate(out if isinstance(out, (list, tuple)) else [out]):
+            if len(o) != rows:
+                raise NotPerExample(f"output {k} has {len(o)} rows for a batch of {rows} examples")
         sink(out)
         done += len(out[0] if isinstance(out, (list, tuple)) else out)
         if bar is not None:

@@ -11,8 +11,8 @@ backbone). ``fine_tune`` runs the phases in order:
   features; set ``cache_features: false`` to augment in a frozen phase;
 * a phase that unfreezes groups recompiles at its own learning rate (optionally lower for lower
   groups); BatchNorm follows the phase's policy (see :mod:`tlmulti.training.freezing`). With
-  ``cache_features: auto`` an image classification phase computes the frozen part below its
-  lowest unfrozen group once and trains the layers above it on that cache
+  ``cache_features: auto`` an image, text or speech classification phase computes the frozen part
+  below its lowest unfrozen group once and trains the layers above it on that cache
   (:mod:`tlmulti.training.cut`, a flip as views); with other random augmentation (unless ``true``),
   ``cache_features: false``, or a backbone that cannot be cut there, it trains end to end.
 
