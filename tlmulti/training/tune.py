@@ -153,12 +153,14 @@ def _importances(study, run_dir: Path) -> dict:
     return {k: round(float(v), 4) for k, v in values.items()}
 
 
-def tune(recipe: Recipe, run_dir: Path, trainer, out=sys.stdout) -> tuple[Recipe, dict]:
-    """The recipe of the best trial (to train in full) and the study's record."""
+def tune(recipe: Recipe, run_dir: Path, trainer, out=None) -> tuple[Recipe, dict]:
+    """The recipe of the best trial (to train in full) and the study's record; ``out``: where the
+    trials are printed (standard output at call time by default)."""
     import optuna
     import tensorflow as tf
     from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
+    out = out or sys.stdout
     check_search(recipe)
     run_dir = Path(run_dir)
     t_start = time.perf_counter()
