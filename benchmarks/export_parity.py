@@ -134,7 +134,7 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path, check: int = 3
         if "drop" in own:
             row.update({"val_metric": own["metric"], "val_run": own["run"], "val_export": own["export"],
                         "val_drop": own["drop"], "val_agreement": own["agreement"], "val_examples": own["examples"],
-                        "float_layers": (info.get("int8") or {}).get("float_layers")})
+                        "float_layers": (info.get(quantize) or {}).get("float_layers")})
         if fmt == "tflite":
             probs = _probs(exported.predict(_as_export_input(x_all, info, model)))
             row["score"] = _score(recipe.task, probs, y_all, task.classes)

@@ -20,9 +20,10 @@ Training-only augmentation layers are removed before export (they are listed in
 ``export.json`` (format, quantization, input signature with dtype / shape / value range,
 preprocessing, classes, the source run and its test metrics, tlmulti / TensorFlow versions).
 ``--quantize`` (TFLite): ``float16`` weights, ``dynamic`` int8 weights, or ``int8`` calibrated on
-a class-balanced sample of the run's training split (float inputs and outputs), with the layers
-int8 costs most kept in float (:mod:`tlmulti.export_quality`). Every export is then measured on
-the run's validation examples against the run (``check`` in ``export.json``).
+a class-balanced sample of the run's training split (float inputs and outputs). The layers a task
+keeps float (a speech model's log-mel front end) and, for int8, those int8 costs most stay in
+float (:mod:`tlmulti.export_quality`). Every export is then measured on the run's validation
+examples against the run (``check`` in ``export.json``).
 
 The export is written into a temporary folder next to ``out`` and renamed into place once it is
 complete; with ``overwrite`` the previous export is moved aside and deleted only after the new
@@ -132,13 +133,14 @@ def export_run(run_dir, fmt: str, out, quantize: str = "none", overwrite: bool =
         if fmt == "saved_model":
             serving.export(str(target), format="tf_saved_model", verbose=False)
         elif fmt == "tflite":
-            info["tflite_ops"], info["int8"] = _to_tflite(serving, target, task, quantize, calibration_examples)
+            info["tflite_ops"], info[quantize] = _to_tflite(serving, target, task, quantize, calibration_examples)
         else:
             _to_onnx(serving, target, task)
         (tmp / "labels.txt").write_text("\n".join(task.classes) + "\n", encoding="utf-8")
         info["file_bytes"] = sum(p.stat().st_size for p in ([target] if target.is_file() else target.rglob("*"))
                                  if p.is_file())
-        (tmp / "export.json").write_text(json.dumps({k: v for k, v in info.items() if v is not None}, indent=2))
+        info = {k: v for k, v in info.items() if v is not None}
+        (tmp / "export.json").write_text(json.dumps(info, indent=2))
         if check:
             info["check"] = quality.check_export(ExportedModel(tmp), task, model, check, max_drop)
             (tmp / "export.json").write_text(json.dumps({k: v for k, v in info.items() if v is not None}, indent=2))
@@ -207,7 +209,7 @@ def _swap(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples: int):
-    """Convert; returns ``(ops, int8 record or None)``."""
+    """Convert; returns ``(ops, int8 / dynamic-range record or None)``."""
     import keras
     import tensorflow as tf
 
@@ -227,23 +229,26 @@ def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples:
 
     concrete = convert_variables_to_constants_v2(serve.get_concrete_function())  # weights as constants
 
-    def converter(select_ops: bool):
+    def converter(select_ops: bool, mode: str = quantize):
         if as_dict:  # from_keras_model cannot trace a dict-input Keras 3 model
             conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
         else:
             conv = tf.lite.TFLiteConverter.from_keras_model(fixed)
         if select_ops:
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-        if quantize != "none":
+        if mode != "none":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
+        if mode == "float16":
             conv.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
+        if mode == "int8":
             conv.representative_dataset = lambda: ([s[k] for k in names] for s in samples)
         return conv
 
+    float_layers = task.export_float_layers(serving) if quantize in ("int8", "dynamic") else {}
+    if quantize == "dynamic":  # the examples the float layers' benefit is measured on
+        calibration_examples = min(calibration_examples, quality.AGREEMENT_EXAMPLES) if float_layers else 0
     samples = (task.representative_inputs(quality.calibration_inputs(task, calibration_examples))
-               if quantize == "int8" else [])
+               if quantize == "int8" or (quantize == "dynamic" and calibration_examples) else [])
 
     import contextlib
     import io
@@ -259,11 +264,17 @@ def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples:
         except Exception as exc:
             raise RunError(f"TFLite conversion failed ({str(exc).strip().splitlines()[-1][:300]}).") from None
     record = None
-    if quantize == "int8":  # where int8 disagrees with float, the layers it costs most are kept in float
+    if samples:  # where the quantized model disagrees with float, layers are kept in float
         first = samples[:quality.AGREEMENT_EXAMPLES]
         reference = [fixed(s if as_dict else s[names[0]], training=False) for s in first]
         reference = np.concatenate([probabilities(r) for r in reference])
-        blob, record = quality.int8_model(blob, lambda: converter(ops != "builtins"), samples, names, reference)
+        select = ops != "builtins"
+        if quantize == "int8":
+            blob, record = quality.int8_model(blob, lambda: converter(select), samples, names, reference, float_layers)
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                float_blob = converter(select, "none").convert()
+            blob, record = quality.dynamic_model(blob, float_blob, float_layers, first, names, reference)
     target.write_bytes(blob)
     return ops, record
 

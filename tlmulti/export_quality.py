@@ -8,11 +8,15 @@
   check measures on): ``--calibration-examples`` of them (default 300, fewer where the split has
   fewer).
 * :func:`int8_model`: the full-integer model is run on calibration examples next to the float
-  model; where its top-1 agreement is below :data:`AGREEMENT_TARGET`, TFLite's quantization
-  debugger compares every quantized layer with its float counterpart and the layers whose error
-  is largest against their quantization step (RMSE / scale, as TensorFlow's selective-quantization
-  guide ranks them) are kept in float, the worst 2, 4, 8, ... until the agreement is reached.
-  ``export.json`` names those layers and every try.
+  model; where its top-1 agreement is below :data:`AGREEMENT_TARGET`, layers are kept in float in
+  turn until it is reached: the task's layers int8 cannot represent (a speech model's log-mel
+  front end), the activation-by-activation matmuls (attention; :data:`MATMUL_WHY`), then the
+  worst 2, 4, 8, ... layers by TFLite's quantization debugger, which compares every quantized
+  layer with its float counterpart (RMSE / scale, as TensorFlow's selective-quantization guide
+  ranks them). ``export.json`` names those layers, why each group stays float, and every try.
+* :func:`dynamic_model`: dynamic range (int8 weights, activations quantized on the fly inside
+  the kernels with int8 weights) with the task's float layers given back their float weights,
+  kept where it agrees with float at least as well as the all-int8-weights model.
 * :func:`check_export`: the exported file, run by its own runtime on a sample of the run's
   validation split (``--check N``, default 300; 0 skips), against the run's Keras model on the
   same examples: the metric (accuracy, mean foreground Dice for segmentation, mAP@0.5 for object
@@ -27,6 +31,7 @@ Optimization toolkit wraps only tf-keras (Keras 2) models.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
@@ -43,6 +48,13 @@ MIN_RMSE_STEPS = 0.3  # a layer with less error (in quantization steps) always s
 DEBUG_EXAMPLES = 16  # calibration examples the per-layer comparison runs on
 AGREEMENT_EXAMPLES = 100  # calibration examples the int8 model is compared with float on
 AGREEMENT_TARGET = 0.99
+MATMUL_OPS = ("BATCH_MATMUL",)  # products of two activations: attention scores and attention-weighted values
+MATMUL_WHY = ("int8 BATCH_MATMUL multiplies two activations (attention's query-key scores and weighted values); "
+              "under XNNPACK, the TFLite interpreter's default CPU kernels, its int8 result is several quantization "
+              "steps from float on the same inputs where TFLite's builtin int8 kernels stay close, so it stays "
+              "float; it holds no weights, so the file does not grow")
+LARGEST_ERROR_WHY = (f"the largest RMSE against float in quantization steps (above {MIN_RMSE_STEPS}), as TFLite's "
+                     "quantization debugger measures each layer on calibration examples")
 FIXES = {"int8": "export with --quantize float16 (no measurable loss, half the size) or dynamic (int8 weights, "
                  "float activations), or calibrate on more examples (--calibration-examples); quantization-aware "
                  "fine-tuning (--qat) is not available for Keras 3 models",
@@ -94,15 +106,30 @@ def calibration_inputs(task, n: int):
     return _sample(task, train, classes, n, seed=1).x
 
 
-def int8_model(blob: bytes, make_converter, samples: list, names: list, reference: np.ndarray) -> tuple[bytes, dict]:
+def in_layer(tensor: str, layer: str) -> bool:
+    """Whether the TFLite tensor ``tensor`` (fused names joined by ``;``) is computed inside the
+    Keras layer named ``layer`` (TensorFlow scopes it ``.../layer_1/...``)."""
+    pattern = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
+    return any(pattern.search(part) for part in tensor.split(";"))
+
+
+def int8_model(blob: bytes, make_converter, samples: list, names: list, reference: np.ndarray,
+               float_layers: dict | None = None) -> tuple[bytes, dict]:
     """``(TFLite model, record)``: the full-integer model ``blob`` (calibrated on ``samples``,
     float inputs and outputs), or, where its top-1 agreement with the float model (``reference``:
     its probabilities on the first samples) is below :data:`AGREEMENT_TARGET`, the same model with
-    the layers int8 costs most kept in float. TFLite's quantization debugger compares each
-    quantized layer with float on :data:`DEBUG_EXAMPLES` calibration examples and ranks them by
-    RMSE in quantization steps; the worst 2, 4, 8, ... (:data:`FLOAT_LAYER_COUNTS`, never one below
-    :data:`MIN_RMSE_STEPS`) stay float until the agreement is reached. Only training examples are
-    used. ``record`` goes into ``export.json``."""
+    layers kept in float, added in turn until the agreement is reached (the best try is kept):
+
+    1. the task's ``float_layers`` (``{Keras layer: why}``, e.g. a speech model's log-mel front end);
+    2. the :data:`MATMUL_OPS` (attention's activation-by-activation products; :data:`MATMUL_WHY`);
+    3. the worst 2, 4, 8, ... other layers (:data:`FLOAT_LAYER_COUNTS`, never one below
+       :data:`MIN_RMSE_STEPS`), ranked by TFLite's quantization debugger, which compares each
+       quantized layer with float on :data:`DEBUG_EXAMPLES` calibration examples by RMSE in
+       quantization steps.
+
+    The model is calibrated once; every try re-quantizes it with its layers denylisted. Only
+    training examples are used. ``record`` goes into ``export.json``: ``float_layers`` (every
+    TFLite layer kept in float), ``float_groups`` (what they are and why) and every try."""
     import contextlib
     import io
 
@@ -115,56 +142,149 @@ def int8_model(blob: bytes, make_converter, samples: list, names: list, referenc
               "weights": "int8 (per-channel for convolutions, per-tensor for dense layers)",
               "input_output": "float32 (quantized inside the model)",
               "float_layer_rule": f"while top-1 agreement with float on {len(reference)} calibration examples is below "
-                                  f"{AGREEMENT_TARGET}: the {', '.join(map(str, FLOAT_LAYER_COUNTS))} layers with the "
-                                  f"largest RMSE against float (in quantization steps, above {MIN_RMSE_STEPS}; on "
-                                  f"{min(DEBUG_EXAMPLES, len(samples))} calibration examples) stay float, in turn",
-              "float_layers": []}
+                                  f"{AGREEMENT_TARGET}, in turn: the task's layers int8 cannot represent, the "
+                                  f"{'/'.join(MATMUL_OPS)} ops, then the {', '.join(map(str, FLOAT_LAYER_COUNTS))} "
+                                  f"layers with the largest RMSE against float (in quantization steps, above "
+                                  f"{MIN_RMSE_STEPS}; on {min(DEBUG_EXAMPLES, len(samples))} calibration examples) "
+                                  "stay float",
+              "float_layers": [], "float_groups": []}
     agreement = _agreement(blob, samples, names, reference)
-    record["tries"] = [{"float_layers": 0, "agreement": agreement, "mb": len(blob) / 1e6}]
+    record["tries"] = [{"float_layers": 0, "added": None, "agreement": agreement, "mb": len(blob) / 1e6}]
     if agreement >= AGREEMENT_TARGET or len(samples) < 2:  # one example: nothing to compare layers on
         return blob, record
     with contextlib.redirect_stdout(io.StringIO()):
         debugger = tf.lite.experimental.QuantizationDebugger(converter=make_converter(), debug_dataset=debug_data)
         debugger.run()
-    errors = _layer_errors(debugger)
+    errors, ops = _layer_errors(debugger)
     worst = sorted(errors.items(), key=lambda kv: -kv[1])
-    record["worst_layers"] = [{"layer": _short(k), "rmse_steps": round(v, 3)} for k, v in worst[:5]]
-    best = (agreement, blob, [])
-    candidates = [k for k, v in worst if v > MIN_RMSE_STEPS]
-    tried = 0
-    for count in FLOAT_LAYER_COUNTS:
-        keep = candidates[:count]
-        if len(keep) <= tried:
-            break
-        tried = len(keep)
-        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
-        with contextlib.redirect_stdout(io.StringIO()):
-            selective = tf.lite.experimental.QuantizationDebugger(converter=make_converter(), debug_dataset=debug_data,
-                                                                  debug_options=options).get_nondebug_quantized_model()
-        agreement = _agreement(selective, samples, names, reference)
-        record["tries"].append({"float_layers": len(keep), "agreement": agreement,
+    record["worst_layers"] = [{"layer": _short(k), "op": ops[k], "rmse_steps": round(v, 3) if np.isfinite(v) else None}
+                              for k, v in worst[:5]]
+    stages = [(layer, why, [t for t in errors if in_layer(t, layer)]) for layer, why in (float_layers or {}).items()]
+    stages.append(("/".join(MATMUL_OPS), MATMUL_WHY, [t for t in errors if ops[t] in MATMUL_OPS]))
+    best = (agreement, blob, [], [])
+    keep, groups = [], []
+
+    def attempt(label: str, why: str, nodes: list) -> float:
+        nonlocal best
+        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep + nodes)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                debugger.options = options  # re-quantizes the calibrated model, no new calibration
+                selective = debugger.get_nondebug_quantized_model()
+        except ValueError:  # no quantized layer left
+            return -1.0
+        score = _agreement(selective, samples, names, reference)
+        record["tries"].append({"float_layers": len(keep) + len(nodes), "added": label, "agreement": score,
                                 "mb": len(selective) / 1e6})
-        if agreement > best[0]:
-            best = (agreement, selective, keep)
-        if agreement >= AGREEMENT_TARGET:
+        if score > best[0]:
+            best = (score, selective, keep + nodes, groups + [{"layers": label, "why": why, "count": len(nodes)}])
+        return score
+
+    for label, why, nodes in stages:
+        nodes = [t for t in nodes if t not in keep]
+        if not nodes:
+            continue
+        if attempt(label, why, nodes) >= AGREEMENT_TARGET:
             break
+        keep += nodes
+        groups.append({"layers": label, "why": why, "count": len(nodes)})
+    else:
+        candidates = [k for k, v in worst if v > MIN_RMSE_STEPS and k not in keep]
+        tried = 0
+        for count in FLOAT_LAYER_COUNTS:
+            extra = candidates[:count]
+            if len(extra) <= tried:
+                break
+            tried = len(extra)
+            if attempt("largest error", LARGEST_ERROR_WHY, extra) >= AGREEMENT_TARGET:
+                break
     record["float_layers"] = [_short(k) for k in best[2]]
+    record["float_groups"] = best[3]
     return best[1], record
 
 
-def _layer_errors(debugger) -> dict:
-    """RMSE against float in quantization steps, per quantized tensor of a debugger that ran."""
+def dynamic_model(blob: bytes, float_blob: bytes, float_layers: dict, samples: list, names: list,
+                  reference: np.ndarray) -> tuple[bytes, dict]:
+    """``(TFLite model, record)``: the dynamic-range model ``blob`` (int8 weights; kernels with int8
+    weights quantize their float input on the fly, per example or per row), with the ops inside
+    the task's ``float_layers`` (``{Keras layer: why}``) given back their float32 weights from
+    ``float_blob`` (the same model converted without quantization), so those ops run float
+    kernels. TFLite's converter has no per-layer choice for dynamic range, so the weights are
+    swapped in the flatbuffer (``tensorflow.lite.tools.flatbuffer_utils``). Both models are run
+    on the calibration ``samples`` against ``reference`` and the one agreeing more with float is
+    kept; ``record`` goes into ``export.json``."""
+    record = {"weights": "int8 (per-channel for convolutions)", "activations": "float32 (quantized on the fly inside "
+              "the kernels with int8 weights)", "float_layers": [], "float_groups": []}
+    if not float_layers or not samples:
+        return blob, record
+    agreement = _agreement(blob, samples, names, reference)
+    record["tries"] = [{"float_layers": 0, "added": None, "agreement": agreement, "mb": len(blob) / 1e6}]
+    kept_blob, kept = _float_weights(blob, float_blob, list(float_layers))
+    if not kept:
+        return blob, record
+    score = _agreement(kept_blob, samples, names, reference)
+    count = sum(len(v) for v in kept.values())
+    record["tries"].append({"float_layers": count, "added": "+".join(kept), "agreement": score,
+                            "mb": len(kept_blob) / 1e6})
+    if score < agreement:
+        return blob, record
+    record["float_layers"] = [_short(t) for layer in kept for t, _ in kept[layer]]
+    record["float_groups"] = [{"layers": layer, "why": float_layers[layer], "count": len(kept[layer]),
+                               "ops": sorted({op for _, op in kept[layer]})} for layer in kept]
+    return kept_blob, record
+
+
+def _float_weights(blob: bytes, float_blob: bytes, layers: list) -> tuple[bytes, dict]:
+    """``(model, {layer: [(tensor, op)]})``: ``blob`` with every int8 weight of the ops inside
+    Keras ``layers`` replaced by the float32 weight at the same input of the same op (matched by
+    output tensor name) in ``float_blob``."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    source = flatbuffer_utils.read_model_from_bytearray(bytearray(float_blob))
+    graph, float_graph = model.subgraphs[0], source.subgraphs[0]
+
+    def name(tensor) -> str:
+        return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+
+    twins = {name(float_graph.tensors[op.outputs[0]]): op for op in float_graph.operators if len(op.outputs)}
+    kept: dict = {}
+    for op in graph.operators:
+        out = name(graph.tensors[op.outputs[0]]) if len(op.outputs) else ""
+        layer = next((layer for layer in layers if in_layer(out, layer)), None)
+        twin = twins.get(out)
+        if layer is None or twin is None or len(twin.inputs) != len(op.inputs):
+            continue
+        for index, twin_index in zip(op.inputs, twin.inputs):
+            tensor = graph.tensors[index] if index >= 0 else None
+            if tensor is None or tensor.type != schema.TensorType.INT8 or model.buffers[tensor.buffer].data is None:
+                continue
+            weight = float_graph.tensors[twin_index]
+            if weight.type != schema.TensorType.FLOAT32 or list(weight.shape) != list(tensor.shape):
+                continue
+            tensor.type, tensor.quantization = schema.TensorType.FLOAT32, None
+            model.buffers[tensor.buffer].data = source.buffers[weight.buffer].data
+            kept.setdefault(layer, []).append((out, flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), kept
+
+
+def _layer_errors(debugger) -> tuple[dict, dict]:
+    """``(RMSE against float in quantization steps, op name)`` per quantized tensor of a debugger
+    that ran."""
     import csv
     import io
 
     text = io.StringIO()
     debugger.layer_statistics_dump(text)
-    errors = {}
+    errors, ops = {}, {}
     for row in csv.DictReader(io.StringIO(text.getvalue())):
         scale = float(row.get("scale") or 0)
-        if scale > 0:
-            errors[row["tensor_name"]] = float(np.sqrt(float(row["mean_squared_error"]))) / scale
-    return errors
+        error = float(row["mean_squared_error"])
+        if scale > 0 and not np.isnan(error):
+            errors[row["tensor_name"]] = float(np.sqrt(error)) / scale
+            ops[row["tensor_name"]] = row["op_name"]
+    return errors, ops
 
 
 def _agreement(blob: bytes, samples: list, names: list, reference: np.ndarray) -> float:
@@ -197,11 +317,15 @@ def _agreement(blob: bytes, samples: list, names: list, reference: np.ndarray) -
 
 
 def _short(tensor: str) -> str:
-    """The Keras layers a fused TFLite tensor name stands for (``stem_conv_1/convolution;...``)."""
+    """The TFLite tensor ``tensor`` without the outer models' scopes: the Keras layer path and
+    the op (``backbone_1/transformer_encoder_layer_0_1/self_attention_layer_1/einsum/Einsum2``);
+    the parts of a fused name joined by ``+``."""
     names = []
     for part in tensor.split(";"):
         pieces = part.split("/")
-        name = pieces[-2] if len(pieces) > 1 else pieces[0]
+        while len(pieces) > 2 and re.fullmatch(r"(exported_fixed|functional|model|sequential)(_\d+)*", pieces[0]):
+            pieces = pieces[1:]
+        name = "/".join(pieces)
         if name not in names:
             names.append(name)
     return "+".join(names)
@@ -259,10 +383,12 @@ def check_export(exported, task, model, n: int, max_drop: float) -> dict:
     result.update({k: v for k, v in measured.items() if v is not None})
     result.update(file_mb=round(info["file_bytes"] / 1e6, 3), latency_ms=round(statistics.median(times) * 1000, 3))
     if result["drop"] > max_drop:
+        record = info.get(info["quantize"]) if isinstance(info.get(info["quantize"]), dict) else {}
+        kept = ", ".join(g["layers"] for g in record.get("float_groups") or [])
         result["warning"] = (f"the {info['quantize'] if info['quantize'] != 'none' else 'float'} export loses "
                              f"{result['drop']:.4f} {name} against the run ({value:.4f} against {run_value:.4f} on "
                              f"{len(examples)} {split} examples), more than --max-drop {max_drop}: "
-                             f"{FIXES[info['quantize']]}.")
+                             f"{FIXES[info['quantize']]}" + (f" ({kept} already kept in float)." if kept else "."))
     return result
 
 

@@ -56,7 +56,8 @@ def resume(run_dir):
 @click.option("--max-drop", type=float, default=0.01, show_default=True,
               help="Metric drop against the run beyond which the export warns (0.01: one point).")
 @click.option("--calibration-examples", type=int, default=300, show_default=True,
-              help="int8: class-balanced training examples to calibrate on.")
+              help="int8: class-balanced training examples to calibrate on (dynamic: up to 100 of them "
+                   "measure the layers a task keeps float).")
 @click.option("--qat", type=int, default=0, help="int8: quantization-aware fine-tuning epochs (refused: see README).")
 @trust_option
 @user_errors
@@ -70,9 +71,11 @@ def export(run_dir, fmt, quantize, out, overwrite, check, max_drop, calibration_
     folder = export_run(run_dir, fmt, out, quantize=quantize, overwrite=overwrite, check=check, max_drop=max_drop,
                         calibration_examples=calibration_examples, qat=qat)
     info = json.loads((folder / "export.json").read_text())
-    kept = (info.get("int8") or {}).get("float_layers")
+    record = info.get(quantize) if isinstance(info.get(quantize), dict) else {}
+    kept, groups = record.get("float_layers"), [g["layers"] for g in record.get("float_groups") or []]
     click.echo(f"Exported {run_dir} as {fmt} ({quantize}) to {folder} ({info['file_bytes'] / 1e6:.1f} MB); "
-               f"input: {', '.join(info['input'])}." + (f" Kept in float: {len(kept)} layers." if kept else ""))
+               f"input: {', '.join(info['input'])}."
+               + (f" Kept in float: {len(kept)} layers ({', '.join(groups)})." if kept else ""))
     click.echo(f"Check: {summary(info.get('check'))}.")
     if (info.get("check") or {}).get("warning"):
         click.echo(f"Warning: {info['check']['warning']}", err=True)

@@ -44,6 +44,11 @@ class TaskExport:
     #: Why the export check does not measure this task's exports (None: it does).
     export_unmeasured: str | None = None
 
+    def export_float_layers(self, serving) -> dict:
+        """``{Keras layer name: why}``: the layers of ``serving`` that quantized TFLite exports
+        keep in float (int8 cannot represent what they compute); none here."""
+        return {}
+
     def check_inputs(self, x, info: dict, model):
         """``(export input, Keras model input)`` of the raw inputs ``x`` of examples, for the
         export check (``info``: the export's ``export.json``; ``model``: the run's model)."""
@@ -143,6 +148,12 @@ class ImageExport(TaskExport):
         return x, x
 
 
+LOG_MEL_WHY = ("the log-mel front end: its STFT power spectrum spans many decades (Whisper's scale keeps 8, "
+               "80 dB) and the log makes the quiet bins count as much as the loud ones, while 8-bit activations "
+               "(256 levels per tensor, or per frame where int8 weights quantize their input on the fly) round "
+               "the quiet bins to zero; it stays float")
+
+
 class WaveformExport(TaskExport):
     """Mono waveforms at the run's sample rate and clip length, float32 -1..1, ``(batch, samples)``."""
 
@@ -159,6 +170,18 @@ class WaveformExport(TaskExport):
         import keras
 
         return keras.Input((self.contract().clip_samples,), batch_size=1, name="waveform")
+
+    def export_float_layers(self, serving) -> dict:
+        """The log-mel front end (every :class:`~tlmulti.layers.audio.LogMelSpectrogram` inside)."""
+        from tlmulti.layers.audio import LogMelSpectrogram
+
+        found, stack = {}, [serving]
+        while stack:
+            layer = stack.pop()
+            if isinstance(layer, LogMelSpectrogram):
+                found[layer.name] = LOG_MEL_WHY
+            stack.extend(getattr(layer, "layers", []))
+        return found
 
     def representative_inputs(self, x) -> list[dict]:
         return [{"waveform": np.asarray(x[i:i + 1], np.float32)} for i in range(len(x))]
