@@ -20,7 +20,10 @@ from ImageNet: ``digits`` (scikit-learn's 8 x 8 grey digits, 800 training images
 ``patches`` (nuclei patches, 16-bit-like microscopy crops, region-split test; AUROC).
 
     python benchmarks/defaults_vs_baselines.py [--only digits images patches text speech nuclei]
-        [--arms fixed auto] [--json out.json]
+        [--arms fixed auto tune] [--json out.json]
+
+``--arms tune`` adds the same command with ``--tune 20`` (an Optuna study of 20 trials, then the
+best trained in full; not run by default: twenty trainings per row).
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TLMULTI = [sys.executable, "-c", "from tlmulti.cli import main; main()"]
 
 
-ARMS = {"fixed": ["--strategy", "fixed"], "auto": []}
-CHOSEN_ARMS = list(ARMS)
+ARMS = {"fixed": ["--strategy", "fixed"], "auto": [], "tune": ["--tune", "20"]}
+CHOSEN_ARMS = ["fixed", "auto"]
 
 
 class _Runs(dict):
@@ -56,6 +59,9 @@ class _Runs(dict):
 
     def strategy(self) -> dict:
         return {arm: m.get("strategy", {}).get("chosen") for arm, (m, _) in self.items()}
+
+    def tune(self) -> dict:
+        return {arm: (m["tune"].get("best") or {}).get("params") for arm, (m, _) in self.items() if "tune" in m}
 
     def candidates(self) -> dict:
         return {arm: m["strategy"]["candidates"] for arm, (m, _) in self.items() if "strategy" in m}
@@ -78,7 +84,7 @@ def _cli(args, out: Path) -> _Runs:
 
 def _row(data: str, metric: str, runs: _Runs, key: str, baseline: str, value: float, seconds: float) -> dict:
     return {"data": data, "metric": metric, "tlmulti": runs.value(key), "tlmulti_s": runs.seconds(),
-            "strategy": runs.strategy(), "candidates": runs.candidates(), "baseline": baseline,
+            "strategy": runs.strategy(), "candidates": runs.candidates(), "tune": runs.tune(), "baseline": baseline,
             "baseline_value": value, "baseline_s": seconds}
 
 
@@ -255,7 +261,7 @@ RUNS = {"digits": digits, "images": images, "patches": patches, "text": text, "s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(CHOSEN_ARMS))
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     CHOSEN_ARMS[:] = args.arms
@@ -279,10 +285,12 @@ def main() -> None:
     for a in args.arms:
         wins = sum(r["tlmulti"][a] > r["baseline_value"] for r in rows)
         print(f"transfer ({a}) wins {wins} of {len(rows)} rows")
-    if "auto" in args.arms and "fixed" in args.arms:
-        for r in rows:
-            print(f"{r['data']}: auto - fixed {r['tlmulti']['auto'] - r['tlmulti']['fixed']:+.3f}, wall time auto / "
-                  f"fixed {r['tlmulti_s']['auto'] / r['tlmulti_s']['fixed']:.2f}x, kept '{r['strategy']['auto']}'")
+    for arm in ("auto", "tune"):
+        if arm in args.arms and "fixed" in args.arms:
+            for r in rows:
+                print(f"{r['data']}: {arm} - fixed {r['tlmulti'][arm] - r['tlmulti']['fixed']:+.3f}, wall time {arm} / "
+                      f"fixed {r['tlmulti_s'][arm] / r['tlmulti_s']['fixed']:.2f}x"
+                      + (f", kept '{r['strategy'][arm]}'" if arm == "auto" else f", best trial {r['tune'][arm]}"))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(rows, indent=2))
 
