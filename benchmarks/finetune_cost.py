@@ -1,7 +1,8 @@
 """Fine-tuning cost with the cut cache against end to end: the same recipe and data trained twice
-in one process, the fine-tuning phase once on the cached cut (``cache_features: auto``, the
-default) and once end to end (``phases.K.cache_features=false``), each run with an empty
-feature cache of its own.
+in one process, the fine-tuning phase once on the cached cut (``phases.K.cache_features=true``;
+for images the default ``auto`` does the same, text and speech train end to end under ``auto``)
+and once end to end (``phases.K.cache_features=false``), each run with an empty feature cache of
+its own.
 
 | row | recipe | fine-tuning phase |
 |---|---|---|
@@ -11,8 +12,9 @@ feature cache of its own.
 | ``text`` (not by default) | ``recipes/text/spam_assassin.yaml``: MiniLM-L6, 128 tokens, 500 e-mails | ``top:2``: the hidden states after ``transformer_layer_3`` and the padding mask cached |
 | ``speech`` (not by default) | ``recipes/audio/speech_commands.yaml`` with ``data.augment`` off: Whisper tiny.en, 1 s clips | ``top:2``: the hidden states after ``transformer_encoder_layer_2`` cached |
 
-The speech recipe's waveform augmentation and SpecAugment would make its fine-tuning phase train
-end to end under ``cache_features: auto``, so the ``speech`` row turns them off in both runs.
+A cached cut cannot augment its inputs (``cache_features: true`` caches anyway, without the
+augmentation), so the ``speech`` row turns the recipe's waveform augmentation and SpecAugment off
+in both runs, to compare like with like.
 
 Each row prints the fine-tuning phase's seconds per epoch both ways (the phase's seconds less the
 cut cache's, over the epochs it ran; from ``metrics.json``), the cut cache's seconds (computed
@@ -272,7 +274,7 @@ def run_row(name: str, limit: int | None, scratch: Path, real_home: Path) -> dic
         test = limited_test(data.test, limit, data.label_column, getattr(data, "path_column", "path"),
                             scratch / name / "data")
         overrides += [f"data.limit_per_class={limit}", f"data.test={test}"]
-    cut = run_arm(path, overrides, metric, real_home, scratch / name / "cut")
+    cut = run_arm(path, overrides + [f"phases.{k}.cache_features=true"], metric, real_home, scratch / name / "cut")
     row = {"row": name, "recipe": str(path.relative_to(ROOT)), "limit": limit, "phase_index": k, "cut": cut}
     if not cut["cut_cache"].get("used"):
         row["note"] = "end to end: " + cut["cut_cache"].get("reason", "no cut cache for this task")

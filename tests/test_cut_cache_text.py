@@ -128,7 +128,7 @@ def _all_weights(parts):
     ("cls", "top:1", None, [[8]]),  # the pooler alone: the [CLS] vector is cut
 ], ids=["mean top:1", "cls top:2", "cls top:1"])
 def test_text_cut_trains_the_same_weights_as_end_to_end(pooling, unfreeze, cut_after, shapes, tiny_bert, texts):
-    cut_parts, cut_record, before = _fine_tune(_text_recipe(tiny_bert, texts, _phases(unfreeze, "auto"), pooling))
+    cut_parts, cut_record, before = _fine_tune(_text_recipe(tiny_bert, texts, _phases(unfreeze, True), pooling))
     e2e_parts, e2e_record, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases(unfreeze, False), pooling))
     record = cut_record["cut_cache"]
     assert record["used"] is True and record["shapes"] == shapes and record["views"] == 1
@@ -144,9 +144,9 @@ def test_text_cut_trains_the_same_weights_as_end_to_end(pooling, unfreeze, cut_a
 
 
 def test_the_text_cache_key_follows_the_cut_point_and_is_reused(tiny_bert, texts):
-    _, top1, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", "auto")))
-    _, top2, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:2", "auto")))
-    _, again, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", "auto", learning_rate=0.01)))
+    _, top1, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", True)))
+    _, top2, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:2", True)))
+    _, again, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", True, learning_rate=0.01)))
     assert top1["cut_cache"]["cut_after"] == MEAN_CUT
     assert top2["cut_cache"]["cut_after"] == ["embeddings_dropout", "padding_mask"]
     keys1, keys2 = top1["cut_cache"]["cache_keys"], top2["cut_cache"]["cache_keys"]
@@ -158,7 +158,7 @@ def test_the_text_cut_holds_the_hidden_states_and_the_padding_mask_in_their_dtyp
     from tlmulti.data import cache as disk
     from tlmulti.training.cut import cached_inputs, plan
 
-    recipe = _text_recipe(tiny_bert, texts, _phases("top:1", "auto"))
+    recipe = _text_recipe(tiny_bert, texts, _phases("top:1", True))
     recipe.cache.dtype = "float16"  # the default: floats halved, the mask kept exactly
     task, parts, train, val = build_parts(recipe)
     cut, record = plan(parts, task, recipe.phases[0], ["transformer_layer_1"])
@@ -182,7 +182,8 @@ def test_the_text_cut_holds_the_hidden_states_and_the_padding_mask_in_their_dtyp
 
 def _text_run_recipe(backbone, texts):
     return _text_recipe(backbone, texts, [{"name": "head", "epochs": 1, "learning_rate": 0.01},
-                                          {"name": "ft", "epochs": 3, "learning_rate": 0.01, "unfreeze": "top:1"}],
+                                          {"name": "ft", "epochs": 3, "learning_rate": 0.01, "unfreeze": "top:1",
+                                           "cache_features": True}],
                         deterministic=True)
 
 
@@ -226,7 +227,7 @@ def test_resume_in_the_middle_of_a_cut_cached_text_phase_continues_it(tiny_bert,
 
 
 def test_speech_cut_trains_the_same_weights_as_end_to_end(tiny_whisper, tones):
-    cut_parts, cut_record, before = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:2", "auto", 1, 0.01)))
+    cut_parts, cut_record, before = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:2", True, 1, 0.01)))
     e2e_parts, e2e_record, _ = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:2", False, 1, 0.01)))
     record = cut_record["cut_cache"]
     assert record["used"] is True and record["cut_after"] == ["transformer_encoder_layer_0"]
@@ -234,16 +235,17 @@ def test_speech_cut_trains_the_same_weights_as_end_to_end(tiny_whisper, tones):
     assert cut_record["trainable_params"] == e2e_record["trainable_params"] > 0
     assert_weights_changed(before, _all_weights(cut_parts))
     assert_same_weights(_all_weights(e2e_parts), _all_weights(cut_parts), rtol=1e-4, atol=1e-5)
-    _, top1, _ = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:1", "auto")))
+    _, top1, _ = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:1", True)))
     assert top1["cut_cache"]["cut_after"] == ["transformer_encoder_layer_1"]
     assert not set(top1["cut_cache"]["cache_keys"]) & set(record["cache_keys"])
 
 
-@pytest.mark.parametrize("augment", [{"time_masks": 1}, {"speed": 0.1}], ids=["SpecAugment", "waveform"])
-def test_speech_augmentation_falls_back_to_end_to_end_unless_caching_is_forced(augment, tiny_whisper, tones):
+@pytest.mark.parametrize("augment", [{"time_masks": 1}, {"speed": 0.1}, {}], ids=["SpecAugment", "waveform", "none"])
+def test_speech_trains_end_to_end_under_auto_and_on_the_cut_when_asked(augment, tiny_whisper, tones):
     _, record, _ = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:1", "auto"), augment))
     assert record["cut_cache"]["used"] is False
-    assert "augmentation other than flips" in record["cut_cache"]["reason"]
+    assert "trains end to end under cache_features: auto" in record["cut_cache"]["reason"]
+    assert "cache_features: true" in record["cut_cache"]["reason"]
     _, forced, _ = _fine_tune(_speech_recipe(tiny_whisper, tones, _phases("top:1", True), augment))
     assert forced["cut_cache"]["used"] is True
     assert forced["cut_cache"]["cut_after"] == ["transformer_encoder_layer_1"]
@@ -267,12 +269,20 @@ def test_a_cut_that_folds_windows_into_the_batch_trains_end_to_end_with_the_reas
                                input={**spec.input, "clip_seconds": 1.0}, layer_groups=spec.layer_groups,
                                replace=True)
     try:
-        recipe = _speech_recipe(name, tones, _phases("top:1", "auto", 1, 0.01))
+        recipe = _speech_recipe(name, tones, _phases("top:1", True, 1, 0.01))
         recipe.data.clip_seconds = 1.0
         parts, record, before = _fine_tune(recipe)
     finally:
         registry.unregister_backbone(name)
     assert record["cut_cache"]["used"] is False
     assert "does not hold one row per example" in record["cut_cache"]["reason"]
+    assert record["epochs_run"] == 1
+    assert_weights_changed(before, _all_weights(parts))
+
+
+def test_text_trains_end_to_end_under_auto_with_the_reason(tiny_bert, texts):
+    parts, record, before = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", "auto")))
+    assert record["cut_cache"]["used"] is False
+    assert "text_classification trains end to end under cache_features: auto" in record["cut_cache"]["reason"]
     assert record["epochs_run"] == 1
     assert_weights_changed(before, _all_weights(parts))

@@ -237,7 +237,8 @@ class Task(TaskExport):
         return []
 
     #: Whether a phase that unfreezes the top of a functional backbone may train on the cached
-    #: output of the frozen part below it (:mod:`tlmulti.training.cut`).
+    #: output of the frozen part below it (:mod:`tlmulti.training.cut`): True under
+    #: ``cache_features: auto``, "on request" only under ``cache_features: true``, False never.
     cut_cache = False
     #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
     calibratable = False

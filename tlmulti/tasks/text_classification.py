@@ -125,7 +125,7 @@ def text_groups(backbone, spec) -> dict[str, list]:
 class TextClassification(TextExport, ClassificationTask):
     name = "text_classification"
     family = "text"
-    cut_cache = True
+    cut_cache = "on request"  # cache_features: true; auto trains end to end (README, "Cut cache")
     explains = True
     explain_note = "Word attributions (occlusion): {n} .html in {dir}"
 

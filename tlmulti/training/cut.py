@@ -3,8 +3,9 @@
 In a phase that unfreezes only the top groups of a backbone (``unfreeze: top:3``), everything
 below the lowest unfrozen group stays as it was for the whole phase, yet end-to-end training runs
 it forward at every step. With ``cache_features: auto`` (or ``true``), for a task that allows it
-(``Task.cut_cache``: image classification, text classification, speech classification) and a
-backbone that is a Keras functional graph with one output, the phase instead:
+(``Task.cut_cache``: image classification and multi-label; text and speech classification only
+with ``cache_features: true``, ``ON_REQUEST``) and a backbone that is a Keras functional graph
+with one output, the phase instead:
 
 * finds the *cut*: the tensors that cross from the frozen layers into the unfrozen groups (every
   operation fed, directly or not, by an unfrozen layer counts as above the cut). In a CNN that is
@@ -35,7 +36,8 @@ The phase record (``cut_cache``) says ``used``, the operations whose outputs are
 shape of one example of each (``shapes``), ``views`` and the cache's seconds, hits and keys.
 
 The phase trains end to end instead, with the reason in the phase record (``cut_cache: {"used":
-false, "reason": ...}``), when: ``cache_features: false``; the phase would apply random input
+false, "reason": ...}``), when: ``cache_features: false``; ``auto`` for a task that caches its cut
+only on request; the phase would apply random input
 augmentation other than flips and ``cache_features`` is ``auto`` (image rotate, zoom, translate,
 contrast, brightness; speech waveform augmentation and SpecAugment, which the default speech
 recipe turns on: a cached cut cannot augment its inputs; ``cache_features: true`` caches anyway,
@@ -50,6 +52,9 @@ from __future__ import annotations
 
 from tlmulti.data import cache as disk
 from tlmulti.training.features import DoesNotFit, NotPerExample, frozen_features
+
+#: ``Task.cut_cache`` of a task whose phases train on the cut only with ``cache_features: true``.
+ON_REQUEST = "on request"
 
 
 class Cut:
@@ -213,8 +218,13 @@ def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
         return None, {"used": False, "reason": "the interrupted phase trained end to end: it continues so"}
     if phase.cache_features is False:
         return None, {"used": False, "reason": "cache_features: false"}
-    if not getattr(task, "cut_cache", False):
+    allowed = getattr(task, "cut_cache", False)
+    if not allowed:
         return None, {"used": False, "reason": f"{task.name} trains end to end (no cut cache for this task)"}
+    if allowed == ON_REQUEST and phase.cache_features == "auto" and not resumed:
+        return None, {"used": False, "reason": f"{task.name} trains end to end under cache_features: auto (on the "
+                                               "cut its measured test accuracy fell); cache_features: true trains "
+                                               "this phase on the cached cut"}
     flips, others = flip_views(parts.augment)
     others = others or parts.augment_pairs is not None or bool(random_preprocessing(parts.preprocess))
     if phase.cache_features == "auto" and others and not resumed:
