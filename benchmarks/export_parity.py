@@ -4,12 +4,13 @@ For each finished run given (one per task: image classification, segmentation, t
 each format: max |exported - model.keras| over the same test inputs (probabilities), top-1 (or
 per-pixel class) agreement, file size, and the median single-example latency on CPU next to the
 run's Keras model (called through ``tf.function``) in the same process. For TFLite float16 / dynamic / int8: the test-set score
-(accuracy, or mean Dice for segmentation) against fp32 TFLite on the same examples. Every row also
+(accuracy, or mean Dice for segmentation) against fp32 TFLite on the same examples, and the top-1
+(per-pixel) agreement with fp32 TFLite there. Every row also
 carries the export's own check (``export.json``): the metric of the run and of the export on up to
 ``--check`` examples of the run's validation split, the drop, and top-1 agreement.
 
     python benchmarks/export_parity.py RUN_DIR [RUN_DIR ...] [--n 128] [--n-test 1000] [--check 300]
-        [--tflite-only]
+        [--tflite-only] [--json ROWS.json] [--keep EXPORTS_DIR]
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path, check: int = 3
     print(f"\n{run_dir.name} ({recipe.task}, {recipe.backbone.name}): {len(x)} inputs for parity, "
           f"{len(x_all)} test examples for quantized scores; model.keras {keras_ms:.1f} ms/example")
     rows = []
-    fp32_tflite_score = None
+    fp32_tflite_score = fp32_tflite_probs = None
     formats = [("saved_model", "none"), ("onnx", "none"), ("tflite", "none"),
                ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8")]
     for fmt, quantize in formats[2:] if tflite_only else formats:
@@ -139,12 +140,14 @@ def bench_run(run_dir: Path, n: int, n_test: int, out_root: Path, check: int = 3
             probs = _probs(exported.predict(_as_export_input(x_all, info, model)))
             row["score"] = _score(recipe.task, probs, y_all, task.classes)
             if quantize == "none":
-                fp32_tflite_score = row["score"]
+                fp32_tflite_score, fp32_tflite_probs = row["score"], probs
             row["score_vs_fp32"] = row["score"] - fp32_tflite_score
+            row["test_agreement"] = float(np.mean(probs.argmax(-1) == fp32_tflite_probs.argmax(-1)))
         rows.append(row)
         print(f"  {fmt:11s} {quantize:8s} max|diff| {row['max_abs_diff']:.2e}  agreement {row['agreement']:.4f}  "
               f"{row['mb']:7.2f} MB  {row['latency_ms']:7.1f} ms ({row['latency_ms'] / keras_ms:.2f}x keras)"
-              + (f"  score {row['score']:.4f} ({row['score_vs_fp32']:+.4f} vs fp32)" if "score" in row else "")
+              + (f"  score {row['score']:.4f} ({row['score_vs_fp32']:+.4f} vs fp32, top-1 agreement with fp32 "
+                 f"{row['test_agreement']:.4f})" if "score" in row else "")
               + (f"  val {row['val_metric']} run {row['val_run']:.4f} export {row['val_export']:.4f} "
                  f"(drop {row['val_drop']:+.4f}, agreement {row['val_agreement']:.4f}, {row['val_examples']} ex)"
                  if "val_drop" in row else ""), flush=True)
@@ -159,11 +162,12 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=300, help="validation examples of each export's own check")
     parser.add_argument("--tflite-only", action="store_true", help="only the TFLite rows (none, float16, dynamic, int8)")
     parser.add_argument("--json", type=Path, help="write all rows to this file")
+    parser.add_argument("--keep", type=Path, help="keep the exports (and their export.json) in this folder")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for run_dir in args.runs:
-            rows += bench_run(run_dir, args.n, args.n_test, Path(tmp), args.check, args.tflite_only)
+            rows += bench_run(run_dir, args.n, args.n_test, args.keep or Path(tmp), args.check, args.tflite_only)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

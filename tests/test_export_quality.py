@@ -75,6 +75,62 @@ def test_layers_int8_costs_most_stay_float_when_int8_disagrees(run, tmp_path, mo
     assert info["check"]["agreement"] >= 1 - INT8_TOLERANCE
 
 
+def test_held_out_training_examples_are_never_calibrated_on_and_counted_in_the_agreement(run, tmp_path):
+    import numpy as np
+
+    from tlmulti.export_quality import calibration_inputs
+    from tlmulti.runs import load_run
+
+    _, task, _ = load_run(run)
+    calibration, held = calibration_inputs(task, 60, 20)
+    assert len(calibration) == 60 and len(held) == 20
+    assert not {a.tobytes() for a in np.asarray(calibration)} & {a.tobytes() for a in np.asarray(held)}
+    everything, none = calibration_inputs(task, 300, 20)
+    assert len(everything) == 96 and none is None  # the whole training split is calibrated on
+    result, info = _export(run, tmp_path / "held", "--quantize", "int8", "--calibration-examples", "60")
+    assert result.exit_code == 0, result.output + result.stderr
+    record = info["int8"]
+    assert record["agreement_examples"] == {"calibration": 60, "held_out": 36}  # the other 36 training examples
+    assert "96 training examples (60 calibrated on, 36 held out)" in record["float_layer_rule"]
+    assert all(round(t["agreement"] * 96, 6) == round(t["agreement"] * 96) for t in record["tries"])
+
+
+def test_int8_agreement_counts_the_held_out_examples():
+    import contextlib
+    import io
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tlmulti import export_quality as quality
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8,), batch_size=1, name="x")
+    model = keras.Model(x, keras.layers.Dense(3, activation="softmax", name="classes")(x))
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(20)]
+    held = [{"x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(10)]
+    calibrated = np.concatenate([model(s["x"]).numpy() for s in samples])
+    other = np.eye(3)[(np.concatenate([model(s["x"]).numpy() for s in held]).argmax(-1) + 1) % 3]
+
+    def converter():
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([s["x"]] for s in samples)
+        return conv
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        blob = converter().convert()
+    _, alone = quality.int8_model(blob, converter, samples, ["x"], calibrated)
+    assert alone["agreement_examples"] == {"calibration": 20, "held_out": 0} and alone["tries"][0]["agreement"] >= 0.9
+    _, record = quality.int8_model(blob, converter, samples, ["x"], np.concatenate([calibrated, other]),
+                                   held_out=held)
+    assert record["agreement_examples"] == {"calibration": 20, "held_out": 10}
+    assert record["tries"][0]["agreement"] == round(alone["tries"][0]["agreement"] * 20 / 30, 4)  # held out: none agree
+    assert len(record["tries"]) > 1  # below the target, so layers were kept float in turn
+
+
 def test_one_calibration_example_loses_accuracy_and_warns(run, tmp_path):
     result, info = _export(run, tmp_path / "bad", "--quantize", "int8", "--calibration-examples", "1")
     assert result.exit_code == 0, result.output + result.stderr

@@ -124,13 +124,13 @@ def test_int8_keeps_attention_matmuls_float_where_int8_disagrees():
     tries = record["tries"]
     assert tries[0]["added"] is None and tries[0]["agreement"] < quality.AGREEMENT_TARGET  # every layer int8
     assert tries[1]["added"] == "BATCH_MATMUL" and tries[1]["agreement"] > tries[0]["agreement"] + 0.05
-    assert max(t["agreement"] for t in tries) >= quality.AGREEMENT_TARGET
+    assert max(t["agreement"] for t in tries) >= 0.99
     groups = record["float_groups"]
     assert groups[0]["layers"] == "BATCH_MATMUL" and groups[0]["count"] == 2 and "XNNPACK" in groups[0]["why"]
     assert [name.split("/")[:2] for name in record["float_layers"][:2]] == [["attention_1", "einsum"],
                                                                               ["attention_1", "einsum_1"]]
     got = _run(kept, np.concatenate([s["x"] for s in samples]))
-    assert np.mean(got.argmax(-1) == reference.argmax(-1)) >= quality.AGREEMENT_TARGET
+    assert np.mean(got.argmax(-1) == reference.argmax(-1)) >= 0.99
 
 
 @pytest.fixture(scope="module")

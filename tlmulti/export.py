@@ -247,8 +247,11 @@ def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples:
     float_layers = task.export_float_layers(serving) if quantize in ("int8", "dynamic") else {}
     if quantize == "dynamic":  # the examples the float layers' benefit is measured on
         calibration_examples = min(calibration_examples, quality.AGREEMENT_EXAMPLES) if float_layers else 0
-    samples = (task.representative_inputs(quality.calibration_inputs(task, calibration_examples))
-               if quantize == "int8" or (quantize == "dynamic" and calibration_examples) else [])
+    samples, held_out = [], []
+    if quantize == "int8" or (quantize == "dynamic" and calibration_examples):
+        x, held = quality.calibration_inputs(task, calibration_examples,
+                                             quality.HELD_OUT_EXAMPLES if quantize == "int8" else 0)
+        samples, held_out = task.representative_inputs(x), task.representative_inputs(held) if held is not None else []
 
     import contextlib
     import io
@@ -265,12 +268,13 @@ def _to_tflite(serving, target: Path, task, quantize: str, calibration_examples:
             raise RunError(f"TFLite conversion failed ({str(exc).strip().splitlines()[-1][:300]}).") from None
     record = None
     if samples:  # where the quantized model disagrees with float, layers are kept in float
-        first = samples[:quality.AGREEMENT_EXAMPLES]
+        first = samples + held_out if quantize == "int8" else samples[:quality.AGREEMENT_EXAMPLES]
         reference = [fixed(s if as_dict else s[names[0]], training=False) for s in first]
         reference = np.concatenate([probabilities(r) for r in reference])
         select = ops != "builtins"
         if quantize == "int8":
-            blob, record = quality.int8_model(blob, lambda: converter(select), samples, names, reference, float_layers)
+            blob, record = quality.int8_model(blob, lambda: converter(select), samples, names, reference, float_layers,
+                                              held_out)
         else:
             with contextlib.redirect_stdout(io.StringIO()):
                 float_blob = converter(select, "none").convert()
