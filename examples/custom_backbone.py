@@ -53,6 +53,7 @@ def main():
         "phases.1.unfreeze=all",
         "phases.1.learning_rate=2e-3",
         "head.hidden=[]",
+        "strategy=fixed",                   # these phases as written (the default recipe searches first)
     ])
     run = tlmulti.train(recipe, out=args.out)
     print(f"run folder: {run.dir}")
