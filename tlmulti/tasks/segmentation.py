@@ -275,6 +275,23 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
             augment_pairs=paired_augmentation(aug.flip, aug.rot90, aug.brightness, aug.contrast, self.recipe.seed),
         )
 
+    #: Phases that unfreeze the top encoder groups train on the cached cut under
+    #: ``cache_features: auto``, the skip features below it cached with it.
+    cut_cache = True
+    cut_view_names = "flips and quarter turns"
+
+    def cut_views(self, parts) -> tuple[list, bool, bool]:
+        """The distinct flips and quarter turns ``data.augment`` draws for a tile and its mask
+        (:func:`tlmulti.data.masks.paired_views`); brightness and contrast are the other
+        augmentation. Masks are turned with their tiles."""
+        from tlmulti.data.masks import paired_views
+        from tlmulti.layers.views import random_preprocessing
+
+        aug = self.recipe.data.augment
+        h, w = self.image_size()
+        others = bool(aug.brightness or aug.contrast or random_preprocessing(parts.preprocess))
+        return paired_views(aug.flip, aug.rot90, h == w), others, True
+
     def strategy_variants(self):
         """``strategy: auto`` also tries the input image as the decoder's full-resolution skip."""
         head = self.recipe.head
@@ -355,22 +372,11 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
         ``<stem>_mask.nii.gz`` in the input's canonical orientation, stacks ``<stem>_mask.tif``)
         and ``<stem>_overlay.png`` (the slice with the most foreground for volumes)."""
         from tlmulti.data.masks import write_mask
-        from tlmulti.data.medical import is_supported, stem_of
-        from tlmulti.data.slides import images_of
+        from tlmulti.data.medical import stem_of
+        from tlmulti.data.slides import images_of, input_files
         from tlmulti.reports.overlays import overlay_panel
 
-        files = []
-        for item in items:
-            p = Path(item).expanduser()
-            if p.is_dir():
-                found = sorted(f for f in p.rglob("*") if f.is_file() and is_supported(f))
-                if not found:
-                    raise DataError(f"Folder '{p}' has no images.")
-                files += found
-            elif p.is_file():
-                files.append(p)
-            else:
-                raise DataError(f"'{p}' does not exist.")
+        files = input_files(items)
         out = Path(out_dir) if out_dir else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

@@ -3,16 +3,19 @@
 In a phase that unfreezes only the top groups of a backbone (``unfreeze: top:3``), everything
 below the lowest unfrozen group stays as it was for the whole phase, yet end-to-end training runs
 it forward at every step. With ``cache_features: auto`` (or ``true``), for a task that allows it
-(``Task.cut_cache``: image classification and multi-label; text and speech classification only
-with ``cache_features: true``, ``ON_REQUEST``) and a backbone that is a Keras functional graph
-with one output, the phase instead:
+(``Task.cut_cache``: image classification, multi-label and segmentation; text and speech
+classification only with ``cache_features: true``, ``ON_REQUEST``) and a backbone that is a Keras
+functional graph, the phase instead:
 
 * finds the *cut*: the tensors that cross from the frozen layers into the unfrozen groups (every
   operation fed, directly or not, by an unfrozen layer counts as above the cut). In a CNN that is
   one tensor, a block's output. In a BERT-family text encoder it is the hidden states of the
   highest frozen layer and the ``padding_mask`` input, which every transformer layer and the
   masked pooling above read (or, when only the ``pooler`` trains, the [CLS] vector alone). In
-  Whisper's encoder, which has no mask, it is the hidden states alone;
+  Whisper's encoder, which has no mask, it is the hidden states alone. In a segmentation
+  encoder (one output per skip layer) it is the input of the lowest unfrozen group plus every
+  skip computed below it (and the preprocessed image, when ``head.image_skip`` feeds it to the
+  decoder); the upper model passes those skips on to the decoder unchanged;
 * computes every cut tensor once per example, in inference mode (BatchNorm statistics below the
   cut never move; dropout below the cut is off, where end-to-end training would apply it in the
   frozen layers too), through the disk feature cache of :mod:`tlmulti.data.cache` (memory-mapped,
@@ -30,6 +33,10 @@ example (the image and its horizontal flip: 2 views; ``flip: both``: the image, 
 vertical and double flips, 4), and each epoch reads one view of each example, drawn uniformly
 with a seed of the epoch and the example (:class:`tlmulti.data.pipeline.Views`), which is what
 ``RandomFlip`` draws; validation reads the image as it is. The record says how many ``views``.
+Which views there are is the task's to say (``Task.cut_views``): segmentation caches the
+distinct flips and quarter turns its paired augmentation draws (``flip: both`` with ``rot90``:
+the 8 symmetries of a square tile, 4 for a non-square one), and each view reads its mask turned
+alike.
 
 The phase record (``cut_cache``) says ``used``, the operations whose outputs are cut
 (``cut_after``: ``["transformer_layer_3", "padding_mask"]`` for MiniLM-L6 with ``top:2``), the
@@ -38,11 +45,11 @@ shape of one example of each (``shapes``), ``views`` and the cache's seconds, hi
 The phase trains end to end instead, with the reason in the phase record (``cut_cache: {"used":
 false, "reason": ...}``), when: ``cache_features: false``; ``auto`` for a task that caches its cut
 only on request; the phase would apply random input
-augmentation other than flips and ``cache_features`` is ``auto`` (image rotate, zoom, translate,
-contrast, brightness; speech waveform augmentation and SpecAugment, which the default speech
+augmentation other than the views and ``cache_features`` is ``auto`` (image rotate, zoom,
+translate, contrast, brightness, a segmentation tile's brightness and contrast; speech waveform augmentation and SpecAugment, which the default speech
 recipe turns on: a cached cut cannot augment its inputs; ``cache_features: true`` caches anyway,
 the flips as views and without the rest); the task does not allow it; the backbone is not a
-functional graph with one output (subclassed models, TF-Hub wrappers); nothing is frozen below
+functional graph (subclassed models, TF-Hub wrappers); nothing is frozen below
 the lowest unfrozen group; a cut tensor does not hold one row per example (speech_embedding runs
 its CNN on the windows of every clip as rows of one batch); or the cache does not fit on the disk
 (one printed line says so).
@@ -62,15 +69,16 @@ class Cut:
     see :func:`find_cut`), ``lower`` (the backbone from its inputs to those tensors), ``upper``
     (from them to its output: the backbone's operations ``above`` the cut, a set of ids, called on
     new inputs), ``layers`` (names of the operations whose output is cut; a backbone input such as
-    ``padding_mask`` names itself), ``point`` (what identifies the cut in the cache key) and
-    ``flips`` (the ``(vertical, horizontal)`` flips of the training views, the first one none)."""
+    ``padding_mask`` names itself), ``point`` (what identifies the cut in the cache key),
+    ``flips`` (the ``(vertical, horizontal[, quarter_turns])`` transforms of the training views,
+    the first one none) and ``paired`` (whether the targets are masks turned with the image)."""
 
     def __init__(self, parts, tensors: list, layers: list[str], point: list, above: set,
-                 flips=((False, False),)):
+                 flips=((False, False),), paired: bool = False):
         import keras
 
         self.parts, self.tensors, self.layers, self.point = parts, list(tensors), layers, point
-        self.flips = [tuple(f) for f in flips]
+        self.flips, self.paired = [tuple(f) for f in flips], paired
         self.must_fit = True  # False: an entry that does not fit on the disk is kept in memory
         backbone = parts.backbone
         inputs = {id(t) for t in backbone.inputs}  # a backbone input read above the cut is passed on
@@ -119,6 +127,7 @@ def _run_above(backbone, above: set, tensors: list, values: list):
     import keras
 
     known = {id(t): v for t, v in zip(tensors, values)}
+    given = {id(v) for v in values}
     nodes_by_depth = backbone._nodes_by_depth
     for depth in sorted(nodes_by_depth, reverse=True):
         for node in nodes_by_depth[depth]:
@@ -127,7 +136,9 @@ def _run_above(backbone, above: set, tensors: list, values: list):
             args, kwargs = node.arguments.fill_in(known)
             for t, v in zip(node.outputs, keras.tree.flatten(node.operation(*args, **kwargs))):
                 known[id(t)] = v
-    return known[id(backbone.outputs[0])]
+    outputs = [known[id(t)] for t in backbone.outputs]  # a skip output below the cut is a cut tensor:
+    outputs = [keras.layers.Identity()(v) if id(v) in given else v for v in outputs]  # passed on
+    return _one(outputs)
 
 
 def above_cut(backbone, groups: dict, unfrozen: list[str]) -> set:
@@ -146,13 +157,13 @@ def find_cut(backbone, groups: dict, unfrozen: list[str]):
     """``(tensors, operations, reason)``: the tensors that cross from the frozen part of the
     backbone into the unfrozen groups (and whatever those feed, :func:`above_cut`), and the
     operations that produce them; or ``(None, None, why there is no usable cut)``. A backbone
-    input read above the cut (a transformer's padding mask) is one of them. Order: the outputs of
-    frozen operations as the backbone orders its operations, then the backbone inputs."""
+    input read above the cut (a transformer's padding mask) is one of them, and so is an output
+    of a multi-output backbone computed below the cut (a segmentation encoder's skip features
+    at the finer strides). Order: the outputs of frozen operations as the backbone orders its
+    operations, then the backbone inputs."""
     nodes_by_depth = getattr(backbone, "_nodes_by_depth", None)
     if not nodes_by_depth or not hasattr(backbone, "inputs"):
         return None, None, "the backbone is not a Keras functional graph"
-    if len(backbone.outputs) != 1:
-        return None, None, f"the backbone has {len(backbone.outputs)} outputs (a cut is cached for one output)"
     upper = above_cut(backbone, groups, unfrozen)
     crossing = {}
     for nodes in nodes_by_depth.values():
@@ -162,9 +173,10 @@ def find_cut(backbone, groups: dict, unfrozen: list[str]):
             for t in node.input_tensors:
                 if id(t._keras_history.operation) not in upper:
                     crossing[id(t)] = t
-    output = backbone.outputs[0]
-    if id(output._keras_history.operation) not in upper:
+    below = [t for t in backbone.outputs if id(t._keras_history.operation) not in upper]
+    if len(below) == len(backbone.outputs):
         return None, None, "the backbone's output does not depend on the unfrozen groups"
+    crossing.update((id(t), t) for t in below)
     inputs = {id(t) for t in backbone.inputs}
     if all(id(t) in inputs for t in crossing.values()):
         return None, None, "nothing is frozen below the lowest unfrozen group"
@@ -173,38 +185,6 @@ def find_cut(backbone, groups: dict, unfrozen: list[str]):
                                                                                 len(order)),
                                                        t._keras_history.tensor_index))
     return tensors, [t._keras_history.operation for t in tensors], None
-
-
-def flip_views(augment) -> tuple[list, bool]:
-    """``(flips, others)``: the ``(vertical, horizontal)`` flips the ``RandomFlip`` layer of
-    ``augment`` (a layer or a ``keras.Sequential`` of them, or None) draws from uniformly, no flip
-    first (only that one without such a layer), and whether ``augment`` does anything else."""
-    import keras
-
-    layers = [] if augment is None else list(getattr(augment, "layers", [augment]))
-    flipping = [l for l in layers if isinstance(l, keras.layers.RandomFlip)]
-    if len(flipping) != 1:
-        return [(False, False)], bool(layers)
-    mode = flipping[0].mode
-    vertical = [False, True] if "vertical" in mode else [False]
-    horizontal = [False, True] if "horizontal" in mode else [False]
-    return [(v, h) for v in vertical for h in horizontal], len(layers) > 1
-
-
-def random_preprocessing(preprocess) -> list[str]:
-    """Names of the layers inside ``preprocess`` (a layer, a ``keras.Sequential`` or None) that
-    draw random numbers while training (SpecAugment after the log-mel of speech), dropout aside."""
-    import keras
-
-    if preprocess is None:
-        return []
-    found = []
-    for layer in preprocess._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, keras.layers.Dropout):
-            continue
-        if any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
-            found.append(layer.name)
-    return found
 
 
 def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
@@ -225,12 +205,12 @@ def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
         return None, {"used": False, "reason": f"{task.name} trains end to end under cache_features: auto (on the "
                                                "cut its measured test accuracy fell); cache_features: true trains "
                                                "this phase on the cached cut"}
-    flips, others = flip_views(parts.augment)
-    others = others or parts.augment_pairs is not None or bool(random_preprocessing(parts.preprocess))
+    flips, others, paired = task.cut_views(parts)
     if phase.cache_features == "auto" and others and not resumed:
-        return None, {"used": False, "reason": "random input augmentation other than flips is on (data.augment): a "
-                                               "cached cut would skip it; cache_features: true caches anyway, "
-                                               "the flips as views and without the rest"}
+        return None, {"used": False, "reason": f"random input augmentation other than {task.cut_view_names} is on "
+                                               "(data.augment): a cached cut would skip it; cache_features: true "
+                                               f"caches anyway, the {task.cut_view_names} as views and without "
+                                               "the rest"}
     tensors, operations, reason = find_cut(parts.backbone, parts.groups, unfrozen)
     if tensors is None:
         return None, {"used": False, "reason": reason}
@@ -238,7 +218,7 @@ def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
     point = [{"index": index[id(op)], "class": type(op).__name__, "tensor": t._keras_history.tensor_index,
               "shape": list(t.shape[1:])} for t, op in zip(tensors, operations)]
     above = above_cut(parts.backbone, parts.groups, unfrozen)
-    cut = Cut(parts, tensors, [op.name for op in operations], point, above, flips)
+    cut = Cut(parts, tensors, [op.name for op in operations], point, above, flips, paired)
     cut.must_fit = not resumed
     return cut, {"used": True, "cut_after": list(cut.layers), "shapes": cut.shapes(), "views": len(flips)}
 
@@ -264,7 +244,9 @@ def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int,
         print(f"Frozen layers below the cut after '{', '.join(cut.layers)}' for phase '{phase_name}': "
               f"{len(train)} training examples" + (f" in {views} views" if views > 1 else "") +
               f" and {len(val)} validation examples", flush=True)
+    targets = None
     if views > 1 and len(train):
+        targets = flipped_views(train.y, cut.flips) if cut.paired else None  # each mask turned with its image
         train = Examples(flipped_views(train.x, cut.flips), None, [])
     try:
         features, info = frozen_features(cut.feature_model(), (train, val), recipe, verbose, local=local,
@@ -279,7 +261,7 @@ def cached_inputs(cut: Cut, example_sets, recipe, phase_name: str, verbose: int,
         raise Unusable(f"a tensor at the cut does not hold one row per example ({exc})") from None
     if verbose:
         print(f"Cut features ready in {info['seconds']:.1f} s", flush=True)
-    return (Views(features[0], views) if views > 1 and len(train) else features[0]), features[1], info
+    return (Views(features[0], views, targets) if views > 1 and len(train) else features[0]), features[1], info
 
 
 def phase_model(cut, record, parts, example_sets, recipe, phase_name: str, verbose: int, local: bool = False,
