@@ -9,9 +9,10 @@ tiles (``data.tile``) or resized to the network size.
 The model is the backbone cut into a multi-output feature extractor at the spec's
 ``feature_layers`` with a U-Net decoder on top (or, for keras-hub DeepLabV3 / SegFormer
 backbones that end in their own decoder, a 1x1 classifier). Phase 1 trains the decoder on cached
-encoder features; later phases unfreeze named encoder groups, exactly as for classification.
-Flips and quarter turns are applied to tiles and masks together in phases that do not use the
-feature cache.
+encoder features; later phases unfreeze named encoder groups, exactly as for classification, on
+the cached cut below them with the finer skips when they can (:mod:`tlmulti.training.cut`).
+Flips and quarter turns are applied to tiles and masks together in end-to-end phases, and cached
+as views of each tile and its mask on the cut.
 
 Metrics are computed on whole images: tile predictions are stitched back (overlaps averaged)
 before comparing with the mask. ``mean_iou`` and ``mean_dice`` average over the foreground
