@@ -41,7 +41,6 @@ from tlmulti.tasks.image_classification import ImageTaskMixin
 from tlmulti.tasks.segmentation_report import SegmentationReport
 
 
-
 @dataclass
 class SegmentationParts(ModelParts):
     """Model parts whose assembled model answers at the raw input's size."""
