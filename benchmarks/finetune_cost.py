@@ -33,6 +33,7 @@ trained end to end anyway runs once and prints the reason.
     python benchmarks/finetune_cost.py                           # fashion, fashion-noflip, patches, segmentation
     python benchmarks/finetune_cost.py --rows fashion --limit 5  # smoke run: 5 images per class
     python benchmarks/finetune_cost.py --rows text speech --json cost.json
+    python benchmarks/finetune_cost.py --rows text --set cache.dtype=float32   # an override in both arms
 
 ``--limit N`` keeps N training examples per class (``data.limit_per_class``) and the first N
 test examples per class. The datasets and backbone weights are read from the usual
@@ -266,10 +267,11 @@ def run_arm(path: Path, overrides: list[str], metric: str, real_home: Path, scra
             "cut_cache": cut, "metric": metric, "test": test.get(metric), "wall": wall}
 
 
-def run_row(name: str, limit: int | None, scratch: Path, real_home: Path) -> dict:
+def run_row(name: str, limit: int | None, scratch: Path, real_home: Path, sets: list[str] = ()) -> dict:
     import tlmulti
 
     file, extra, metric = ROWS[name]
+    extra = list(extra) + list(sets)
     path = ROOT / "recipes" / file
     recipe = tlmulti.load_recipe(path, overrides=extra)
     k = finetune_index(recipe)
@@ -280,7 +282,8 @@ def run_row(name: str, limit: int | None, scratch: Path, real_home: Path) -> dic
                             scratch / name / "data")
         overrides += [f"data.limit_per_class={limit}", f"data.test={test}"]
     cut = run_arm(path, overrides + [f"phases.{k}.cache_features=true"], metric, real_home, scratch / name / "cut")
-    row = {"row": name, "recipe": str(path.relative_to(ROOT)), "limit": limit, "phase_index": k, "cut": cut}
+    row = {"row": name, "recipe": str(path.relative_to(ROOT)), "limit": limit, "sets": list(sets), "phase_index": k,
+           "cut": cut}
     if not cut["cut_cache"].get("used"):
         row["note"] = "end to end: " + cut["cut_cache"].get("reason", "no cut cache for this task")
         return row
@@ -320,6 +323,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
     parser.add_argument("--limit", type=int, default=None, help="examples per class (training and test)")
     parser.add_argument("--json", default=None, help="write the rows here too")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for both arms of every row (repeatable), e.g. cache.dtype=float32")
     args = parser.parse_args()
 
     from tlmulti import paths
@@ -330,7 +335,7 @@ def main() -> None:
     try:
         for name in args.rows:
             print(f"{name}: training with the cut cache and end to end ...", file=sys.stderr, flush=True)
-            rows.append(run_row(name, args.limit, scratch, real_home))
+            rows.append(run_row(name, args.limit, scratch, real_home, args.sets))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(table(rows))
