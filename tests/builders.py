@@ -114,6 +114,20 @@ def register_tiny_cnn(name: str = "tiny_cnn.test") -> str:
     return name
 
 
+def register_tiny_half(name: str = "tiny_half.test") -> str:
+    """Registers the tiny CNN as ``name`` with skip layers from half the input's size down
+    (block2, block3), so a U-Net over it can take the input image as its full-resolution skip;
+    the caller unregisters it."""
+    from tlmulti import registry
+
+    registry.register_backbone(
+        name, source="builder", families=("vision", "segmentation"), builder=build_tiny_cnn,
+        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
+        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3)},
+        feature_layers=("block2_relu", "block3_relu"), description="skips from 1/2 down", replace=True)
+    return name
+
+
 def write_image_folder(root, classes=("cat", "dog"), per_class=6, size=(20, 20), seed=0):
     """Class folders of small PNGs whose colour depends on the class (so they are learnable)."""
     from PIL import Image

@@ -115,14 +115,10 @@ def test_brightness_falls_back_to_end_to_end_unless_caching_is_forced(tiny_backb
 
 
 def test_the_input_image_as_a_skip_is_cut_too(seg_data):
-    from tests.builders import build_tiny_cnn
+    from tests.builders import register_tiny_half
     from tlmulti import registry
 
-    registry.register_backbone(
-        "tiny_half.test", source="builder", families=("vision", "segmentation"), builder=build_tiny_cnn,
-        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
-        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3)},
-        feature_layers=("block2_relu", "block3_relu"), description="skips from 1/2 down", replace=True)
+    register_tiny_half("tiny_half.test")
     try:
         cut_parts, cut, _ = _fine_tune(_recipe("tiny_half.test", seg_data, "auto", **{"head.image_skip": "true"}))
         e2e_parts, _, _ = _fine_tune(_recipe("tiny_half.test", seg_data, False, **{"head.image_skip": "true"}))

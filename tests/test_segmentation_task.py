@@ -129,14 +129,10 @@ def test_adaptation_auto_on_segmentation(tiny_backbone, seg_data, tmp_path):
 
 
 def test_image_skip_gives_the_decoder_the_full_resolution_input(seg_data, tmp_path):
-    from tests.builders import build_parts, build_tiny_cnn
+    from tests.builders import build_parts, register_tiny_half
     from tlmulti import registry
 
-    registry.register_backbone(
-        "tiny_half.test", source="builder", families=("vision", "segmentation"), builder=build_tiny_cnn,
-        input={"size": [16, 16], "channels": 3, "normalization": "unit"},
-        layer_groups={f"block{i}": [f"block{i}_.*"] for i in (1, 2, 3)},
-        feature_layers=("block2_relu", "block3_relu"), description="skips from 1/2 down", replace=True)
+    register_tiny_half("tiny_half.test")
     try:
         shapes = {}
         for skip in (False, True):

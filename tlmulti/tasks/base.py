@@ -243,6 +243,13 @@ class Task(TaskExport):
     #: What the cut's training views are, in :meth:`cut_views`'s records and messages.
     cut_view_names = "flips"
 
+    #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
+    calibratable = False
+    #: What ``--tta`` averages over flipped views (:mod:`tlmulti.evaluation.tta`): "labels" (class
+    #: probabilities), "maps" (per-pixel outputs, flipped back) or "boxes" (detections, flipped
+    #: back and suppressed together); None: no test-time augmentation for this task.
+    tta_output = None
+
     def cut_views(self, parts) -> tuple[list, bool, bool]:
         """``(views, others, paired)`` of a phase on the cached cut (:mod:`tlmulti.training.cut`):
         the ``(vertical, horizontal[, quarter_turns])`` transforms that the random input
@@ -255,12 +262,6 @@ class Task(TaskExport):
         flips, others = flip_views(parts.augment)
         others = others or parts.augment_pairs is not None or bool(random_preprocessing(parts.preprocess))
         return flips, others, False
-    #: Whether ``calibration: temperature`` applies (class probabilities out of ``probabilities``).
-    calibratable = False
-    #: What ``--tta`` averages over flipped views (:mod:`tlmulti.evaluation.tta`): "labels" (class
-    #: probabilities), "maps" (per-pixel outputs, flipped back) or "boxes" (detections, flipped
-    #: back and suppressed together); None: no test-time augmentation for this task.
-    tta_output = None
 
     def with_tta(self, model, axes):
         """The model whose predictions average the identity and the flips ``axes`` of the input."""

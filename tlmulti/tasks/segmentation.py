@@ -74,6 +74,10 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
     #: fit (on a noise-free three-class intensity phantom, training Dice 0.945 after 300 steps,
     #: 0.993 after 1,000); early stopping ends the phase where validation stops improving.
     phase_steps = {"frozen": (1000, 20, 200), "trained": (150, 3, 15)}
+    #: Phases that unfreeze the top encoder groups train on the cached cut under
+    #: ``cache_features: auto``, the skip features below it cached with it.
+    cut_cache = True
+    cut_view_names = "flips and quarter turns"
 
     def __init__(self, recipe, spec=None):
         super().__init__(recipe, spec)
@@ -274,11 +278,6 @@ class Segmentation(SegmentationReport, ImageTaskMixin, Task):
             preprocess=self.preprocessing_layer(), augment=None, groups=resolve_groups(backbone, self.spec),
             augment_pairs=paired_augmentation(aug.flip, aug.rot90, aug.brightness, aug.contrast, self.recipe.seed),
         )
-
-    #: Phases that unfreeze the top encoder groups train on the cached cut under
-    #: ``cache_features: auto``, the skip features below it cached with it.
-    cut_cache = True
-    cut_view_names = "flips and quarter turns"
 
     def cut_views(self, parts) -> tuple[list, bool, bool]:
         """The distinct flips and quarter turns ``data.augment`` draws for a tile and its mask

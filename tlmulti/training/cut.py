@@ -44,12 +44,12 @@ shape of one example of each (``shapes``), ``views`` and the cache's seconds, hi
 
 The phase trains end to end instead, with the reason in the phase record (``cut_cache: {"used":
 false, "reason": ...}``), when: ``cache_features: false``; ``auto`` for a task that caches its cut
-only on request; the phase would apply random input
-augmentation other than the views and ``cache_features`` is ``auto`` (image rotate, zoom,
-translate, contrast, brightness, a segmentation tile's brightness and contrast; speech waveform augmentation and SpecAugment, which the default speech
-recipe turns on: a cached cut cannot augment its inputs; ``cache_features: true`` caches anyway,
-the flips as views and without the rest); the task does not allow it; the backbone is not a
-functional graph (subclassed models, TF-Hub wrappers); nothing is frozen below
+only on request; the phase would apply random input augmentation other than the views and
+``cache_features`` is ``auto`` (image rotate, zoom, translate, contrast, brightness, a
+segmentation tile's brightness and contrast; speech waveform augmentation and SpecAugment, which
+the default speech recipe turns on: a cached cut cannot augment its inputs; ``cache_features:
+true`` caches anyway, the views as views and without the rest); the task does not allow it; the
+backbone is not a functional graph (subclassed models, TF-Hub wrappers); nothing is frozen below
 the lowest unfrozen group; a cut tensor does not hold one row per example (speech_embedding runs
 its CNN on the windows of every clip as rows of one batch); or the cache does not fit on the disk
 (one printed line says so).
