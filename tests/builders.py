@@ -206,15 +206,16 @@ def image_recipe(backbone, train_dir, **extra):
 
 
 def seg_recipe(backbone, data, **extra):
-    """A two-phase segmentation recipe on ``data`` ({"train", "val", "test"} folders), 16 px tiles;
-    ``extra``: overrides (``{"data.streaming": "true"}``)."""
+    """A two-phase segmentation recipe on ``data`` ({"train", "val", "test"} folders), 16 px tiles,
+    its phases as written (``strategy=fixed``; the default recipe searches first); ``extra``:
+    overrides (``{"data.streaming": "true"}``)."""
     import tlmulti
 
     overrides = [f"backbone.name={backbone}", f"data.train={data['train']}", f"data.val={data['val']}",
                  f"data.test={data['test']}", "data.tile=[16, 16]", "data.tile_stride=[8, 8]",
                  "data.batch_size=8", "head.decoder_filters=[8, 8]", "callbacks.verbose=0",
                  "phases.0.epochs=4", "phases.0.learning_rate=0.01", "phases.1.epochs=1", "phases.1.unfreeze=top:1",
-                 "callbacks.early_stopping.enabled=false", "data.classes=[background, nucleus]"]
+                 "callbacks.early_stopping.enabled=false", "data.classes=[background, nucleus]", "strategy=fixed"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return tlmulti.load_recipe(task="segmentation", overrides=overrides)
 
