@@ -138,7 +138,7 @@ def test_a_stopped_cli_run_is_kept_and_resumes(how, data, tmp_path, tlmulti_home
     out = tmp_path / "run"
     args = ["vision", "train", "--data", str(data), "--backbone", "tiny_cnn.test", "--set", "phases.0.epochs=40",
             "--set", "data.image_size=[16, 16]", "--set", "callbacks.early_stopping.enabled=false",
-            "--set", "phases.0.cache_features=false", "--out", str(out)]
+            "--set", "phases.0.cache_features=false", "--strategy", "fixed", "--out", str(out)]
     env = {**os.environ, "TLMULTI_HOME": str(tlmulti_home)}
     proc = subprocess.Popen(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for_epochs(out, 2, proc)
