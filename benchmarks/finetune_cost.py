@@ -10,6 +10,7 @@ its own.
 | ``fashion-noflip`` | the same with ``data.augment.flip=none`` | ``top:3``, 1 view |
 | ``patches`` | ``recipes/vision/nuclei_patches.yaml``: Lite0 at 224 px, 588 nuclei patches | ``top:3``, ``flip: both``: 4 views |
 | ``text`` (not by default) | ``recipes/text/spam_assassin.yaml``: MiniLM-L6, 128 tokens, 500 e-mails | ``top:2``: the hidden states after ``transformer_layer_3`` and the padding mask cached |
+| ``fortunes`` (not by default) | ``recipes/defaults/text_classification.yaml`` (the zero-flag text default, ``strategy=fixed``) on ``dataset:fortunes``: MiniLM-L6, 720 quotes, 24 classes | ``top:2``, as ``text`` |
 | ``segmentation`` | ``recipes/defaults/segmentation.yaml`` (the zero-flag default, ``strategy=fixed``): U-Net over Lite0 on the nuclei | ``top:2``: the input of ``stage7`` and the four finer skips cached; ``flip: both`` with ``rot90``: 8 cached views, each with its mask |
 | ``speech`` (not by default) | ``recipes/audio/speech_commands.yaml`` with ``data.augment`` off: Whisper tiny.en, 1 s clips | ``top:2``: the hidden states after ``transformer_encoder_layer_2`` cached |
 
@@ -34,6 +35,12 @@ trained end to end anyway runs once and prints the reason.
     python benchmarks/finetune_cost.py --rows fashion --limit 5  # smoke run: 5 images per class
     python benchmarks/finetune_cost.py --rows text speech --json cost.json
     python benchmarks/finetune_cost.py --rows text --set cache.dtype=float32   # an override in both arms
+    python benchmarks/finetune_cost.py --rows text --seeds 0 1 2 # three seeds, and the mean difference
+    python benchmarks/finetune_cost.py --rows text --frozen-dropout off
+
+``--frozen-dropout off`` switches dropout off in every frozen layer, in both arms: the cut never
+applies the dropout of the layers below it, end-to-end training does (Keras runs a frozen
+layer's dropout in training mode), so this isolates that one difference.
 
 ``--limit N`` keeps N training examples per class (``data.limit_per_class``) and the first N
 test examples per class. The datasets and backbone weights are read from the usual
@@ -61,6 +68,8 @@ ROWS = {  # name: (recipe, overrides, test metric)
     "fashion-noflip": ("vision/fashion_mnist.yaml", ["data.augment.flip=none"], "accuracy"),
     "patches": ("vision/nuclei_patches.yaml", [], "auroc"),
     "text": ("text/spam_assassin.yaml", [], "accuracy"),
+    "fortunes": ("defaults/text_classification.yaml", ["strategy=fixed", "data.train=dataset:fortunes/train",
+                                                      "data.test=dataset:fortunes/test"], "accuracy"),
     "segmentation": ("defaults/segmentation.yaml", ["strategy=fixed"] + [f"data.{s}=dataset:nuclei/{s}" for s in
                                                                        ("train", "val", "test")], "mean_dice"),
     "speech": ("audio/speech_commands.yaml", [f"data.augment.{k}=0" for k in ("speed", "shift", "gain_db", "noise_prob",
@@ -293,6 +302,32 @@ def run_row(name: str, limit: int | None, scratch: Path, real_home: Path, sets: 
     return row
 
 
+def _row_name(r: dict) -> str:
+    return r["row"] + (f" (seed {r['seed']})" if r.get("seed") is not None else "")
+
+
+def seed_summary(rows: list[dict]) -> str:
+    """Per row trained with several seeds: the test metric's mean and sample deviation each way,
+    the mean of the per-seed differences (cut less end to end) and the mean per-epoch speed-up."""
+    import numpy as np
+
+    lines = ["| row | seeds | test end to end | test cut | cut - end to end, mean (per seed) | speed-up/epoch, mean |",
+             "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["row"] for r in rows):
+        pairs = [r for r in rows if r["row"] == name and "end_to_end" in r
+                 and all(isinstance(a["test"], (int, float)) for a in (r["cut"], r["end_to_end"]))]
+        if not pairs:
+            continue
+        e2e = np.array([r["end_to_end"]["test"] for r in pairs])
+        cut = np.array([r["cut"]["test"] for r in pairs])
+        sd = lambda v: f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""  # noqa: E731
+        speed = np.mean([r["end_to_end"]["per_epoch"] / r["cut"]["per_epoch"] for r in pairs])
+        each = ", ".join(f"{d:+.4f}" for d in cut - e2e)
+        lines.append(f"| {name} | {len(pairs)} | {e2e.mean():.4f}{sd(e2e)} | {cut.mean():.4f}{sd(cut)} "
+                     f"| {(cut - e2e).mean():+.4f} ({each}) | {speed:.2f}x |")
+    return "\n".join(lines)
+
+
 def _score(arm: dict) -> str:
     value = arm["test"]
     return f"{arm['metric']} {value:.4f}" if isinstance(value, (int, float)) else f"{arm['metric']} -"
@@ -305,17 +340,29 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cut = r["cut"]
         if "end_to_end" not in r:
-            lines.append(f"| {r['row']} | - | {cut['per_epoch']:.1f} | - | - | - | - | - | - | "
+            lines.append(f"| {_row_name(r)} | - | {cut['per_epoch']:.1f} | - | - | - | - | - | - | "
                          f"{_score(cut)} | {r['note']} |")
             continue
         e2e, share = r["end_to_end"], r.get("share_below")
         ideal = f"{1 / (1 - share):.2f}x" if share is not None and share < 1 else "-"
         lines.append(
-            f"| {r['row']} | {cut['cut_cache'].get('views', 1)} | {e2e['per_epoch']:.1f} | {cut['per_epoch']:.1f} "
+            f"| {_row_name(r)} | {cut['cut_cache'].get('views', 1)} | {e2e['per_epoch']:.1f} | {cut['per_epoch']:.1f} "
             f"| {cut['cache_seconds']:.1f} | {e2e['per_epoch'] / cut['per_epoch']:.2f}x "
             f"| {e2e['seconds'] / cut['seconds']:.2f}x | {'-' if share is None else f'{share:.1%}'} | {ideal} "
             f"| {_score(e2e)} | {_score(cut)} |")
     return "\n".join(lines)
+
+
+def frozen_dropout_off() -> None:
+    """Make every Keras ``Dropout`` layer that is not trainable (a frozen group's) pass its input through."""
+    import keras
+
+    call = keras.layers.Dropout.call
+
+    def frozen_call(self, inputs, training=False):
+        return inputs if not self.trainable else call(self, inputs, training=training)
+
+    keras.layers.Dropout.call = frozen_call
 
 
 def main() -> None:
@@ -325,7 +372,13 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the rows here too")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe override for both arms of every row (repeatable), e.g. cache.dtype=float32")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                        help="train each row once per seed (recipe key 'seed') and print the mean difference")
+    parser.add_argument("--frozen-dropout", choices=["on", "off"], default="on",
+                        help="off: no dropout in frozen layers, in both arms (the cut never applies it below the cut)")
     args = parser.parse_args()
+    if args.frozen_dropout == "off":
+        frozen_dropout_off()
 
     from tlmulti import paths
 
@@ -334,11 +387,18 @@ def main() -> None:
     rows = []
     try:
         for name in args.rows:
-            print(f"{name}: training with the cut cache and end to end ...", file=sys.stderr, flush=True)
-            rows.append(run_row(name, args.limit, scratch, real_home, args.sets))
+            for seed in args.seeds or [None]:
+                sets = list(args.sets) + ([] if seed is None else [f"seed={seed}"])
+                print(f"{name}: training with the cut cache and end to end{'' if seed is None else f', seed {seed}'} "
+                      "...", file=sys.stderr, flush=True)
+                row = run_row(name, args.limit, scratch / f"{name}-{seed}", real_home, sets)
+                rows.append({**row, "seed": seed})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(table(rows))
+    if args.seeds:
+        print()
+        print(seed_summary(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
 
