@@ -6,6 +6,7 @@ baseline on the same data, in one script, on small public sets available offline
 | Fashion-MNIST, 1,000 train images (100 per class), 2,000 test | ``tlmulti vision train`` | logistic regression on the raw pixels |
 | SpamAssassin, 500 mails as a plain ``text,label`` CSV, 1,000 test | ``tlmulti text train`` | TF-IDF + logistic regression |
 | fortunes: 24 noisy categories of quotes (Debian ``fortunes``), 720 train, 720 test | ``tlmulti text train`` | TF-IDF + logistic regression |
+| packages: Debian package one-line summaries, 21 archive sections, 630 train, 630 test | ``tlmulti text train`` | TF-IDF + logistic regression |
 | synthesised commands: espeak-ng accents to train, flite voices to test | ``tlmulti audio train`` | logistic regression on log-mel mean/std |
 | nuclei: train region / val region / test region | ``tlmulti vision train --task segmentation`` | Otsu threshold (foreground Dice) |
 
@@ -20,7 +21,7 @@ wall time against the fixed run. Two more classification rows far
 from ImageNet: ``digits`` (scikit-learn's 8 x 8 grey digits, 800 training images, 997 test) and
 ``patches`` (nuclei patches, 16-bit-like microscopy crops, region-split test; AUROC).
 
-    python benchmarks/defaults_vs_baselines.py [--only digits images patches text fortunes speech nuclei]
+    python benchmarks/defaults_vs_baselines.py [--only digits images patches text fortunes packages speech nuclei]
         [--arms fixed auto tune] [--json out.json]
 
 ``--arms tune`` adds the same command with ``--tune 20`` (an Optuna study of 20 trials, then the
@@ -207,13 +208,13 @@ def text(tmp: Path) -> dict:
                 time.perf_counter() - t)
 
 
-def fortunes(tmp: Path) -> dict:
-    """24 noisy categories of fortune-cookie quotes (Debian's fortunes), 30 per class each side."""
+def _text_set(tmp: Path, name: str, label: str) -> dict:
+    """The zero-flag text command on built-in dataset ``name`` against TF-IDF n-grams."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    train_csv, test_csv = _dataset("dataset:fortunes/train"), _dataset("dataset:fortunes/test")
-    runs = _cli(["text", "train", "--data", str(train_csv), "--test-data", str(test_csv)], tmp / "run_fortunes")
+    train_csv, test_csv = _dataset(f"dataset:{name}/train"), _dataset(f"dataset:{name}/test")
+    runs = _cli(["text", "train", "--data", str(train_csv), "--test-data", str(test_csv)], tmp / f"run_{name}")
     t = time.perf_counter()
     read = lambda path: list(csv.DictReader(open(path, newline="", encoding="utf-8")))  # noqa: E731
     train, test = read(train_csv), read(test_csv)
@@ -221,8 +222,17 @@ def fortunes(tmp: Path) -> dict:
     lr = LogisticRegression(max_iter=2000, C=10.0).fit(vec.fit_transform([r["text"] for r in train]),
                                                        [r["label"] for r in train])
     base = lr.score(vec.transform([r["text"] for r in test]), [r["label"] for r in test])
-    return _row("fortunes: 24 categories, 720 / 720", "accuracy", runs, "accuracy", "TF-IDF + logistic regression",
-                base, time.perf_counter() - t)
+    return _row(label, "accuracy", runs, "accuracy", "TF-IDF + logistic regression", base, time.perf_counter() - t)
+
+
+def fortunes(tmp: Path) -> dict:
+    """24 noisy categories of fortune-cookie quotes (Debian's fortunes), 30 per class each side."""
+    return _text_set(tmp, "fortunes", "fortunes: 24 categories, 720 / 720")
+
+
+def packages(tmp: Path) -> dict:
+    """Debian package one-line summaries, 21 archive sections, 30 per class each side."""
+    return _text_set(tmp, "debian-packages", "package summaries: 21 sections, 630 / 630")
 
 
 def speech(tmp: Path) -> dict:
@@ -274,8 +284,8 @@ def nuclei(tmp: Path) -> dict:
                 time.perf_counter() - t)
 
 
-RUNS = {"digits": digits, "images": images, "patches": patches, "text": text, "fortunes": fortunes, "speech": speech,
-        "nuclei": nuclei}
+RUNS = {"digits": digits, "images": images, "patches": patches, "text": text, "fortunes": fortunes,
+        "packages": packages, "speech": speech, "nuclei": nuclei}
 
 
 def main() -> None:

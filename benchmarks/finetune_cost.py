@@ -11,6 +11,7 @@ its own.
 | ``patches`` | ``recipes/vision/nuclei_patches.yaml``: Lite0 at 224 px, 588 nuclei patches | ``top:3``, ``flip: both``: 4 views |
 | ``text`` (not by default) | ``recipes/text/spam_assassin.yaml``: MiniLM-L6, 128 tokens, 500 e-mails | ``top:2``: the hidden states after ``transformer_layer_3`` and the padding mask cached |
 | ``fortunes`` (not by default) | ``recipes/defaults/text_classification.yaml`` (the zero-flag text default, ``strategy=fixed``) on ``dataset:fortunes``: MiniLM-L6, 720 quotes, 24 classes | ``top:2``, as ``text`` |
+| ``packages`` (not by default) | the same on ``dataset:debian-packages``: 630 one-line package summaries, 21 sections | ``top:2``, as ``text`` |
 | ``segmentation`` | ``recipes/defaults/segmentation.yaml`` (the zero-flag default, ``strategy=fixed``): U-Net over Lite0 on the nuclei | ``top:2``: the input of ``stage7`` and the four finer skips cached; ``flip: both`` with ``rot90``: 8 cached views, each with its mask |
 | ``speech`` (not by default) | ``recipes/audio/speech_commands.yaml`` with ``data.augment`` off: Whisper tiny.en, 1 s clips | ``top:2``: the hidden states after ``transformer_encoder_layer_2`` cached |
 
@@ -70,6 +71,8 @@ ROWS = {  # name: (recipe, overrides, test metric)
     "text": ("text/spam_assassin.yaml", [], "accuracy"),
     "fortunes": ("defaults/text_classification.yaml", ["strategy=fixed", "data.train=dataset:fortunes/train",
                                                       "data.test=dataset:fortunes/test"], "accuracy"),
+    "packages": ("defaults/text_classification.yaml", ["strategy=fixed", "data.train=dataset:debian-packages/train",
+                                                      "data.test=dataset:debian-packages/test"], "accuracy"),
     "segmentation": ("defaults/segmentation.yaml", ["strategy=fixed"] + [f"data.{s}=dataset:nuclei/{s}" for s in
                                                                        ("train", "val", "test")], "mean_dice"),
     "speech": ("audio/speech_commands.yaml", [f"data.augment.{k}=0" for k in ("speed", "shift", "gain_db", "noise_prob",

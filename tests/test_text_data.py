@@ -269,3 +269,34 @@ def test_fortunes_builder_keeps_the_large_categories_and_splits_them_apart(tmp_p
     assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}
     with pytest.raises(DataError, match="apt-get install fortunes"):
         build(out, source=tmp_path / "missing")
+
+
+def test_debian_packages_builder_keeps_unique_summaries_of_the_topical_sections(tmp_path):
+    import csv
+
+    from tlmulti.datasets.debian_packages import build
+    from tlmulti.errors import DataError
+
+    records = []
+    for section, n in (("games", 9), ("mail", 8), ("python", 20)):
+        records += [f"Package: {section}{i}\nSection: {section}\nDescription: {section} tool number {i}\n"
+                    f"Description-md5: 0\n" for i in range(n)]
+    records.append("Package: twin-dev\nSection: games\nDescription: games tool number 0\n")  # shared: dropped
+    records.append("Package: contrib\nSection: contrib/mail\nDescription: mail in contrib\n")
+    avail = tmp_path / "avail.txt"
+    avail.write_text("\n".join(records))
+    out = tmp_path / "built"
+    out.mkdir()
+    build(out, sections=("games", "mail", "python"), train_per_class=3, test_per_class=5, source=avail)
+    rows = {split: list(csv.DictReader(open(out / f"{split}.csv", encoding="utf-8"))) for split in ("train", "test")}
+    assert [len(rows["train"]), len(rows["test"])] == [9, 15]
+    assert {r["label"] for r in rows["test"]} == {"games", "mail", "python"}
+    assert "games tool number 0" not in {r["text"] for split in rows.values() for r in split}
+    assert all(r["text"].startswith(r["label"]) for split in rows.values() for r in split)
+    assert not {r["text"] for r in rows["train"]} & {r["text"] for r in rows["test"]}
+    build(out, sections=("games", "mail"), train_per_class=4, test_per_class=4, source=avail)
+    assert {r["label"] for r in csv.DictReader(open(out / "train.csv", encoding="utf-8"))} == {"games", "mail"}
+    with pytest.raises(DataError, match="Fewer than two of the sections"):
+        build(out, sections=("games", "mail"), train_per_class=5, test_per_class=5, source=avail)
+    with pytest.raises(DataError, match="apt-get update"):
+        build(out, source=tmp_path / "missing.txt")

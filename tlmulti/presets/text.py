@@ -99,3 +99,11 @@ register_dataset(
     description="Fortune-cookie quotes, 24 noisy categories (computers, law, science, ...): 30 train / 30 test each",
     source="Debian packages fortunes and fortunes-min (/usr/share/games/fortunes)",
 )
+
+register_dataset(
+    "debian-packages", builder="tlmulti.datasets.debian_packages:build", splits=("train", "test"),
+    options={"train_per_class": 30, "test_per_class": 30, "seed": 0},
+    description="Debian package one-line summaries by archive section, 21 topics (games, science, mail, ...): "
+                "30 train / 30 test each",
+    source="Debian's package lists (apt-get update; read with apt-cache dumpavail)",
+)
