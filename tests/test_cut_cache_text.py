@@ -280,9 +280,10 @@ def test_a_cut_that_folds_windows_into_the_batch_trains_end_to_end_with_the_reas
     assert_weights_changed(before, _all_weights(parts))
 
 
-def test_text_trains_end_to_end_under_auto_with_the_reason(tiny_bert, texts):
+def test_text_trains_on_the_cut_under_auto_and_end_to_end_when_asked(tiny_bert, texts):
     parts, record, before = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", "auto")))
-    assert record["cut_cache"]["used"] is False
-    assert "text_classification trains end to end under cache_features: auto" in record["cut_cache"]["reason"]
+    assert record["cut_cache"]["used"] is True and record["cut_cache"]["cut_after"][-1] == "padding_mask"
     assert record["epochs_run"] == 1
     assert_weights_changed(before, _all_weights(parts))
+    _, e2e, _ = _fine_tune(_text_recipe(tiny_bert, texts, _phases("top:1", False)))
+    assert e2e["cut_cache"] == {"used": False, "reason": "cache_features: false"}

@@ -53,7 +53,7 @@ def test_auto_unfreezes_every_group_where_only_that_learns_and_the_saved_recipe_
     record = run.metrics["strategy"]
     rows = {r["name"]: r for r in record["candidates"]}
     assert rows["probe (frozen backbone)"]["val"] <= 0.75 and rows["as written"]["val"] <= 0.75, rows
-    assert record["chosen"].startswith("all groups") and record["val"] >= 0.9, record
+    assert "all groups" in record["chosen"] and record["val"] >= 0.9, record
     assert all(r["seconds"] > 0 for r in rows.values() if "val" in r)
     assert any(name.endswith("input 96 px") and "val" in r for name, r in rows.items()), rows
     assert run.metrics["val"]["accuracy"] >= 0.9
@@ -137,3 +137,58 @@ def test_the_budget_holds_back_the_chosen_candidates_full_run():
     assert not fits(150, 40, 100, 160, 3.0)
     # a best candidate cheaper than a plain run still holds back a plain run
     assert fits(150, 50, 100, 30, 3.0) and not fits(150, 51, 100, 30, 3.0)
+
+
+class _ScriptedBuild:
+    """A stand-in for a candidate's build whose validation scores come from a table keyed by
+    (input side, depth, rate as a multiple of the recipe's): the search's order is what is tested."""
+
+    scores: dict = {}
+
+    def __init__(self, recipe, metric, trainer, callbacks=()):
+        from types import SimpleNamespace
+
+        self.side = int(recipe.data.image_size[0])
+        self.changed = recipe.data.augment.flip == "none" or recipe.head.pooling == "max"
+        self.task = SimpleNamespace(strategy_inputs=True, image_size=lambda: (224, 224), strategy_variants=lambda: [])
+        self.train, self.val, self.metric, self.head_seconds = [0] * 300, [0] * 100, "accuracy", 0.01
+        self.probe = self.scores[(self.side, "none", 0)]
+
+    def tune(self, phases):
+        last = phases[-1]
+        value = self.scores[(self.side, last.unfreeze, round(last.learning_rate / 0.003))]
+        return value - (0.05 if self.changed else 0.0), 0.01
+
+
+@pytest.mark.parametrize("contract_again, chosen", [
+    (0.90, "as written; input 96 px; all groups, rate x10"),
+    (0.97, "all groups, rate x10; input 224 px")])
+def test_depth_and_rate_are_tried_on_the_smallest_input_and_the_winner_on_the_larger_ones(
+        monkeypatch, tmp_path, contract_again, chosen):
+    import io
+
+    from tlmulti.training import strategy
+
+    _ScriptedBuild.scores = {(224, "none", 0): 0.5, (96, "none", 0): 0.4,
+                             (224, "top:1", 1): 0.80, (96, "top:1", 1): 0.70,  # 96 px loses at the recipe's depth
+                             (96, "all", 1): 0.85, (96, "all", 10): 0.95, (224, "all", 10): contract_again}
+    monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
+    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [96])
+    recipe = image_recipe("tiny_cnn.test", tmp_path, phases=[
+        {"name": "head", "epochs": 4, "learning_rate": 0.01},
+        {"name": "finetune", "epochs": 6, "learning_rate": 0.003, "unfreeze": "top:1"}])
+    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", 50.0, [224, 224]
+    recipe.data.augment.flip = "horizontal"
+    table = io.StringIO()
+    chosen_recipe, record = strategy.search(recipe, (None, None), out=table)
+    rows = {r["name"]: r.get("val") for r in record["candidates"]}
+    assert rows["as written; input 96 px"] == pytest.approx(0.70)
+    assert rows["as written; input 96 px; all groups"] == pytest.approx(0.85)
+    assert rows["as written; input 96 px; all groups, rate x10"] == pytest.approx(0.95)
+    assert rows["all groups, rate x10; input 224 px"] == pytest.approx(contract_again)
+    assert "all groups" not in rows  # the contract's own depth step is not needed: the small input won
+    assert record["chosen"] == chosen and chosen in table.getvalue()
+    assert chosen_recipe.strategy == "fixed" and chosen_recipe.phases[-1].unfreeze == "all"
+    assert chosen_recipe.phases[-1].learning_rate == pytest.approx(0.03) and chosen_recipe.phases[-1].epochs == 6
+    assert list(chosen_recipe.data.image_size) == ([96, 96] if contract_again < 0.95 else [224, 224])
+    assert any(name.endswith("; no flips") for name in rows) and any(name.endswith("; max pooling") for name in rows)

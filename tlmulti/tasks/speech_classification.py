@@ -41,7 +41,7 @@ from tlmulti.tasks.exporting import WaveformExport
 class SpeechClassification(WaveformExport, ClassificationTask):
     name = "speech_classification"
     family = "audio"
-    cut_cache = "on request"  # cache_features: true; auto trains end to end (README, "Cut cache")
+    cut_cache = "on request"  # cache_features: true; auto trains end to end: no time saved (README, "Cut cache")
     explains = True
     explain_note = "Saliency maps (|gradient x log-mel|): {n} .npy and .png in {dir}"
 

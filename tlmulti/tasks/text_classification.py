@@ -125,7 +125,7 @@ def text_groups(backbone, spec) -> dict[str, list]:
 class TextClassification(TextExport, ClassificationTask):
     name = "text_classification"
     family = "text"
-    cut_cache = "on request"  # cache_features: true; auto trains end to end (README, "Cut cache")
+    cut_cache = True  # measured on three text sets within 0.5 points, 1.8-2x per epoch (README, "Cut cache")
     explains = True
     explain_note = "Word attributions (occlusion): {n} .html in {dir}"
 

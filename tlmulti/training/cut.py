@@ -3,8 +3,8 @@
 In a phase that unfreezes only the top groups of a backbone (``unfreeze: top:3``), everything
 below the lowest unfrozen group stays as it was for the whole phase, yet end-to-end training runs
 it forward at every step. With ``cache_features: auto`` (or ``true``), for a task that allows it
-(``Task.cut_cache``: image classification, multi-label and segmentation; text and speech
-classification only with ``cache_features: true``, ``ON_REQUEST``) and a backbone that is a Keras
+(``Task.cut_cache``: image classification, multi-label, segmentation and text classification;
+speech classification only with ``cache_features: true``, ``ON_REQUEST``) and a backbone that is a Keras
 functional graph, the phase instead:
 
 * finds the *cut*: the tensors that cross from the frozen layers into the unfrozen groups (every
@@ -203,7 +203,7 @@ def plan(parts, task, phase, unfrozen: list[str], resumed: bool | None = None):
         return None, {"used": False, "reason": f"{task.name} trains end to end (no cut cache for this task)"}
     if allowed == ON_REQUEST and phase.cache_features == "auto" and not resumed:
         return None, {"used": False, "reason": f"{task.name} trains end to end under cache_features: auto (on the "
-                                               "cut its measured test accuracy fell); cache_features: true trains "
+                                               "measured runs the cut saved no time); cache_features: true trains "
                                                "this phase on the cached cut"}
     flips, others, paired = task.cut_views(parts)
     if phase.cache_features == "auto" and others and not resumed:

@@ -14,7 +14,13 @@ greedy, cheapest first, and each step changes one thing from the best so far:
 3. **depth**: every group unfrozen with discriminative rates (``all``: the recipe's fine-tuning
    rate for the top group, ``lr_decay`` 0.5 below); one frozen head training is shared by every
    depth at one input size, each candidate continues from it;
-4. **rate**: the best depth at ten times its rate (skipped when the probe wins);
+4. **rate**: the better depth at ten times its rate (skipped when the probe wins);
+   depth and rate interact with input size (a small image blown up less is further from what
+   the backbone saw, and only deeper or faster fine-tuning adapts to it), so where smaller image
+   inputs were tried, steps 3 and 4 run first on the smallest (the cheapest build), whether or not it
+   won at the recipe's depth, then on the best input if that is another; where the smallest input
+   wins with changed phases, the larger inputs are tried again with those phases (their builds
+   are kept, so only the fine-tuning runs);
 5. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
 6. **pooling** ``max`` instead of ``avg`` (small local findings), for images;
 7. the task's own variants (:meth:`~tlmulti.tasks.base.Task.strategy_variants`): for segmentation
@@ -218,7 +224,8 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     print(f"Strategy search on the validation split ({len(build.val)} examples, {metric}), at most "
           f"{recipe.strategy_budget:g}x a plain run:", file=out, flush=True)
     frozen_names = [p.name for p in base.phases if _frozen(p)]
-    probe = _Candidate("probe (frozen backbone)", [f"frozen phases only: {', '.join(frozen_names)}"], build.probe)
+    probe = _Candidate("probe (frozen backbone)", [f"frozen phases only: {', '.join(frozen_names)}"], build.probe,
+                       where=build)
     record(probe.name, probe.changes, probe.val, build.head_seconds)
     tuning = [p for p in base.phases if not _frozen(p) and p.epochs]
     build_seconds = time.perf_counter() - t_start  # reading, building, the frozen phase, scoring
@@ -232,71 +239,105 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         plain = build_seconds + tune_seconds / FRACTION
         return fits(time.perf_counter() - t_start, cost, plain, final["seconds"], recipe.strategy_budget)
 
-    def full_run(build_cost: float, tune_cost: float) -> None:
-        """Keep the full-run estimate of a candidate that has just become the best."""
-        final["seconds"] = build_cost + tune_cost / FRACTION
+    def attempt(candidate: _Candidate, cost: float) -> None:
+        """Fine-tune ``candidate`` on its build if about ``cost`` seconds fit the budget; it becomes
+        the best when it beats it by the margin (its full run is then held back)."""
+        nonlocal best
+        b = candidate.where
+        if not affordable(cost):
+            skipped(candidate.name, candidate.changes)
+            return
+        candidate.val, candidate.seconds = b.tune(candidate.phases)
+        b.step = candidate.seconds
+        record(candidate.name, candidate.changes, candidate.val, candidate.seconds)
+        if candidate.val > best.val + margin:
+            best = candidate
+            final["seconds"] = b.seconds + candidate.seconds / FRACTION
 
     if tuning:
-        written = _Candidate("as written", [], None, tuning)
+        written = _Candidate("as written", [], None, tuning, where=build, tuned="as written")
         written.val, tune_seconds = build.tune(tuning)
+        written.seconds = tune_seconds
         record(written.name, [], written.val, tune_seconds)
         best = probe if probe.val > written.val + margin else written
-    step_seconds = tune_seconds  # a fine-tuning candidate's cost on the current build
+    build.seconds, build.step, build.local = build_seconds, tune_seconds, best
+    build.size_name = (f"input {max(build.task.image_size())} px" if build.task.strategy_inputs
+                       else f"sequence {build.task.sequence_length()} tokens" if hasattr(build.task, "sequence_length")
+                       else "the recipe's input")
+    build.size_overrides = []
 
-    def rebuilt(name, overrides, scale):
-        """Try ``best`` with ``overrides`` on a new build; returns the build when it wins."""
-        nonlocal best, step_seconds
-        scale = min(1.0, scale) if scale else 1.0  # a smaller input costs less
-        label = f"{best.name}; {name}"
-        if not affordable(scale * (build_seconds + (tune_seconds if best.phases is not None else 0.0))):
-            skipped(label, [*best.changes, *overrides])
+    def rebuilt(name, overrides, cost, start):
+        """``start`` with ``overrides`` on a new build (None when the budget skips it); the build's
+        candidate is its ``local``, and becomes the best when it beats it."""
+        nonlocal best
+        label, changes = f"{start.name}; {name}", [*start.changes, *overrides]
+        if not affordable(cost):
+            skipped(label, changes)
             return None
-        other = _Build(_with(base, best.overrides + overrides), metric, trainer)
-        value, seconds, extra = other.probe, other.head_seconds, 0.0
-        if best.phases is not None:
-            value, extra = other.tune(best.phases)
-        record(label, [*best.changes, *overrides], value, seconds + extra)
-        if value <= best.val + margin:
-            return None
-        full_run(seconds, extra)
-        best = _Candidate(label, [*best.changes, *overrides], value, best.phases, best.overrides + overrides)
-        step_seconds = extra or step_seconds
+        t0 = time.perf_counter()
+        other = _Build(_with(base, start.overrides + overrides), metric, trainer)
+        other.seconds = time.perf_counter() - t0
+        local = _Candidate(label, changes, other.probe, start.phases, start.overrides + overrides, where=other,
+                           tuned=start.tuned, phase_changes=start.phase_changes)
+        local.seconds = 0.0
+        if start.phases is not None:
+            local.val, local.seconds = other.tune(start.phases)
+        other.step, other.local = local.seconds or start.where.step, local
+        record(label, changes, local.val, other.head_seconds + local.seconds)
+        if local.val > best.val + margin:
+            best = local
+            final["seconds"] = other.seconds + local.seconds / FRACTION
         return other
 
-    rebuilds = _rebuild_candidates(base, build)
-    for name, overrides, scale in [c for c in rebuilds if c[2]]:  # input size first: it sets every later cost
-        build = rebuilt(name, overrides, scale) or build
-    if tuning:
+    def deepen(b) -> None:
+        """The depth and rate steps on build ``b``, from its own best candidate."""
+        local = b.local
+        keep = [c for c in local.changes if not c.startswith("frozen phases only")]
+        prefix = "" if b is build else f"{b.size_name}; " if local.phases is None else f"{local.name}; "
         everything = copy.deepcopy(tuning)
         everything[-1].unfreeze, everything[-1].lr_decay = "all", 0.5
-        on_probe = best is probe  # depth candidates start from the recipe's phases, not the probe's
-        prefix = "" if on_probe or best.name == "as written" else f"{best.name}; "
-        depth = _Candidate(f"{prefix}all groups", [*([] if on_probe else best.changes), "unfreeze: all",
-                                                   "lr_decay: 0.5"], None, everything, best.overrides)
-        if affordable(step_seconds):
-            depth.val, seconds = build.tune(depth.phases)
-            record(depth.name, depth.changes, depth.val, seconds)
-            if depth.val > best.val + margin:
-                best = depth
-                full_run(build_seconds, seconds)
-        else:
-            skipped(depth.name, depth.changes)
-        if best.phases is not None:
-            faster = copy.deepcopy(best.phases)
-            faster[-1].learning_rate *= RATE_FACTOR
-            rate = _Candidate(f"{best.name}, rate x{RATE_FACTOR:g}",
-                              [*best.changes, f"learning_rate: {faster[-1].learning_rate:g}"], None, faster,
-                              best.overrides)
-            if affordable(step_seconds):
-                rate.val, seconds = build.tune(faster)
-                record(rate.name, rate.changes, rate.val, seconds)
-                if rate.val > best.val + margin:
-                    best = rate
-                    full_run(build_seconds, seconds)
-            else:
-                skipped(rate.name, rate.changes)
+        depth = _Candidate(f"{prefix}all groups", [*keep, "unfreeze: all", "lr_decay: 0.5"], None, everything,
+                           local.overrides, where=b, tuned="all groups", phase_changes=["unfreeze: all", "lr_decay: 0.5"])
+        attempt(depth, b.step)
+        top = depth if depth.val is not None and depth.val > local.val + margin else local
+        if top.phases is None:  # the probe wins: no rate to raise
+            return
+        faster = copy.deepcopy(top.phases)
+        faster[-1].learning_rate *= RATE_FACTOR
+        change = f"learning_rate: {faster[-1].learning_rate:g}"
+        attempt(_Candidate(f"{top.name}, rate x{RATE_FACTOR:g}", [*top.changes, change], None,
+                           faster, top.overrides, where=b, tuned=f"{top.tuned}, rate x{RATE_FACTOR:g}",
+                           phase_changes=[*top.phase_changes, change]), b.step)
+
+    def revisit(b) -> None:
+        """The best candidate's phases on another input size ``b`` (already built)."""
+        cost = best.seconds * b.step / max(best.where.step, 1e-9)  # the best's cost, scaled as the builds' steps
+        attempt(_Candidate(f"{best.tuned}; {b.size_name}", [*best.phase_changes, *b.size_overrides], None,
+                           best.phases, b.size_overrides, where=b, tuned=best.tuned,
+                           phase_changes=best.phase_changes), cost)
+
+    rebuilds = _rebuild_candidates(base, build)
+    start, sized = best, []
+    for name, overrides, scale in [c for c in rebuilds if c[2]]:  # input size first: it sets every later cost
+        scale = min(1.0, scale)
+        other = rebuilt(name, overrides, scale * (build_seconds + (tune_seconds if start.phases is not None else 0)),
+                        start)
+        if other is not None:
+            other.size_name, other.size_overrides = name, overrides
+            sized.append(other)
+    if tuning:
+        explore = sized[-1] if sized and build.task.strategy_inputs else None  # the smallest image input
+        deepened = None
+        if explore is not None and best.where is not explore:
+            deepen(explore)  # depth and rate interact with input size: tried where they cost least
+            deepened = explore
+        if best.where is not deepened:
+            deepen(best.where)
+        if explore is not None and best.where is explore and best.phases is not None and best.tuned != "as written":
+            for b in [*reversed(sized[:-1]), build]:  # the larger inputs again, with the phases that won
+                revisit(b)
     for name, overrides, scale in [c for c in rebuilds if not c[2]]:
-        build = rebuilt(name, overrides, scale) or build
+        rebuilt(name, overrides, best.where.seconds + (best.seconds or 0.0), best)
     plain = build_seconds + tune_seconds / FRACTION
     chosen = _final(recipe, best)
     seconds = time.perf_counter() - t_start
@@ -309,11 +350,15 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
 
 
 class _Candidate:
-    """A strategy: its fine-tuning phases (None: the frozen probe) and recipe overrides."""
+    """A strategy: its fine-tuning phases (None: the frozen probe) and recipe overrides, the build
+    (input size, pooling, augmentation) it trains on, and ``tuned``: its phases in words, with
+    ``phase_changes`` the changes of the phases alone."""
 
-    def __init__(self, name: str, changes: list[str], val, phases=None, overrides=None):
+    def __init__(self, name: str, changes: list[str], val, phases=None, overrides=None, where=None,
+                 tuned: str | None = None, phase_changes=()):
         self.name, self.changes, self.val, self.phases = name, changes, val, phases
         self.overrides = list(overrides or [])
+        self.where, self.tuned, self.phase_changes, self.seconds = where, tuned, list(phase_changes), None
 
 
 def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str], int | None]]:
