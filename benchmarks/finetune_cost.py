@@ -1,6 +1,6 @@
 """Fine-tuning cost with the cut cache against end to end: the same recipe and data trained twice
 in one process, the fine-tuning phase once on the cached cut (``phases.K.cache_features=true``;
-for images the default ``auto`` does the same, text and speech train end to end under ``auto``)
+for images and text the default ``auto`` does the same, speech trains end to end under ``auto``)
 and once end to end (``phases.K.cache_features=false``), each run with an empty feature cache of
 its own.
 
