@@ -171,6 +171,7 @@ def test_depth_and_rate_are_tried_on_the_smallest_input_and_the_winner_on_the_la
 
     _ScriptedBuild.scores = {(224, "none", 0): 0.5, (96, "none", 0): 0.4,
                              (224, "top:1", 1): 0.80, (96, "top:1", 1): 0.70,  # 96 px loses at the recipe's depth
+                             (96, "top:1", 10): 0.75,
                              (96, "all", 1): 0.85, (96, "all", 10): 0.95, (224, "all", 10): contract_again}
     monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
     monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [96])
@@ -185,6 +186,7 @@ def test_depth_and_rate_are_tried_on_the_smallest_input_and_the_winner_on_the_la
     assert rows["as written; input 96 px"] == pytest.approx(0.70)
     assert rows["as written; input 96 px; all groups"] == pytest.approx(0.85)
     assert rows["as written; input 96 px; all groups, rate x10"] == pytest.approx(0.95)
+    assert rows["as written; input 96 px, rate x10"] == pytest.approx(0.75)  # each depth at ten times its rate
     assert rows["all groups, rate x10; input 224 px"] == pytest.approx(contract_again)
     assert "all groups" not in rows  # the contract's own depth step is not needed: the small input won
     assert record["chosen"] == chosen and chosen in table.getvalue()

@@ -17,8 +17,9 @@ greedy, cheapest first, and each step changes one thing from the best so far:
 4. **rate**: the better depth at ten times its rate (skipped when the probe wins);
    depth and rate interact with input size (a small image blown up less is further from what
    the backbone saw, and only deeper or faster fine-tuning adapts to it), so where smaller image
-   inputs were tried, steps 3 and 4 run first on the smallest (the cheapest build), whether or not it
-   won at the recipe's depth, then on the best input if that is another; where the smallest input
+   inputs were tried, steps 3 and 4 run first on the smallest (the cheapest build), whether or
+   not it won at the recipe's depth, and there each depth at ten times its rate (four short
+   runs at 96 px cost about one at 224); then on the best input if that is another; where the smallest input
    wins with changed phases, the larger inputs are tried again with those phases (their builds
    are kept, so only the fine-tuning runs);
 5. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
@@ -289,8 +290,9 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
             final["seconds"] = other.seconds + local.seconds / FRACTION
         return other
 
-    def deepen(b) -> None:
-        """The depth and rate steps on build ``b``, from its own best candidate."""
+    def deepen(b, grid: bool = False) -> None:
+        """The depth and rate steps on build ``b``, from its own best candidate; with ``grid``,
+        each depth at ten times its rate (where short runs are cheap), else the better one."""
         local = b.local
         keep = [c for c in local.changes if not c.startswith("frozen phases only")]
         prefix = "" if b is build else f"{b.size_name}; " if local.phases is None else f"{local.name}; "
@@ -299,15 +301,17 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         depth = _Candidate(f"{prefix}all groups", [*keep, "unfreeze: all", "lr_decay: 0.5"], None, everything,
                            local.overrides, where=b, tuned="all groups", phase_changes=["unfreeze: all", "lr_decay: 0.5"])
         attempt(depth, b.step)
-        top = depth if depth.val is not None and depth.val > local.val + margin else local
-        if top.phases is None:  # the probe wins: no rate to raise
-            return
-        faster = copy.deepcopy(top.phases)
-        faster[-1].learning_rate *= RATE_FACTOR
-        change = f"learning_rate: {faster[-1].learning_rate:g}"
-        attempt(_Candidate(f"{top.name}, rate x{RATE_FACTOR:g}", [*top.changes, change], None,
-                           faster, top.overrides, where=b, tuned=f"{top.tuned}, rate x{RATE_FACTOR:g}",
-                           phase_changes=[*top.phase_changes, change]), b.step)
+        tops = [local, depth] if grid else [depth if depth.val is not None and depth.val > local.val + margin
+                                            else local]
+        for top in tops:
+            if top.phases is None or top.val is None:  # the probe wins, or the depth was skipped: no rate
+                continue
+            faster = copy.deepcopy(top.phases)
+            faster[-1].learning_rate *= RATE_FACTOR
+            change = f"learning_rate: {faster[-1].learning_rate:g}"
+            attempt(_Candidate(f"{top.name}, rate x{RATE_FACTOR:g}", [*top.changes, change], None,
+                               faster, top.overrides, where=b, tuned=f"{top.tuned}, rate x{RATE_FACTOR:g}",
+                               phase_changes=[*top.phase_changes, change]), b.step)
 
     def revisit(b) -> None:
         """The best candidate's phases on another input size ``b`` (already built)."""
@@ -329,7 +333,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         explore = sized[-1] if sized and build.task.strategy_inputs else None  # the smallest image input
         deepened = None
         if explore is not None and best.where is not explore:
-            deepen(explore)  # depth and rate interact with input size: tried where they cost least
+            deepen(explore, grid=True)  # depth and rate interact with input size: tried where they cost least
             deepened = explore
         if best.where is not deepened:
             deepen(best.where)
