@@ -136,7 +136,8 @@ def _wait_for_epochs(out, n, proc, timeout=120):
 def test_a_stopped_cli_run_is_kept_and_resumes(how, data, tmp_path, tlmulti_home):
     cmd = _cli_script(tmp_path, data)
     out = tmp_path / "run"
-    args = ["vision", "train", "--data", str(data), "--backbone", "tiny_cnn.test", "--set", "phases.0.epochs=40",
+    # 120 short epochs (a few seconds in all): the signal lands while the first phase trains
+    args = ["vision", "train", "--data", str(data), "--backbone", "tiny_cnn.test", "--set", "phases.0.epochs=120",
             "--set", "data.image_size=[16, 16]", "--set", "callbacks.early_stopping.enabled=false",
             "--set", "phases.0.cache_features=false", "--strategy", "fixed", "--out", str(out)]
     env = {**os.environ, "TLMULTI_HOME": str(tlmulti_home)}
@@ -156,7 +157,7 @@ def test_a_stopped_cli_run_is_kept_and_resumes(how, data, tmp_path, tlmulti_home
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     epochs = [int(r.split(",")[1]) for r in (out / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 40
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 120
 
 
 def test_run_card_records_versions_and_hashes_that_follow_the_inputs(tiny_backbone, data, tmp_path):
