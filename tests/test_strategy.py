@@ -152,6 +152,7 @@ class _ScriptedBuild:
         self.changed = recipe.data.augment.flip == "none" or recipe.head.pooling == "max"
         self.task = SimpleNamespace(strategy_inputs=True, image_size=lambda: (224, 224), strategy_variants=lambda: [])
         self.train, self.val, self.metric, self.head_seconds = [0] * 300, [0] * 100, "accuracy", 0.01
+        self.seconds = 0.01
         self.probe = self.scores[(self.side, "none", 0)]
 
     def tune(self, phases):

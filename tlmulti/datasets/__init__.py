@@ -58,3 +58,26 @@ def dataset_path(ref: str) -> Path:
         if candidate.exists():
             return candidate
     raise DataError(f"Dataset '{name}' was prepared without split '{split}'; run 'tlmulti datasets prepare {name} --force'.")
+
+
+def write_text_splits(root: Path, groups: dict[str, list[str]], train_per_class: int, test_per_class: int,
+                      seed: int) -> None:
+    """Write ``train.csv`` and ``test.csv`` (``text``, ``label``) into ``root``: per label of
+    ``groups`` (in sorted order, drawn with ``seed``), ``train_per_class`` texts for training and
+    ``test_per_class`` others for testing."""
+    import csv
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    splits = {"train": [], "test": []}
+    for label, texts in sorted(groups.items()):
+        order = rng.permutation(len(texts))
+        splits["train"] += [{"text": texts[i], "label": label} for i in order[:train_per_class]]
+        splits["test"] += [{"text": texts[i], "label": label}
+                           for i in order[train_per_class:train_per_class + test_per_class]]
+    for split, rows in splits.items():
+        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows(rows)

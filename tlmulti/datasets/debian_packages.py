@@ -19,13 +19,11 @@ Example::
 from __future__ import annotations
 
 import collections
-import csv
 import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
+from tlmulti.datasets import write_text_splits
 from tlmulti.errors import DataError
 
 SECTIONS = ("admin", "comm", "database", "editors", "electronics", "fonts", "games", "graphics", "hamradio",
@@ -72,20 +70,9 @@ def read_sections(source: Path | None = None) -> dict[str, list[str]]:
 def build(root: Path, sections=SECTIONS, train_per_class: int = 30, test_per_class: int = 30, seed: int = 0,
           source: Path | None = None) -> None:
     """Write ``train.csv`` and ``test.csv`` (``text``, ``label``) into ``root``."""
-    rng = np.random.default_rng(seed)
     available = read_sections(source)
     kept = {s: available[s] for s in sections if len(available.get(s, ())) >= train_per_class + test_per_class}
     if len(kept) < 2:
         raise DataError(f"Fewer than two of the sections {', '.join(sections)} have {train_per_class + test_per_class} "
                         "package summaries in Debian's package lists; run 'apt-get update'.")
-    splits = {"train": [], "test": []}
-    for section, summaries in sorted(kept.items()):
-        order = rng.permutation(len(summaries))
-        splits["train"] += [{"text": summaries[i], "label": section} for i in order[:train_per_class]]
-        splits["test"] += [{"text": summaries[i], "label": section}
-                           for i in order[train_per_class:train_per_class + test_per_class]]
-    for split, rows in splits.items():
-        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["text", "label"])
-            writer.writeheader()
-            writer.writerows(rows)
+    write_text_splits(root, kept, train_per_class, test_per_class, seed)

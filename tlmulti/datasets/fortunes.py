@@ -18,12 +18,10 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
-import numpy as np
-
+from tlmulti.datasets import write_text_splits
 from tlmulti.errors import DataError
 
 SOURCE = Path("/usr/share/games/fortunes")
@@ -48,19 +46,8 @@ def read_categories(source: Path = SOURCE) -> dict[str, list[str]]:
 def build(root: Path, min_quotes: int = 200, train_per_class: int = 30, test_per_class: int = 30, seed: int = 0,
           source: Path = SOURCE) -> None:
     """Write ``train.csv`` and ``test.csv`` (``text``, ``label``) into ``root``."""
-    rng = np.random.default_rng(seed)
     kept = {c: q for c, q in read_categories(source).items() if len(q) >= max(min_quotes, train_per_class +
                                                                                    test_per_class)}
     if len(kept) < 2:
         raise DataError(f"Fewer than two fortune categories in '{source}' have {min_quotes} quotes.")
-    splits = {"train": [], "test": []}
-    for category, quotes in sorted(kept.items()):
-        order = rng.permutation(len(quotes))
-        splits["train"] += [{"text": quotes[i], "label": category} for i in order[:train_per_class]]
-        splits["test"] += [{"text": quotes[i], "label": category}
-                           for i in order[train_per_class:train_per_class + test_per_class]]
-    for split, rows in splits.items():
-        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["text", "label"])
-            writer.writeheader()
-            writer.writerows(rows)
+    write_text_splits(root, kept, train_per_class, test_per_class, seed)

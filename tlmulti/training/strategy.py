@@ -89,6 +89,7 @@ class _Build:
     def __init__(self, recipe: Recipe, metric: str | None, trainer, callbacks=()):
         import keras
 
+        t_build = time.perf_counter()
         fine_tune, derive_phase_lengths = trainer
         self.recipe, self.fine_tune = recipe, fine_tune
         keras.utils.set_random_seed(recipe.seed)
@@ -108,6 +109,7 @@ class _Build:
         self.head_seconds = time.perf_counter() - t0
         self.start = self._model().get_weights()
         self.probe = self.score()
+        self.seconds = time.perf_counter() - t_build  # reading, building, the frozen phases, scoring
 
     def _model(self):
         return self.parts.assemble(backbone_training=False, augment=False)
@@ -261,11 +263,9 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         written.seconds = tune_seconds
         record(written.name, [], written.val, tune_seconds)
         best = probe if probe.val > written.val + margin else written
-    build.seconds, build.step, build.local = build_seconds, tune_seconds, best
-    build.size_name = (f"input {max(build.task.image_size())} px" if build.task.strategy_inputs
-                       else f"sequence {build.task.sequence_length()} tokens" if hasattr(build.task, "sequence_length")
-                       else "the recipe's input")
-    build.size_overrides = []
+    build.step, build.local = tune_seconds, best
+    build.size_overrides = []  # the contract's size: named only where image sizes are revisited
+    build.size_name = f"input {max(build.task.image_size())} px" if build.task.strategy_inputs else None
 
     def rebuilt(name, overrides, cost, start):
         """``start`` with ``overrides`` on a new build (None when the budget skips it); the build's
@@ -275,9 +275,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         if not affordable(cost):
             skipped(label, changes)
             return None
-        t0 = time.perf_counter()
         other = _Build(_with(base, start.overrides + overrides), metric, trainer)
-        other.seconds = time.perf_counter() - t0
         local = _Candidate(label, changes, other.probe, start.phases, start.overrides + overrides, where=other,
                            tuned=start.tuned, phase_changes=start.phase_changes)
         local.seconds = 0.0
