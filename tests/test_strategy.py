@@ -139,11 +139,24 @@ def test_the_budget_holds_back_the_chosen_candidates_full_run():
     assert fits(150, 50, 100, 30, 3.0) and not fits(150, 51, 100, 30, 3.0)
 
 
+def test_a_plain_run_counts_the_one_off_costs_of_the_short_run_once():
+    from tlmulti.training.strategy import full_length
+
+    # a 5-epoch short run of 30 s whose first epoch paid 18 s of cut-cache features and tracing:
+    # the other 5 of the 10 planned epochs cost 2 s each (not another 30 s)
+    assert full_length(30.0, [10], [[20.0, 2.0, 2.0, 2.5, 1.5]]) == pytest.approx(40.0)
+    # two phases, each scaled by its own epochs; a phase stopped early still counts its planned length
+    assert full_length(12.0, [4, 6], [[3.0, 1.0], [4.0, 2.0, 2.0]]) == pytest.approx(12.0 + 2 * 1.0 + 3 * 2.0)
+    # a one-epoch short run: that epoch is all there is to go by
+    assert full_length(5.0, [2], [[4.0]]) == pytest.approx(9.0)
+
+
 class _ScriptedBuild:
     """A stand-in for a candidate's build whose validation scores come from a table keyed by
     (input side, depth, rate as a multiple of the recipe's): the search's order is what is tested."""
 
     scores: dict = {}
+    seconds_by_depth: dict = {}  # a short run's seconds by the groups it unfreezes (0.01 s if absent)
 
     def __init__(self, recipe, metric, trainer, callbacks=()):
         from types import SimpleNamespace
@@ -158,7 +171,37 @@ class _ScriptedBuild:
     def tune(self, phases):
         last = phases[-1]
         value = self.scores[(self.side, last.unfreeze, round(last.learning_rate / 0.003))]
-        return value - (0.05 if self.changed else 0.0), 0.01
+        seconds = self.seconds_by_depth.get(last.unfreeze, 0.01)
+        self.full_seconds = 2 * seconds
+        return value - (0.05 if self.changed else 0.0), seconds
+
+
+def test_a_cheap_candidate_is_costed_by_its_own_depth_not_by_the_dearer_one_before_it(monkeypatch, tmp_path):
+    """A short run of the recipe's depth costs 1 s (a plain run about 2 s), one of every group 10 s:
+    in a 3x budget the ten-times rate at the recipe's depth still fits after every group was tried."""
+    import io
+
+    from tlmulti.training import strategy
+
+    _ScriptedBuild.scores = {(224, "none", 0): 0.5, (224, "top:1", 1): 0.8, (224, "all", 1): 0.7,
+                             (224, "top:1", 10): 0.9}
+    _ScriptedBuild.seconds_by_depth = {"top:1": 1.0, "all": 10.0}
+    monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
+    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [])
+    recipe = image_recipe("tiny_cnn.test", tmp_path, phases=[
+        {"name": "head", "epochs": 4, "learning_rate": 0.01},
+        {"name": "finetune", "epochs": 6, "learning_rate": 0.003, "unfreeze": "top:1"}])
+    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", 3.0, [224, 224]
+    recipe.data.augment.flip = "horizontal"
+    try:
+        _, record = strategy.search(recipe, (None, None), out=io.StringIO())
+    finally:
+        _ScriptedBuild.seconds_by_depth = {}
+    rows = {r["name"]: r for r in record["candidates"]}
+    assert rows["all groups"]["val"] == pytest.approx(0.7)
+    assert rows["as written, rate x10"]["val"] == pytest.approx(0.9)  # costed at 1 s, not at the 10 s before it
+    assert record["chosen"] == "as written, rate x10"
+    assert record["plain_estimate_seconds"] == pytest.approx(2.0, abs=0.5)  # the build and 2x the short run
 
 
 @pytest.mark.parametrize("contract_again, chosen", [
@@ -195,3 +238,35 @@ def test_depth_and_rate_are_tried_on_the_smallest_input_and_the_winner_on_the_la
     assert chosen_recipe.phases[-1].learning_rate == pytest.approx(0.03) and chosen_recipe.phases[-1].epochs == 6
     assert list(chosen_recipe.data.image_size) == ([96, 96] if contract_again < 0.95 else [224, 224])
     assert any(name.endswith("; no flips") for name in rows) and any(name.endswith("; max pooling") for name in rows)
+
+
+@pytest.mark.parametrize("budget, revisited", [(5.0, False), (10.0, True)])
+def test_a_candidate_starts_only_if_its_own_full_run_would_fit_should_it_win(monkeypatch, tmp_path, budget, revisited):
+    """Short runs of 1 s at 96 px (a plain run at 224 px about 2 s): every group at 10x wins at 96 px,
+    and trying it at 224 px costs about 5.4 s (the pixels), 10.9 s at full length should it win. In
+    5 plain runs (10 s) that full run cannot fit after it, so it is not tried; in 10 it is."""
+    import io
+
+    from tlmulti.training import strategy
+
+    _ScriptedBuild.scores = {(224, "none", 0): 0.5, (96, "none", 0): 0.4, (224, "top:1", 1): 0.80,
+                             (96, "top:1", 1): 0.70, (96, "top:1", 10): 0.75, (96, "all", 1): 0.85,
+                             (96, "all", 10): 0.95, (224, "all", 10): 0.99}
+    _ScriptedBuild.seconds_by_depth = {"top:1": 1.0, "all": 1.0}
+    monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
+    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [96])
+    recipe = image_recipe("tiny_cnn.test", tmp_path, phases=[
+        {"name": "head", "epochs": 4, "learning_rate": 0.01},
+        {"name": "finetune", "epochs": 6, "learning_rate": 0.003, "unfreeze": "top:1"}])
+    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", budget, [224, 224]
+    recipe.data.augment.flip = "horizontal"
+    try:
+        _, record = strategy.search(recipe, (None, None), out=io.StringIO())
+    finally:
+        _ScriptedBuild.seconds_by_depth = {}
+    rows = {r["name"]: r for r in record["candidates"]}
+    assert rows["as written; input 96 px; all groups, rate x10"]["val"] == pytest.approx(0.95)
+    revisit = rows["all groups, rate x10; input 224 px"]
+    assert ("val" in revisit) is revisited and (revisit.get("skipped") == "time budget") is not revisited
+    assert record["chosen"] == ("all groups, rate x10; input 224 px" if revisited
+                                else "as written; input 96 px; all groups, rate x10")

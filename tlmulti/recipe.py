@@ -264,7 +264,7 @@ class Recipe:
     baseline: bool = True  # fit and report the classic baseline (tlmulti.evaluation.baseline)
     calibration: str = choice("none", choices.CALIBRATIONS)  # temperature: tlmulti.training.calibration
     strategy: str = choice("fixed", choices.STRATEGIES)  # auto: search on validation data (tlmulti.training.strategy)
-    strategy_budget: float = at_least(3.0, 1.5)  # the search and final training, in plain runs
+    strategy_budget: float = at_least(5.0, 1.5)  # the search and final training, in plain runs
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

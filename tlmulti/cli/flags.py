@@ -69,7 +69,8 @@ TRAIN_FLAGS = (
          choices=registry.adaptation_methods),
     Flag("--target-data", "adaptation.target_data", "Unlabelled target-domain data for --adapt.", path=True),
     Flag("--strategy", "strategy", "auto: compare fine-tuning depths, rates, input sizes, flips and pooling on the "
-         "validation split first, then train the best (about 3x a plain run); fixed: the recipe as written.",
+         "validation split first, then train the best (search and training within strategy_budget, default 5, "
+         "plain runs); fixed: the recipe as written.",
          choices=("fixed", "auto")),
     Flag("--tune", "tune.trials", "Optuna trials before the final training (depth, rates, epochs, input size, "
          "flips, pooling, dropout, label smoothing, weight decay); the study is RUN/tune.db.", kind=int),

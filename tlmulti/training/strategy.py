@@ -14,30 +14,31 @@ greedy, cheapest first, and each step changes one thing from the best so far:
 3. **depth**: every group unfrozen with discriminative rates (``all``: the recipe's fine-tuning
    rate for the top group, ``lr_decay`` 0.5 below); one frozen head training is shared by every
    depth at one input size, each candidate continues from it;
-4. **rate**: the better depth at ten times its rate (skipped when the probe wins);
-   depth and rate interact with input size (a small image blown up less is further from what
-   the backbone saw, and only deeper or faster fine-tuning adapts to it), so where smaller image
-   inputs were tried, steps 3 and 4 run first on the smallest (the cheapest build), whether or
-   not it won at the recipe's depth, and there each depth at ten times its rate (four short
-   runs at 96 px cost about one at 224); then on the best input if that is another; where the smallest input
-   wins with changed phases, the larger inputs are tried again with those phases (their builds
-   are kept, so only the fine-tuning runs);
+4. **rate**: the better depth at ten times its rate (skipped when the probe wins); depth and rate
+   interact with input size (a small image blown up less is further from what the backbone saw, and
+   only deeper or faster fine-tuning adapts to it), so where smaller image inputs were tried, steps
+   3 and 4 run first on the smallest (the cheapest build), whether or not it won at the recipe's
+   depth, and there each depth at ten times its rate (four short runs at 96 px cost about one at
+   224); then on the best input if that is another; where the smallest input wins with changed
+   phases, the larger inputs are tried again with those phases (on their kept builds);
 5. **flips** off, when the recipe flips (orientation may carry the label: digits, laterality);
 6. **pooling** ``max`` instead of ``avg`` (small local findings), for images;
 7. the task's own variants (:meth:`~tlmulti.tasks.base.Task.strategy_variants`): for segmentation
    the input image as a full-resolution skip of the decoder (``head.image_skip``).
 
 Fine-tuning candidates run ``FRACTION`` of their phase's epochs (at least one) with the phase's
-early stopping; frozen phases read the disk feature cache. A plain run is estimated from the
-first candidates: the time to read the data, build the model, train the frozen phase and score
-it, plus the recipe's fine-tuning phase at full length. A candidate starts only when the time
-spent so far plus its expected cost (a fine-tuning run as long as the first one; a new build
-scaled by its input's pixels) and then the final training stay within ``strategy_budget``
-plain runs. The final training runs the chosen candidate's recipe in full, so once a candidate
-costlier than a plain run is the best, its full run (its measured seconds scaled to full
-length) is what is held back for the end. Skipped candidates are listed as such. A candidate must beat the best so far by more than ``MARGIN`` to
-replace it (and, for accuracy, by more than one validation example: ``1 / n_val``), so ties keep
-the recipe as written.
+early stopping; frozen phases read the disk feature cache. A plain run is estimated from the first
+candidates: the time to read the data, build the model, train the frozen phase and score it, plus
+the recipe's fine-tuning phase at full length: the short run's seconds, and each epoch it did not
+run at its median epoch after the first (:func:`full_length`; the cut cache's features and tracing
+the model are paid once in a run, not once per epoch). A candidate starts only when the time spent
+so far, its expected cost (a short run as long as the last of its depth on its input; on another
+input, scaled by the pixels) and the final training stay within ``strategy_budget`` plain runs. The
+final training is counted as the costliest of a plain run, the best candidate's full run and the
+candidate's own full run should it win (its build and its cost stretched as the recipe's short run
+was to full length), so no late winner takes the run past the budget. Skipped candidates are listed
+as such. A candidate must beat the best so far by more than ``MARGIN`` to replace it (and, for
+accuracy, by more than one validation example: ``1 / n_val``), so ties keep the recipe as written.
 
 The chosen candidate's changes are written into the saved ``recipe.yaml`` with ``strategy:
 fixed``, so ``tlmulti run RUN/recipe.yaml`` reproduces the run without searching; every
@@ -69,6 +70,12 @@ def fits(elapsed: float, cost: float, plain: float, best_full: float | None, bud
     runs (of ``plain`` seconds) for the final training: a plain run, or ``best_full`` (the best
     candidate's full run) where that is longer."""
     return elapsed + cost + max(plain, best_full or 0.0) <= budget * plain
+
+
+def _depth(phases) -> str:
+    """The groups the last of ``phases`` unfreezes, as a key: candidates of one depth on one build
+    cost about the same whatever their rate."""
+    return str(phases[-1].unfreeze)
 
 
 def _frozen(phase) -> bool:
@@ -119,7 +126,8 @@ class _Build:
 
     def tune(self, phases, fraction: float = None, callbacks=()) -> tuple[float, float]:
         """(validation metric, seconds) after ``phases`` (fine-tuning) from the frozen weights,
-        each run for ``fraction`` (default ``FRACTION``) of its epochs."""
+        each run for ``fraction`` (default ``FRACTION``) of its epochs. ``self.full_seconds``: the
+        same phases' estimated seconds at full length (:func:`full_length`)."""
         import keras
 
         model = self._model()
@@ -129,9 +137,45 @@ class _Build:
         short.phases = copy.deepcopy(phases)
         for p in short.phases:
             p.epochs = max(1, math.ceil(int(p.epochs) * (FRACTION if fraction is None else fraction)))
+        clock = _epoch_clock()
         t0 = time.perf_counter()
-        self.fine_tune(self.parts, self.task, self.train, self.val, short, callbacks=callbacks)
-        return self.score(), time.perf_counter() - t0
+        self.fine_tune(self.parts, self.task, self.train, self.val, short, callbacks=[*callbacks, clock])
+        value, seconds = self.score(), time.perf_counter() - t0
+        self.full_seconds = full_length(seconds, [int(p.epochs) for p in phases], clock.phases)
+        return value, seconds
+
+
+def full_length(seconds: float, planned: list[int], epoch_seconds: list[list[float]]) -> float:
+    """A short run's ``seconds`` scaled to its phases' ``planned`` epochs: each epoch not run costs
+    the phase's median epoch after its first (``epoch_seconds``, one list per phase), so the one-off
+    costs of a run (the cut cache's features, tracing the model, scoring) count once."""
+    extra = 0.0
+    for epochs, times in zip(planned, epoch_seconds):
+        if times:
+            steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
+            extra += max(0, epochs - len(times)) * steady
+    return seconds + extra
+
+
+def _epoch_clock():
+    """A Keras callback that records each epoch's seconds, one list per ``fit`` (``.phases``)."""
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.phases, self._t = [], 0.0
+
+        def on_train_begin(self, logs=None):
+            self.phases.append([])
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.phases[-1].append(time.perf_counter() - self._t)
+
+    return EpochClock()
 
 
 def preflight(recipe: Recipe, task, parts, classes) -> None:
@@ -235,36 +279,41 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     tune_seconds, best = 0.0, probe
 
     final = {"seconds": None}  # the chosen candidate's full run, once one beats the recipe as written
+    plain, stretch = build_seconds, 1.0  # a plain run: the build, then the recipe's fine-tuning at full length
 
-    def affordable(cost: float) -> bool:
+    def affordable(cost: float, full: float) -> bool:
         """Whether a candidate costing about ``cost`` seconds fits in the budget with the final
-        training after it: a plain run, or the best candidate's full run where that costs more."""
-        plain = build_seconds + tune_seconds / FRACTION
-        return fits(time.perf_counter() - t_start, cost, plain, final["seconds"], recipe.strategy_budget)
+        training after it: a plain run, the best candidate's full run, or ``full``, the candidate's
+        own full run should it win, whichever costs most."""
+        held = max(final["seconds"] or 0.0, full)
+        return fits(time.perf_counter() - t_start, cost, plain, held, recipe.strategy_budget)
 
     def attempt(candidate: _Candidate, cost: float) -> None:
         """Fine-tune ``candidate`` on its build if about ``cost`` seconds fit the budget; it becomes
         the best when it beats it by the margin (its full run is then held back)."""
         nonlocal best
         b = candidate.where
-        if not affordable(cost):
+        if not affordable(cost, b.seconds + cost * stretch):
             skipped(candidate.name, candidate.changes)
             return
         candidate.val, candidate.seconds = b.tune(candidate.phases)
-        b.step = candidate.seconds
+        candidate.full_seconds, b.step = b.full_seconds, candidate.seconds
+        b.costs[_depth(candidate.phases)] = candidate.seconds
         record(candidate.name, candidate.changes, candidate.val, candidate.seconds)
         if candidate.val > best.val + margin:
             best = candidate
-            final["seconds"] = b.seconds + candidate.seconds / FRACTION
+            final["seconds"] = b.seconds + candidate.full_seconds
 
     if tuning:
         written = _Candidate("as written", [], None, tuning, where=build, tuned="as written")
         written.val, tune_seconds = build.tune(tuning)
-        written.seconds = tune_seconds
+        written.seconds, written.full_seconds = tune_seconds, build.full_seconds
+        plain, stretch = plain + written.full_seconds, max(1.0, written.full_seconds / max(tune_seconds, 1e-9))
         record(written.name, [], written.val, tune_seconds)
         best = probe if probe.val > written.val + margin else written
     build.step, build.local = tune_seconds, best
-    build.size_overrides = []  # the contract's size: named only where image sizes are revisited
+    build.costs = {_depth(tuning): tune_seconds} if tuning else {}
+    build.size_overrides, build.scale = [], 1.0  # the contract's size: named only where sizes are revisited
     build.size_name = f"input {max(build.task.image_size())} px" if build.task.strategy_inputs else None
 
     def rebuilt(name, overrides, cost, start):
@@ -272,20 +321,22 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         candidate is its ``local``, and becomes the best when it beats it."""
         nonlocal best
         label, changes = f"{start.name}; {name}", [*start.changes, *overrides]
-        if not affordable(cost):
+        if not affordable(cost, cost * stretch):
             skipped(label, changes)
             return None
         other = _Build(_with(base, start.overrides + overrides), metric, trainer)
         local = _Candidate(label, changes, other.probe, start.phases, start.overrides + overrides, where=other,
                            tuned=start.tuned, phase_changes=start.phase_changes)
-        local.seconds = 0.0
+        local.seconds = local.full_seconds = 0.0
         if start.phases is not None:
             local.val, local.seconds = other.tune(start.phases)
+            local.full_seconds = other.full_seconds
         other.step, other.local = local.seconds or start.where.step, local
+        other.costs = {_depth(start.phases): local.seconds} if start.phases is not None else {}
         record(label, changes, local.val, other.head_seconds + local.seconds)
         if local.val > best.val + margin:
             best = local
-            final["seconds"] = other.seconds + local.seconds / FRACTION
+            final["seconds"] = other.seconds + local.full_seconds
         return other
 
     def deepen(b, grid: bool = False) -> None:
@@ -298,7 +349,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         everything[-1].unfreeze, everything[-1].lr_decay = "all", 0.5
         depth = _Candidate(f"{prefix}all groups", [*keep, "unfreeze: all", "lr_decay: 0.5"], None, everything,
                            local.overrides, where=b, tuned="all groups", phase_changes=["unfreeze: all", "lr_decay: 0.5"])
-        attempt(depth, b.step)
+        attempt(depth, b.costs.get(_depth(depth.phases), b.step))
         tops = [local, depth] if grid else [depth if depth.val is not None and depth.val > local.val + margin
                                             else local]
         for top in tops:
@@ -309,11 +360,11 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
             change = f"learning_rate: {faster[-1].learning_rate:g}"
             attempt(_Candidate(f"{top.name}, rate x{RATE_FACTOR:g}", [*top.changes, change], None,
                                faster, top.overrides, where=b, tuned=f"{top.tuned}, rate x{RATE_FACTOR:g}",
-                               phase_changes=[*top.phase_changes, change]), b.step)
+                               phase_changes=[*top.phase_changes, change]), b.costs.get(_depth(faster), b.step))
 
     def revisit(b) -> None:
         """The best candidate's phases on another input size ``b`` (already built)."""
-        cost = best.seconds * b.step / max(best.where.step, 1e-9)  # the best's cost, scaled as the builds' steps
+        cost = best.seconds * b.scale / best.where.scale  # the best's cost, scaled by the inputs' pixels
         attempt(_Candidate(f"{best.tuned}; {b.size_name}", [*best.phase_changes, *b.size_overrides], None,
                            best.phases, b.size_overrides, where=b, tuned=best.tuned,
                            phase_changes=best.phase_changes), cost)
@@ -325,7 +376,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         other = rebuilt(name, overrides, scale * (build_seconds + (tune_seconds if start.phases is not None else 0)),
                         start)
         if other is not None:
-            other.size_name, other.size_overrides = name, overrides
+            other.size_name, other.size_overrides, other.scale = name, overrides, scale
             sized.append(other)
     if tuning:
         explore = sized[-1] if sized and build.task.strategy_inputs else None  # the smallest image input
@@ -340,7 +391,6 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
                 revisit(b)
     for name, overrides, scale in [c for c in rebuilds if not c[2]]:
         rebuilt(name, overrides, best.where.seconds + (best.seconds or 0.0), best)
-    plain = build_seconds + tune_seconds / FRACTION
     chosen = _final(recipe, best)
     seconds = time.perf_counter() - t_start
     print(f"Strategy: kept '{best.name}' (val {metric} {best.val:.4f}); search {seconds:.1f} s, "
@@ -361,6 +411,7 @@ class _Candidate:
         self.name, self.changes, self.val, self.phases = name, changes, val, phases
         self.overrides = list(overrides or [])
         self.where, self.tuned, self.phase_changes, self.seconds = where, tuned, list(phase_changes), None
+        self.full_seconds = None  # the phases' estimated seconds at full length
 
 
 def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str], int | None]]:
