@@ -48,15 +48,16 @@ install: system-deps $(STAMP) $(DATA_STAMP)
 demo: install
 	$(VENV)/bin/tlmulti run recipes/vision/fashion_mnist.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-# The fast suite on two worker processes (pytest-xdist): each test has its own TLMULTI_HOME and
+# Both suites on two worker processes (pytest-xdist): each test has its own TLMULTI_HOME and
 # folders, so tests share nothing; TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 test: install
-	$(VENV)/bin/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+	$(VENV)/bin/pytest -q $(XDIST)
 
 test-slow: install
-	$(VENV)/bin/pytest -q -m slow
+	$(VENV)/bin/pytest -q -m slow $(XDIST)
 
 clean:
 	rm -rf $(VENV) runs
