@@ -176,27 +176,32 @@ class _ScriptedBuild:
         return value - (0.05 if self.changed else 0.0), seconds
 
 
-def test_a_cheap_candidate_is_costed_by_its_own_depth_not_by_the_dearer_one_before_it(monkeypatch, tmp_path):
-    """A short run of the recipe's depth costs 1 s (a plain run about 2 s), one of every group 10 s:
-    in a 3x budget the ten-times rate at the recipe's depth still fits after every group was tried."""
+def _scripted_search(monkeypatch, tmp_path, scores, sides, budget, seconds=None, out=None):
+    """``strategy.search`` over :class:`_ScriptedBuild` with validation ``scores`` and short runs'
+    ``seconds`` by depth, smaller image ``sides`` to try, and ``budget`` plain runs: a flipped
+    recipe at 224 px, a frozen head then the top group fine-tuned at 0.003."""
     import io
 
     from tlmulti.training import strategy
 
-    _ScriptedBuild.scores = {(224, "none", 0): 0.5, (224, "top:1", 1): 0.8, (224, "all", 1): 0.7,
-                             (224, "top:1", 10): 0.9}
-    _ScriptedBuild.seconds_by_depth = {"top:1": 1.0, "all": 10.0}
+    monkeypatch.setattr(_ScriptedBuild, "scores", scores)
+    monkeypatch.setattr(_ScriptedBuild, "seconds_by_depth", seconds or {})
     monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
-    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [])
+    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: list(sides))
     recipe = image_recipe("tiny_cnn.test", tmp_path, phases=[
         {"name": "head", "epochs": 4, "learning_rate": 0.01},
         {"name": "finetune", "epochs": 6, "learning_rate": 0.003, "unfreeze": "top:1"}])
-    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", 3.0, [224, 224]
+    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", budget, [224, 224]
     recipe.data.augment.flip = "horizontal"
-    try:
-        _, record = strategy.search(recipe, (None, None), out=io.StringIO())
-    finally:
-        _ScriptedBuild.seconds_by_depth = {}
+    return strategy.search(recipe, (None, None), out=out or io.StringIO())
+
+
+def test_a_cheap_candidate_is_costed_by_its_own_depth_not_by_the_dearer_one_before_it(monkeypatch, tmp_path):
+    """A short run of the recipe's depth costs 1 s (a plain run about 2 s), one of every group 10 s:
+    in a 3x budget the ten-times rate at the recipe's depth still fits after every group was tried."""
+    _, record = _scripted_search(monkeypatch, tmp_path, {(224, "none", 0): 0.5, (224, "top:1", 1): 0.8,
+                                                         (224, "all", 1): 0.7, (224, "top:1", 10): 0.9},
+                                 sides=[], budget=3.0, seconds={"top:1": 1.0, "all": 10.0})
     rows = {r["name"]: r for r in record["candidates"]}
     assert rows["all groups"]["val"] == pytest.approx(0.7)
     assert rows["as written, rate x10"]["val"] == pytest.approx(0.9)  # costed at 1 s, not at the 10 s before it
@@ -211,21 +216,13 @@ def test_depth_and_rate_are_tried_on_the_smallest_input_and_the_winner_on_the_la
         monkeypatch, tmp_path, contract_again, chosen):
     import io
 
-    from tlmulti.training import strategy
-
-    _ScriptedBuild.scores = {(224, "none", 0): 0.5, (96, "none", 0): 0.4,
-                             (224, "top:1", 1): 0.80, (96, "top:1", 1): 0.70,  # 96 px loses at the recipe's depth
-                             (96, "top:1", 10): 0.75,
-                             (96, "all", 1): 0.85, (96, "all", 10): 0.95, (224, "all", 10): contract_again}
-    monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
-    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [96])
-    recipe = image_recipe("tiny_cnn.test", tmp_path, phases=[
-        {"name": "head", "epochs": 4, "learning_rate": 0.01},
-        {"name": "finetune", "epochs": 6, "learning_rate": 0.003, "unfreeze": "top:1"}])
-    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", 50.0, [224, 224]
-    recipe.data.augment.flip = "horizontal"
     table = io.StringIO()
-    chosen_recipe, record = strategy.search(recipe, (None, None), out=table)
+    chosen_recipe, record = _scripted_search(
+        monkeypatch, tmp_path, {(224, "none", 0): 0.5, (96, "none", 0): 0.4,
+                                (224, "top:1", 1): 0.80, (96, "top:1", 1): 0.70,  # 96 px loses at the recipe's depth
+                                (96, "top:1", 10): 0.75,
+                                (96, "all", 1): 0.85, (96, "all", 10): 0.95, (224, "all", 10): contract_again},
+        sides=[96], budget=50.0, out=table)
     rows = {r["name"]: r.get("val") for r in record["candidates"]}
     assert rows["as written; input 96 px"] == pytest.approx(0.70)
     assert rows["as written; input 96 px; all groups"] == pytest.approx(0.85)
@@ -245,25 +242,11 @@ def test_a_candidate_starts_only_if_its_own_full_run_would_fit_should_it_win(mon
     """Short runs of 1 s at 96 px (a plain run at 224 px about 2 s): every group at 10x wins at 96 px,
     and trying it at 224 px costs about 5.4 s (the pixels), 10.9 s at full length should it win. In
     5 plain runs (10 s) that full run cannot fit after it, so it is not tried; in 10 it is."""
-    import io
-
-    from tlmulti.training import strategy
-
-    _ScriptedBuild.scores = {(224, "none", 0): 0.5, (96, "none", 0): 0.4, (224, "top:1", 1): 0.80,
-                             (96, "top:1", 1): 0.70, (96, "top:1", 10): 0.75, (96, "all", 1): 0.85,
-                             (96, "all", 10): 0.95, (224, "all", 10): 0.99}
-    _ScriptedBuild.seconds_by_depth = {"top:1": 1.0, "all": 1.0}
-    monkeypatch.setattr(strategy, "_Build", _ScriptedBuild)
-    monkeypatch.setattr(strategy, "smaller_sides", lambda task, train: [96])
-    recipe = image_recipe("tiny_cnn.test", tmp_path, phases=[
-        {"name": "head", "epochs": 4, "learning_rate": 0.01},
-        {"name": "finetune", "epochs": 6, "learning_rate": 0.003, "unfreeze": "top:1"}])
-    recipe.strategy, recipe.strategy_budget, recipe.data.image_size = "auto", budget, [224, 224]
-    recipe.data.augment.flip = "horizontal"
-    try:
-        _, record = strategy.search(recipe, (None, None), out=io.StringIO())
-    finally:
-        _ScriptedBuild.seconds_by_depth = {}
+    _, record = _scripted_search(monkeypatch, tmp_path, {(224, "none", 0): 0.5, (96, "none", 0): 0.4,
+                                                         (224, "top:1", 1): 0.80, (96, "top:1", 1): 0.70,
+                                                         (96, "top:1", 10): 0.75, (96, "all", 1): 0.85,
+                                                         (96, "all", 10): 0.95, (224, "all", 10): 0.99},
+                                 sides=[96], budget=budget, seconds={"top:1": 1.0, "all": 1.0})
     rows = {r["name"]: r for r in record["candidates"]}
     assert rows["as written; input 96 px; all groups, rate x10"]["val"] == pytest.approx(0.95)
     revisit = rows["all groups, rate x10; input 224 px"]
