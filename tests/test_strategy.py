@@ -58,6 +58,13 @@ def test_auto_unfreezes_every_group_where_only_that_learns_and_the_saved_recipe_
     assert any(name.endswith("input 96 px") and "val" in r for name, r in rows.items()), rows
     assert run.metrics["val"]["accuracy"] >= 0.9
     assert record["metric"] == "accuracy" and record["margin"] == pytest.approx(1 / run.metrics["val"]["n"], abs=1e-6)
+    assert record["compared"] == "paired examples"
+    paired = rows["as written"].get("paired") or rows["probe (frozen backbone)"]["paired"]
+    assert paired["wins"] + paired["losses"] <= run.metrics["val"]["n"] and 0 < paired["chance"] <= 1
+    from tlmulti.reports.sections import strategy_section
+
+    shown = strategy_section(record)  # report.html's table of candidates
+    assert "right where they disagree" in shown and f"{paired['wins']} : {paired['losses']} against" in shown
 
     saved = load_recipe(run.dir / "recipe.yaml")
     assert saved.strategy == "fixed" and saved.phases[-1].unfreeze == "all" and saved.phases[-1].epochs == 16
@@ -129,7 +136,7 @@ def test_a_named_positive_class_is_compared_on_auroc(colour_blind, tmp_path):
 
 
 def test_the_budget_holds_back_the_chosen_candidates_full_run():
-    from tlmulti.training.strategy import fits
+    from tlmulti.training.budget import fits
 
     # plain run 100 s, budget 3x: 150 s spent, a 40 s candidate, then a plain final run fits
     assert fits(150, 40, 100, None, 3.0)
@@ -140,7 +147,7 @@ def test_the_budget_holds_back_the_chosen_candidates_full_run():
 
 
 def test_a_plain_run_counts_the_one_off_costs_of_the_short_run_once():
-    from tlmulti.training.strategy import full_length
+    from tlmulti.training.budget import full_length
 
     # a 5-epoch short run of 30 s whose first epoch paid 18 s of cut-cache features and tracing:
     # the other 5 of the 10 planned epochs cost 2 s each (not another 30 s)
@@ -157,6 +164,7 @@ class _ScriptedBuild:
 
     scores: dict = {}
     seconds_by_depth: dict = {}  # a short run's seconds by the groups it unfreezes (0.01 s if absent)
+    correct = None  # scores only: candidates are compared on the margin
 
     def __init__(self, recipe, metric, trainer, callbacks=()):
         from types import SimpleNamespace
@@ -253,3 +261,34 @@ def test_a_candidate_starts_only_if_its_own_full_run_would_fit_should_it_win(mon
     assert ("val" in revisit) is revisited and (revisit.get("skipped") == "time budget") is not revisited
     assert record["chosen"] == ("all groups, rate x10; input 224 px" if revisited
                                 else "as written; input 96 px; all groups, rate x10")
+
+
+def test_on_accuracy_a_lead_must_be_more_than_luck_on_the_examples_the_candidates_disagree_on():
+    """Two candidates on 126 validation examples: only the examples they disagree on count, and a
+    split as lopsided as the candidate's must have under a 0.159 chance if both were as good (the
+    exact sign test): 2 of 2 (0.25) is not enough, 3 of 3 (0.125) is; 12 against 10 (0.42) and 17
+    against 11 (0.17) are not, 18 against 10 (0.09) is."""
+    from tlmulti.training.strategy import _Candidate, leads
+
+    def candidate(right):
+        c = _Candidate("c", [], float(np.mean(right)))
+        c.correct = np.asarray(right, dtype=bool)
+        return c
+
+    def pair(only_new, only_best, both=60):
+        base = [True] * both + [False] * (126 - both)
+        best, new = list(base), list(base)
+        for i in range(only_new):
+            new[both + i] = True
+        for i in range(only_best):
+            best[both + only_new + i] = True
+        return candidate(new), candidate(best)
+
+    for wins, losses, expected in [(2, 0, False), (3, 0, True), (12, 10, False), (17, 11, False), (18, 10, True),
+                                   (0, 3, False)]:
+        new, best = pair(wins, losses)
+        assert leads(new, best, margin=0.0) is expected, (wins, losses)
+        assert (new.paired["wins"], new.paired["losses"]) == (wins, losses)
+    new, best = pair(12, 10)
+    new.correct = best.correct = None  # other metrics: the margin on the value (2 of 126 ahead)
+    assert leads(new, best, margin=0.01) and not leads(new, best, margin=0.02)

@@ -20,9 +20,13 @@ def strategy_section(strategy: dict) -> str:
             continue
         changes = ", ".join(str(x) for x in c.get("changes") or []) or "the recipe as written"
         value = f"skipped: {esc(c['skipped'])}" if "skipped" in c else cell(c.get("val"))
+        paired = c.get("paired") if isinstance(c.get("paired"), dict) else None
+        duel = (f"{cell(paired.get('wins'))} : {cell(paired.get('losses'))} against {esc(paired.get('against'))} "
+                f"(chance {cell(paired.get('chance'))})") if paired else ""
         rows.append(f"<tr><th>{esc(c.get('name', ''))}</th><td>{esc(changes)}</td><td>{value}</td>"
-                    f"<td>{cell(c.get('seconds'))}</td></tr>")
-    return head + (table(["candidate", "changes", f"val {metric}", "seconds"], rows) if rows else "")
+                    f"<td>{duel}</td><td>{cell(c.get('seconds'))}</td></tr>")
+    columns = ["candidate", "changes", f"val {metric}", "right where they disagree", "seconds"]
+    return head + (table(columns, rows) if rows else "")
 
 
 def adaptation_section(adaptation: dict) -> str:

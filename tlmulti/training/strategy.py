@@ -37,8 +37,10 @@ input, scaled by the pixels) and the final training stay within ``strategy_budge
 final training is counted as the costliest of a plain run, the best candidate's full run and the
 candidate's own full run should it win (its build and its cost stretched as the recipe's short run
 was to full length), so no late winner takes the run past the budget. Skipped candidates are listed
-as such. A candidate must beat the best so far by more than ``MARGIN`` to replace it (and, for
-accuracy, by more than one validation example: ``1 / n_val``), so ties keep the recipe as written.
+as such. A candidate must beat the best so far by more than chance to replace it (:func:`leads`):
+on accuracy, of the validation examples the two disagree on, it must get right so many more that
+luck would give such a split less often than one standard error allows (``CHANCE``, exact sign
+test); on other metrics it must be higher by more than ``MARGIN``. Ties keep the recipe as written.
 
 The chosen candidate's changes are written into the saved ``recipe.yaml`` with ``strategy:
 fixed``, so ``tlmulti run RUN/recipe.yaml`` reproduces the run without searching; every
@@ -58,18 +60,13 @@ from tlmulti.errors import RecipeError
 from tlmulti.overrides import apply_overrides
 from tlmulti.recipe import Recipe, from_dict
 from tlmulti.tasks import make_task
+from tlmulti.training.budget import epoch_clock, fits, full_length
 
 FRACTION = 0.5  # share of a fine-tuning phase's epochs a candidate runs
-MARGIN = 0.002  # how much a candidate must beat the best so far by to replace it
+MARGIN = 0.002  # how much a candidate must beat the best so far by to replace it (other than accuracy)
+CHANCE = 0.1587  # on accuracy, the largest chance of its lead by luck a candidate may have: one standard error
 RATE_FACTOR = 10.0
 MIN_SIDE = 96  # smallest input tried: three times the coarsest stride (32) of the usual backbones
-
-
-def fits(elapsed: float, cost: float, plain: float, best_full: float | None, budget: float) -> bool:
-    """Whether a candidate of ``cost`` seconds, after ``elapsed``, leaves room in ``budget`` plain
-    runs (of ``plain`` seconds) for the final training: a plain run, or ``best_full`` (the best
-    candidate's full run) where that is longer."""
-    return elapsed + cost + max(plain, best_full or 0.0) <= budget * plain
 
 
 def _depth(phases) -> str:
@@ -122,7 +119,13 @@ class _Build:
         return self.parts.assemble(backbone_training=False, augment=False)
 
     def score(self) -> float:
-        return float(self.task.evaluate(self._model(), self.val)[self.metric])
+        """The validation metric; for accuracy, ``self.correct`` also says which examples are right."""
+        model, self.correct = self._model(), None
+        if self.metric == "accuracy" and hasattr(self.task, "metrics_from"):
+            probs = self.task.probabilities(model, self.val.x)
+            self.correct = np.asarray(probs).argmax(axis=1) == np.asarray(self.val.y)
+            return float(self.task.metrics_from(probs, self.val)[self.metric])
+        return float(self.task.evaluate(model, self.val)[self.metric])
 
     def tune(self, phases, fraction: float = None, callbacks=()) -> tuple[float, float]:
         """(validation metric, seconds) after ``phases`` (fine-tuning) from the frozen weights,
@@ -137,45 +140,12 @@ class _Build:
         short.phases = copy.deepcopy(phases)
         for p in short.phases:
             p.epochs = max(1, math.ceil(int(p.epochs) * (FRACTION if fraction is None else fraction)))
-        clock = _epoch_clock()
+        clock = epoch_clock()
         t0 = time.perf_counter()
         self.fine_tune(self.parts, self.task, self.train, self.val, short, callbacks=[*callbacks, clock])
         value, seconds = self.score(), time.perf_counter() - t0
         self.full_seconds = full_length(seconds, [int(p.epochs) for p in phases], clock.phases)
         return value, seconds
-
-
-def full_length(seconds: float, planned: list[int], epoch_seconds: list[list[float]]) -> float:
-    """A short run's ``seconds`` scaled to its phases' ``planned`` epochs: each epoch not run costs
-    the phase's median epoch after its first (``epoch_seconds``, one list per phase), so the one-off
-    costs of a run (the cut cache's features, tracing the model, scoring) count once."""
-    extra = 0.0
-    for epochs, times in zip(planned, epoch_seconds):
-        if times:
-            steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
-            extra += max(0, epochs - len(times)) * steady
-    return seconds + extra
-
-
-def _epoch_clock():
-    """A Keras callback that records each epoch's seconds, one list per ``fit`` (``.phases``)."""
-    import keras
-
-    class EpochClock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.phases, self._t = [], 0.0
-
-        def on_train_begin(self, logs=None):
-            self.phases.append([])
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.phases[-1].append(time.perf_counter() - self._t)
-
-    return EpochClock()
 
 
 def preflight(recipe: Recipe, task, parts, classes) -> None:
@@ -264,6 +234,13 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         rows.append({"name": name, "changes": list(changes), "val": round(value, 6), "seconds": round(seconds, 2)})
         print(f"  {name:<30} val {metric} {value:.4f}  ({seconds:.1f} s)", file=out, flush=True)
 
+    def better(candidate, than) -> bool:
+        """:func:`leads`, with the counts of the examples the two disagree on in the candidate's row."""
+        won = leads(candidate, than, margin)
+        if candidate.paired:
+            next((r for r in reversed(rows) if r["name"] == candidate.name), {})["paired"] = candidate.paired
+        return won
+
     def skipped(name, changes):
         rows.append({"name": name, "changes": list(changes), "skipped": "time budget"})
         print(f"  {name:<30} skipped: time budget", file=out, flush=True)
@@ -297,10 +274,11 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
             skipped(candidate.name, candidate.changes)
             return
         candidate.val, candidate.seconds = b.tune(candidate.phases)
+        candidate.correct = b.correct
         candidate.full_seconds, b.step = b.full_seconds, candidate.seconds
         b.costs[_depth(candidate.phases)] = candidate.seconds
         record(candidate.name, candidate.changes, candidate.val, candidate.seconds)
-        if candidate.val > best.val + margin:
+        if better(candidate, best):
             best = candidate
             final["seconds"] = b.seconds + candidate.full_seconds
 
@@ -310,7 +288,8 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         written.seconds, written.full_seconds = tune_seconds, build.full_seconds
         plain, stretch = plain + written.full_seconds, max(1.0, written.full_seconds / max(tune_seconds, 1e-9))
         record(written.name, [], written.val, tune_seconds)
-        best = probe if probe.val > written.val + margin else written
+        written.correct = build.correct
+        best = probe if better(probe, written) else written
     build.step, build.local = tune_seconds, best
     build.costs = {_depth(tuning): tune_seconds} if tuning else {}
     build.size_overrides, build.scale = [], 1.0  # the contract's size: named only where sizes are revisited
@@ -330,11 +309,11 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         local.seconds = local.full_seconds = 0.0
         if start.phases is not None:
             local.val, local.seconds = other.tune(start.phases)
-            local.full_seconds = other.full_seconds
+            local.full_seconds, local.correct = other.full_seconds, other.correct
         other.step, other.local = local.seconds or start.where.step, local
         other.costs = {_depth(start.phases): local.seconds} if start.phases is not None else {}
         record(label, changes, local.val, other.head_seconds + local.seconds)
-        if local.val > best.val + margin:
+        if better(local, best):
             best = local
             final["seconds"] = other.seconds + local.full_seconds
         return other
@@ -350,7 +329,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         depth = _Candidate(f"{prefix}all groups", [*keep, "unfreeze: all", "lr_decay: 0.5"], None, everything,
                            local.overrides, where=b, tuned="all groups", phase_changes=["unfreeze: all", "lr_decay: 0.5"])
         attempt(depth, b.costs.get(_depth(depth.phases), b.step))
-        tops = [local, depth] if grid else [depth if depth.val is not None and depth.val > local.val + margin
+        tops = [local, depth] if grid else [depth if depth.val is not None and better(depth, local)
                                             else local]
         for top in tops:
             if top.phases is None or top.val is None:  # the probe wins, or the depth was skipped: no rate
@@ -395,7 +374,9 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     seconds = time.perf_counter() - t_start
     print(f"Strategy: kept '{best.name}' (val {metric} {best.val:.4f}); search {seconds:.1f} s, "
           f"{seconds / plain:.1f}x the estimated plain run ({plain:.1f} s).", file=out, flush=True)
-    return chosen, {"metric": metric, "margin": round(margin, 6), "chosen": best.name, "changes": best.changes,
+    compared = "paired examples" if build.correct is not None else "margin"  # see leads()
+    return chosen, {"metric": metric, "margin": round(margin, 6), "compared": compared, "chosen": best.name,
+                    "changes": best.changes,
                     "val": round(best.val, 6),
                     "candidates": rows, "seconds": round(seconds, 2), "plain_estimate_seconds": round(plain, 2),
                     "budget": recipe.strategy_budget}
@@ -412,6 +393,26 @@ class _Candidate:
         self.overrides = list(overrides or [])
         self.where, self.tuned, self.phase_changes, self.seconds = where, tuned, list(phase_changes), None
         self.full_seconds = None  # the phases' estimated seconds at full length
+        self.correct = getattr(where, "correct", None)  # accuracy: which validation examples it gets right
+        self.paired = None  # the last comparison on those examples (:func:`leads`)
+
+
+def leads(candidate: _Candidate, best: _Candidate, margin: float) -> bool:
+    """Whether ``candidate`` beats ``best`` on the validation split by more than chance. Where both
+    know which examples they get right (accuracy), only the examples they disagree on count: the
+    candidate must be right on more of them than ``best``, and a split at least as lopsided must
+    have a chance under ``CHANCE`` if either were as likely to be right (the exact sign test of
+    McNemar's comparison; one-sided, one standard error): 3 of 3, 5 of 6, 14 of 22. The more
+    examples two candidates disagree on, the larger the lead noise can make. The counts are kept
+    in ``candidate.paired``. Otherwise the metric must be higher by more than ``margin``."""
+    mine, theirs = candidate.correct, best.correct
+    if mine is not None and theirs is not None and len(mine) == len(theirs):
+        wins, losses = int(np.sum(mine & ~theirs)), int(np.sum(~mine & theirs))
+        n = wins + losses
+        chance = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+        candidate.paired = {"against": best.name, "wins": wins, "losses": losses, "chance": round(chance, 4)}
+        return wins > losses and chance < CHANCE
+    return candidate.val > best.val + margin
 
 
 def _rebuild_candidates(base: Recipe, build: _Build) -> list[tuple[str, list[str], int | None]]:
