@@ -250,6 +250,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
     frozen_names = [p.name for p in base.phases if _frozen(p)]
     probe = _Candidate("probe (frozen backbone)", [f"frozen phases only: {', '.join(frozen_names)}"], build.probe,
                        where=build)
+    probe.correct = build.correct
     record(probe.name, probe.changes, probe.val, build.head_seconds)
     tuning = [p for p in base.phases if not _frozen(p) and p.epochs]
     build_seconds = time.perf_counter() - t_start  # reading, building, the frozen phase, scoring
@@ -306,7 +307,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
         other = _Build(_with(base, start.overrides + overrides), metric, trainer)
         local = _Candidate(label, changes, other.probe, start.phases, start.overrides + overrides, where=other,
                            tuned=start.tuned, phase_changes=start.phase_changes)
-        local.seconds = local.full_seconds = 0.0
+        local.seconds, local.full_seconds, local.correct = 0.0, 0.0, other.correct  # the new build's probe
         if start.phases is not None:
             local.val, local.seconds = other.tune(start.phases)
             local.full_seconds, local.correct = other.full_seconds, other.correct
@@ -376,8 +377,7 @@ def _search(recipe: Recipe, trainer, out) -> tuple[Recipe, dict]:
           f"{seconds / plain:.1f}x the estimated plain run ({plain:.1f} s).", file=out, flush=True)
     compared = "paired examples" if build.correct is not None else "margin"  # see leads()
     return chosen, {"metric": metric, "margin": round(margin, 6), "compared": compared, "chosen": best.name,
-                    "changes": best.changes,
-                    "val": round(best.val, 6),
+                    "changes": best.changes, "val": round(best.val, 6),
                     "candidates": rows, "seconds": round(seconds, 2), "plain_estimate_seconds": round(plain, 2),
                     "budget": recipe.strategy_budget}
 
@@ -393,7 +393,7 @@ class _Candidate:
         self.overrides = list(overrides or [])
         self.where, self.tuned, self.phase_changes, self.seconds = where, tuned, list(phase_changes), None
         self.full_seconds = None  # the phases' estimated seconds at full length
-        self.correct = getattr(where, "correct", None)  # accuracy: which validation examples it gets right
+        self.correct = None  # accuracy: which validation examples it gets right (its build's, when scored)
         self.paired = None  # the last comparison on those examples (:func:`leads`)
 
 
